@@ -1,0 +1,292 @@
+"""Atomic checkpoints: a folder of arrays (safetensors) plus a JSON meta, which a crash can never leave half-written.
+
+A checkpoint is what nanochat's ``checkpoint_manager.py`` saves (weights, and a meta with config, loop state and data
+position), written the way a database writes a commit record, because a phone or laptop may lose power mid-save::
+
+    run_dir/
+      .tmp-ckpt_00000300-<pid>-<rand>/    1. build here: arrays.safetensors, meta.json, each fsync'ed
+      ckpt_00000300/                      2. rename(tmp -> final), then fsync(run_dir)
+      latest                              3. "ckpt_00000300\\n": tmp file + fsync + os.replace + fsync(run_dir)
+      ckpt_00000200/                      4. prune: folders beyond `keep` are renamed to .trash-* and then deleted
+      best/                               save_named(): same steps 1-2, no pointer, never pruned
+
+A reader trusts ``latest`` only if it names a complete folder (both files present, meta parses); otherwise it takes
+the complete ``ckpt_<step>`` folder with the highest step. Folders starting with ``.`` are never read. Whatever
+instant the writer dies at, the previous checkpoint or the new one is found whole: rename is atomic on POSIX and on
+NTFS, and step 4 runs only once step 3 is durable. One narrow exception: re-saving an existing name (``best``, or a
+step saved again after a resume) moves the old folder to ``.trash-*`` just before renaming the new one in, so a crash
+between those two renames leaves that name absent (the old copy survives, hidden); ``latest_checkpoint`` then falls
+back to the newest other complete step. Leftovers of dead writers are deleted at the next ``save_checkpoint``.
+
+Arrays go through ``safetensors.numpy`` (bit-exact, zero-copy loadable); a dict holding a dtype safetensors cannot
+store (e.g. object arrays) falls back to ``arrays.npz``. Meta is JSON; ``save_checkpoint`` adds ``"step"`` to it.
+
+Run the tests with ``python -m pytest tests/runtime/test_checkpoint.py -q``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "atomic_write_json",
+    "atomic_write_text",
+    "checkpoint_name",
+    "is_complete",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "save_checkpoint",
+    "save_named",
+]
+
+ARRAYS_FILE = "arrays.safetensors"
+ARRAYS_FALLBACK = "arrays.npz"
+META_FILE = "meta.json"
+LATEST_FILE = "latest"
+_CKPT_RE = re.compile(r"^ckpt_(\d{8,})$")
+_TMP_RE = re.compile(r"^\.(?:tmp|trash)-.*-(\d+)-[0-9a-f]+$")
+
+
+def checkpoint_name(step: int) -> str:
+    """``ckpt_<step:08d>``: zero-padded so that names sort like steps."""
+    assert step >= 0, f"checkpoint step must be >= 0, got {step}"
+    return f"ckpt_{step:08d}"
+
+
+# --- durable file primitives -------------------------------------------------------------------------------------
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file and fsync it, so its bytes are on disk before anything refers to them."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory, making the renames/creations inside it durable (a no-op where unsupported, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_sibling(path: Path, kind: str = "tmp") -> Path:
+    """A hidden sibling name, unique per process and call, carrying our pid so dead writers' leftovers are known."""
+    return path.parent / f".{kind}-{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically: readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = _tmp_sibling(path)
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically replace ``path`` with UTF-8 ``text`` (tmp file + fsync + os.replace + fsync of the folder)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically replace ``path`` with ``obj`` as indented JSON (e.g. ``run/config.json``)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
+
+
+# --- serialisation ------------------------------------------------------------------------------------------------
+
+
+def _arrays_bytes(arrays: dict[str, np.ndarray]) -> tuple[str, bytes]:
+    """(file name, bytes) of the arrays: safetensors when it can hold every dtype, else a .npz."""
+    for k, v in arrays.items():
+        assert isinstance(k, str), f"checkpoint array names must be str, got {k!r}"
+        assert isinstance(v, np.ndarray), f"checkpoint array {k!r} is a {type(v).__name__}, not a numpy array"
+    try:
+        from safetensors.numpy import save
+
+        # not np.ascontiguousarray: it turns 0-d arrays into shape (1,)
+        contiguous = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in arrays.items()}
+        return ARRAYS_FILE, save(contiguous)
+    except Exception:  # dtype safetensors does not know (object, str, complex, ...): keep the data anyway.
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return ARRAYS_FALLBACK, buf.getvalue()
+
+
+def _build_folder(final: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """Write the checkpoint into a temp sibling of ``final`` and rename it into place. Returns ``final``."""
+    fname, data = _arrays_bytes(arrays)
+    meta_text = json.dumps(meta, indent=2, allow_nan=True) + "\n"  # fail on unserialisable meta before any write
+    tmp = _tmp_sibling(final)
+    tmp.mkdir(parents=True)
+    try:
+        _write_file(tmp / fname, data)
+        _write_file(tmp / META_FILE, meta_text.encode("utf-8"))  # meta last: its presence marks a complete folder
+        _fsync_dir(tmp)
+        old = None
+        if final.exists():  # re-saving a name (e.g. `best`, or a step after a resume): move the old one aside first
+            old = _tmp_sibling(final, "trash")
+            os.rename(final, old)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _discard(folder: Path) -> None:
+    """Remove a checkpoint folder: first an atomic rename to a hidden name (so it vanishes whole), then delete."""
+    trash = _tmp_sibling(folder, "trash")
+    os.rename(folder, trash)
+    _fsync_dir(folder.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_leftovers(run_dir: Path) -> None:
+    """Delete hidden temp/trash files and folders left by writers that died (their pid no longer runs)."""
+    for p in run_dir.iterdir():
+        m = _TMP_RE.match(p.name)
+        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+# --- save ---------------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike, step: int, arrays: dict[str, np.ndarray], meta: dict, keep: int = 2
+) -> Path:
+    """Save ``run_dir/ckpt_<step:08d>/`` atomically, point ``latest`` at it, then prune to the newest ``keep``.
+
+    ``meta`` must be JSON-serialisable; ``"step": step`` is added (an existing ``meta["step"]`` must equal ``step``).
+    Pruning keeps the ``keep`` highest-step ``ckpt_*`` folders and always the one just written; it runs only after
+    ``latest`` is durably replaced, so a crash at any point leaves a loadable checkpoint. Returns the folder.
+    """
+    assert keep >= 1, f"keep must be >= 1, got {keep}"
+    assert isinstance(meta, dict), f"checkpoint meta must be a dict, got {type(meta).__name__}"
+    assert meta.get("step", step) == step, f"meta['step'] = {meta.get('step')} but saving step {step}"
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = _build_folder(run_dir / checkpoint_name(step), arrays, {**meta, "step": step})
+    atomic_write_text(run_dir / LATEST_FILE, final.name + "\n")
+    for old in list_checkpoints(run_dir)[:-keep]:
+        if old != final:
+            _discard(old)
+    _clean_leftovers(run_dir)
+    return final
+
+
+def save_named(run_dir: str | os.PathLike, name: str, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """Save ``run_dir/<name>/`` (e.g. ``best``) atomically, replacing any previous one; ``latest`` is not touched.
+
+    Named checkpoints are never pruned. ``name`` must be a plain folder name that is not ``ckpt_*``, ``latest``, or
+    hidden.
+    """
+    assert name and "/" not in name and os.sep not in name, f"checkpoint name must be a plain folder name: {name!r}"
+    assert not name.startswith(".") and name != LATEST_FILE, f"checkpoint name {name!r} is reserved"
+    assert not _CKPT_RE.match(name), f"checkpoint name {name!r} clashes with step checkpoints; use save_checkpoint"
+    assert isinstance(meta, dict), f"checkpoint meta must be a dict, got {type(meta).__name__}"
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return _build_folder(run_dir / name, arrays, dict(meta))
+
+
+# --- find and load ------------------------------------------------------------------------------------------------
+
+
+def is_complete(folder: str | os.PathLike) -> bool:
+    """True if ``folder`` holds an arrays file and a meta.json that parses as a JSON object."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.name.startswith("."):
+        return False
+    if not ((folder / ARRAYS_FILE).is_file() or (folder / ARRAYS_FALLBACK).is_file()):
+        return False
+    try:
+        return isinstance(json.loads((folder / META_FILE).read_text("utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete ``ckpt_<step>`` folders of ``run_dir``, oldest step first. Hidden temp/trash folders are ignored."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _CKPT_RE.match(p.name)) and is_complete(p)]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The folder ``latest`` names if it is complete, else the newest complete ``ckpt_*``; None if none."""
+    run_dir = Path(run_dir)
+    try:
+        name = (run_dir / LATEST_FILE).read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    if name and "/" not in name and not name.startswith(".") and is_complete(run_dir / name):
+        return run_dir / name
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path_or_run_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """Load ``(arrays, meta)`` from a checkpoint folder, or from the latest checkpoint of a run directory.
+
+    Arrays come back bit-exact (dtype, shape, bytes) and writable (no file mapping is kept open).
+    """
+    path = Path(path_or_run_dir)
+    if not is_complete(path):
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no complete checkpoint at {path} (neither a checkpoint folder nor a run dir)")
+        path = found
+    meta = json.loads((path / META_FILE).read_text("utf-8"))
+    if (path / ARRAYS_FILE).is_file():
+        from safetensors.numpy import load_file
+
+        arrays = load_file(path / ARRAYS_FILE)
+    else:
+        with np.load(path / ARRAYS_FALLBACK, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    return {k: v if v.flags.writeable else v.copy() for k, v in arrays.items()}, meta
