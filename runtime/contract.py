@@ -203,9 +203,13 @@ class Manifest:
     def load(cls, model_dir: str | Path) -> Manifest:
         path = Path(model_dir) / MANIFEST_FILE
         if not Path(model_dir).is_dir():
-            raise ManifestError(f"model folder {model_dir} does not exist; create it with `zo-edge export MODEL --out DIR`")
+            raise ManifestError(
+                f"model folder {model_dir} does not exist; create it with `zo-edge export MODEL --out DIR`"
+            )
         if not path.is_file():
-            raise ManifestError(f"{model_dir} has no {MANIFEST_FILE}: it is not a zo-edge export; run `zo-edge export`")
+            raise ManifestError(
+                f"{model_dir} has no {MANIFEST_FILE}: it is not a zo-edge export; run `zo-edge export`"
+            )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:

@@ -1,0 +1,18 @@
+"""Architecture registry: importing this package registers every family (one file each)."""
+
+from export.architectures import gpt2, llama, opt  # noqa: F401  (registration side effects)
+from export.architectures.base import (
+    Architecture,
+    UnsupportedArchitectureError,
+    get_architecture,
+    register_architecture,
+    registered_architectures,
+)
+
+__all__ = [
+    "Architecture",
+    "UnsupportedArchitectureError",
+    "get_architecture",
+    "register_architecture",
+    "registered_architectures",
+]

@@ -1,0 +1,35 @@
+"""Export settings, checked once; they are written into manifest.json so a run knows what its graph can do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ExportConfig"]
+
+_BLOCK_SIZES = (32, 64, 128)
+
+
+@dataclass
+class ExportConfig:
+    #: targeted roles: "all" or a comma list such as "q,v" (names from the architecture's role map)
+    targets: str = "all"
+    #: quantize every linear of the base to INT4 (onnxruntime MatMulNBits, symmetric); ports stay float
+    int4: bool = False
+    #: INT4 quantization block size along d_in
+    block_size: int = 32
+    #: static number of directions of the in-graph activation basis (AGZO's r; its paper uses 1)
+    basis_rank: int = 1
+    #: power iterations run inside the graph (AGZO's K; its paper uses 3)
+    power_iters: int = 3
+    #: ONNX opset; 17 has everything the graph needs (ScatterElements with reduction, LayerNormalization)
+    opset: int = 17
+
+    def __post_init__(self) -> None:
+        if self.block_size not in _BLOCK_SIZES:
+            raise ValueError(f"--block-size must be one of {_BLOCK_SIZES}, got {self.block_size}")
+        if not 1 <= self.basis_rank <= 16:
+            raise ValueError(
+                f"--basis-rank must be in 1..16 (unrolled Gram-Schmidt in the graph), got {self.basis_rank}"
+            )
+        if not 0 <= self.power_iters <= 20:
+            raise ValueError(f"--power-iters must be in 0..20, got {self.power_iters}")

@@ -1,0 +1,129 @@
+"""The training-forward graph: swap ported linears into an HF model, add the loss head, trace to ONNX.
+
+Per-row loss head, as emitted::
+
+    hidden [B,T,d] ─▶ [:, :-1] ─▶ reshape [B(T-1), d] ─▶ Gather(idx) ─▶ Gemm(E, transB) ─▶ logits [N,V]
+    loss_mask·attn[:,1:]·attn[:,:-1] ─▶ NonZero ─▶ idx [N]           │
+    input_ids[:, 1:] ─▶ Gather(idx) ─▶ targets [N] ──────────────────┴─▶ logsumexp - logit[target] = nll [N]
+    idx // (T-1) = row [N] ─▶ ScatterElements(add) ─▶ row_nll [B], row_count [B]
+
+The LM head runs only at the N effective loss positions (on SmolLM2 a full-sequence head is about a fifth of the
+forward). Requiring the predicting position to be real too matters: a row whose query is padding attends to nothing
+real, and the traced graph may differ from torch there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from export.architectures.base import Architecture
+from export.ports import PortContext, PortedLinear, feeding
+from runtime import contract
+
+__all__ = ["PortLayout", "TrainingForward", "install_ports", "position_ids_from_mask", "row_losses"]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Left padding: the first real token gets position 0 (what HF generate does)."""
+    return (torch.cumsum(attention_mask, dim=1) - 1).clamp(min=0)
+
+
+def row_losses(
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed NLL and token counts over the effective loss positions (see the module diagram)."""
+    batch, seq, dim = hidden.shape
+    effective = loss_mask[:, 1:] * attention_mask[:, 1:] * attention_mask[:, :-1]
+    idx = torch.nonzero(effective.reshape(-1)).reshape(-1)
+    h = hidden[:, :-1].reshape(-1, dim).index_select(0, idx)
+    logits = torch.nn.functional.linear(h, head_weight, head_bias)
+    targets = input_ids[:, 1:].reshape(-1).index_select(0, idx)
+    nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    row = torch.div(idx, seq - 1, rounding_mode="floor")
+    zeros = torch.zeros(batch, dtype=hidden.dtype)
+    row_nll = zeros.scatter_add(0, row, nll)
+    row_count = zeros.scatter_add(0, row, torch.ones_like(nll))
+    return row_nll, row_count
+
+
+@dataclass
+class PortLayout:
+    """Names and order of the graph's port inputs and probe outputs (the order torch.onnx.export sees)."""
+
+    linears: list[PortedLinear]
+    groups: dict[str, int]  # group -> d_in
+
+    def input_names(self) -> list[str]:
+        names = []
+        for m in self.linears:
+            names += [contract.port_p(m.name), contract.port_q(m.name), contract.port_noise(m.name)]
+        for g in self.groups:
+            names += [contract.probe_omega(g), contract.probe_sketch_omega(g), contract.probe_act_rows(g)]
+        return names
+
+    def output_names(self) -> list[str]:
+        names = []
+        for g in self.groups:
+            names += [contract.probe_basis(g), contract.probe_gram(g), contract.probe_sketch(g), contract.probe_act(g)]
+        return names
+
+
+def install_ports(model: nn.Module, arch: Architecture, roles: list[str], basis_rank: int) -> PortLayout:
+    """Replace every targeted linear of ``model`` by a PortedLinear, in place; returns the port layout."""
+    blocks = model.get_submodule(arch.layers_path)
+    linears: list[PortedLinear] = []
+    groups: dict[str, int] = {}
+    for i, block in enumerate(blocks):
+        prefix = f"{arch.layers_path}.{i}"
+        for role in roles:
+            path = arch.roles[role]
+            parent_path, _, attr = path.rpartition(".")
+            parent = block.get_submodule(parent_path) if parent_path else block
+            old = getattr(parent, attr)
+            weight = old.weight.t() if arch.weight_layout == "out_in" else old.weight
+            group = f"{prefix}.{arch.group_of_role(role)}"
+            leader = group not in groups
+            new = PortedLinear(
+                weight, old.bias, name=f"{prefix}.{path}", group=group, leader=leader, basis_rank=basis_rank
+            )
+            if leader:
+                groups[group] = new.d_in
+            setattr(parent, attr, new)
+            linears.append(new)
+    return PortLayout(linears=linears, groups=groups)
+
+
+class TrainingForward(nn.Module):
+    """What gets traced: (ids, masks, probe rows, ports...) -> (row_nll, row_count, probe outputs...)."""
+
+    def __init__(self, model: nn.Module, arch: Architecture, layout: PortLayout, power_iters: int) -> None:
+        super().__init__()
+        self.model = model
+        self.arch = arch
+        self.layout = layout
+        self.power_iters = power_iters
+        self._port_names = layout.input_names()
+
+    def forward(self, input_ids, attention_mask, loss_mask, probe_rows, *ports):
+        ctx = PortContext(dict(zip(self._port_names, ports, strict=True)), input_ids, probe_rows, self.power_iters)
+        with feeding(ctx):
+            hidden = self.arch.hidden_states(
+                self.model, input_ids, attention_mask, position_ids_from_mask(attention_mask)
+            )
+        row_nll, row_count = row_losses(
+            hidden,
+            input_ids,
+            attention_mask,
+            loss_mask,
+            self.arch.lm_head_weight(self.model),
+            self.arch.lm_head_bias(self.model),
+        )
+        return (row_nll, row_count, *(ctx.outputs[n] for n in self.layout.output_names()))

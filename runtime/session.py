@@ -1,0 +1,172 @@
+"""GraphSession: one exported training graph on one execution provider, with its parameters bound zero-copy.
+
+The trainable tensors live in numpy (``session.params``) and are bound once with ``OrtValue.ortvalue_from_numpy``
++ IOBinding; onnxruntime reads that very memory, so in-place numpy updates are seen by the next run without
+re-binding (measured on the prototype; ``tests/runtime/test_session.py`` checks it). Every port has a bound
+default that switches it off (rank-0 P/Q, a [1,1,1] zero noise, zero probe rows); a forward overrides only the
+ports it names and restores the defaults afterwards, so a pass never inherits another pass's perturbation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime import contract
+from runtime.contract import Manifest
+from runtime.providers import resolve_providers
+
+__all__ = ["Batch", "BatchError", "GraphSession"]
+
+
+class BatchError(ValueError):
+    pass
+
+
+@dataclass
+class Batch:
+    """A tokenized batch: left-padded ids, attention mask and target mask, all int64 [B, T]."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    loss_mask: np.ndarray
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, np.ndarray]) -> Batch:
+        return cls(d["input_ids"], d["attention_mask"], d["loss_mask"])
+
+    def __post_init__(self) -> None:
+        arrays = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "loss_mask": self.loss_mask}
+        shape = np.shape(self.input_ids)
+        for name, a in arrays.items():
+            if np.ndim(a) != 2 or np.shape(a) != shape:
+                raise BatchError(
+                    f"batch field {name} has shape {np.shape(a)}; all three must be [batch, seq] = {shape}"
+                )
+        if shape[1] < 2:
+            raise BatchError(f"sequences of length {shape[1]} have no target; need at least 2 tokens")
+        self.input_ids = np.ascontiguousarray(self.input_ids, dtype=np.int64)
+        self.attention_mask = np.ascontiguousarray(self.attention_mask, dtype=np.int64)
+        self.loss_mask = np.ascontiguousarray(self.loss_mask, dtype=np.int64)
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def real_token_rows(self) -> np.ndarray:
+        """Flat indices (b*T + t) of the unpadded tokens: what the activation probes should look at."""
+        return np.flatnonzero(self.attention_mask.reshape(-1)).astype(np.int64)
+
+    def rows(self, index: np.ndarray) -> Batch:
+        return Batch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index])
+
+
+class GraphSession:
+    """Loads ``model.onnx`` + ``manifest.json`` (+ ``params.safetensors``) and runs forwards with ports."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        provider: str = "cpu",
+        *,
+        provider_options: dict | None = None,
+        fallback: tuple[str, ...] = (),
+        threads: int | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest = Manifest.load(self.model_dir)
+        self.providers = resolve_providers(provider, fallback)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        provider_opts = [provider_options or {}] + [{}] * (len(self.providers) - 1)
+        self.session = ort.InferenceSession(
+            str(self.model_dir / contract.GRAPH_FILE), opts, providers=self.providers, provider_options=provider_opts
+        )
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.params: dict[str, np.ndarray] = self._load_params()
+        self._io = self.session.io_binding()
+        self._keep: dict[str, ort.OrtValue] = {}  # OrtValues must outlive the binding
+        for key, arr in self.params.items():
+            self._bind(contract.param_name(key), arr)
+        self._defaults = self._default_ports()
+        for name, arr in self._defaults.items():
+            self._bind(name, arr)
+        self._input_names = {i.name for i in self.session.get_inputs()}
+
+    # --- setup ---------------------------------------------------------------------------------------------
+    def _load_params(self) -> dict[str, np.ndarray]:
+        if not self.manifest.params:
+            return {}
+        from safetensors.numpy import load_file
+
+        loaded = load_file(str(self.model_dir / contract.PARAMS_FILE))
+        # Own, writable, C-contiguous float32 buffers: the methods update them in place.
+        return {p.name: np.require(loaded[p.name], np.float32, ["C", "W", "O"]) for p in self.manifest.params}
+
+    def _default_ports(self) -> dict[str, np.ndarray]:
+        m = self.manifest
+        d: dict[str, np.ndarray] = {contract.INPUT_PROBE_ROWS: np.zeros(0, np.int64)}
+        for lin in m.linears:
+            d[contract.port_p(lin.name)] = np.zeros((lin.d_in, 0), np.float32)
+            d[contract.port_q(lin.name)] = np.zeros((lin.d_out, 0), np.float32)
+            d[contract.port_noise(lin.name)] = np.zeros((1, 1, 1), np.float32)
+        for g in m.groups:
+            d[contract.probe_omega(g.name)] = np.zeros((g.d_in, m.basis_rank), np.float32)
+            d[contract.probe_sketch_omega(g.name)] = np.zeros((g.d_in, 0), np.float32)
+            d[contract.probe_act_rows(g.name)] = np.zeros(0, np.int64)
+        return d
+
+    def _bind(self, name: str, arr: np.ndarray) -> None:
+        value = ort.OrtValue.ortvalue_from_numpy(arr, self.device, 0)
+        self._keep[name] = value
+        self._io.bind_ortvalue_input(name, value)
+
+    def rebind_param(self, key: str) -> None:
+        """After replacing (not updating in place) a param array, or on a device provider after a host update."""
+        self._bind(contract.param_name(key), self.params[key])
+
+    # --- running -------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        batch: Batch,
+        ports: Mapping[str, np.ndarray] | None = None,
+        fetch: tuple[str, ...] = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT),
+    ) -> dict[str, np.ndarray]:
+        """One pass. ``ports`` maps contract names (port_p(l), probe_omega(g), probe_rows, ...) to arrays."""
+        self._bind(contract.INPUT_IDS, batch.input_ids)
+        self._bind(contract.INPUT_ATTENTION_MASK, batch.attention_mask)
+        self._bind(contract.INPUT_LOSS_MASK, batch.loss_mask)
+        ports = ports or {}
+        for name, arr in ports.items():
+            if name not in self._defaults:
+                raise KeyError(f"{name!r} is not a port of this graph (see manifest.json)")
+            want = self._defaults[name].dtype
+            self._bind(name, np.ascontiguousarray(arr, dtype=want))
+        self._io.clear_binding_outputs()
+        for name in fetch:
+            self._io.bind_output(name, "cpu")
+        try:
+            self.session.run_with_iobinding(self._io)
+        except Exception as e:  # onnxruntime raises its own types with multi-line C++ context
+            first = str(e).strip().splitlines()[0][:300]
+            raise RuntimeError(f"forward failed on {self.providers[0]}: {first}") from None
+        finally:
+            for name in ports:
+                self._bind(name, self._defaults[name])
+        return dict(zip(fetch, self._io.copy_outputs_to_cpu(), strict=True))
+
+    def losses(self, batch: Batch, ports: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Per-row summed NLL [B] (float64 for accumulation downstream)."""
+        return self.forward(batch, ports)[contract.OUTPUT_ROW_NLL].astype(np.float64)
+
+    @property
+    def threads(self) -> int:
+        return self.session.get_session_options().intra_op_num_threads or os.cpu_count() or 1
