@@ -126,7 +126,7 @@ class UserData(Task):
         if isinstance(self.text_fields, str):
             self.text_fields = [f.strip() for f in self.text_fields.split(",") if f.strip()]
         if not self.text_fields:
-            self.text_fields = template_fields(self.template) if self.template else ["text"]
+            self.text_fields = (template_fields(self.template) if self.template else []) or ["text"]
         if not self.template:
             self.template = default_template(self.text_fields)
         named = template_fields(self.template)
