@@ -115,6 +115,9 @@ def test_full_pool_split():
     task = get_task("trec")
     d = task.load(seed=0, k=None)
     assert len(d.dev) == 488 and len(d.train) + len(d.dev) + len(d.test) == 5381
+    d = task.load(seed=0, k=None, dev_k=8)
+    assert collections.Counter(e.label for e in d.dev) == {cl: 8 for cl in task.classes}
+    assert len(d.train) == 5381 - 500 - 48 and not {e.key() for e in d.train} & {e.key() for e in d.dev}
 
 
 def test_dedup_drops_conflicting_labels():

@@ -203,10 +203,14 @@ class Task:
         """The whole deduplicated labelled pool; the split into train/dev/test is ``load``'s job."""
         raise NotImplementedError
 
-    def load(self, seed: int = 0, k: int | None = 16, dev_k: int | None = None, split_seed: int = SPLIT_SEED):
+    def load(
+        self, seed: int = 0, k: int | None = 16, dev_k: int | None = None, split_seed: int = SPLIT_SEED
+    ) -> TaskData:
         """Fixed test split (``split_seed``), then k-shot train/dev per class from the rest with the run ``seed``.
 
-        k=None uses the whole pool: dev is ``dev_k`` per class if given, else 500 examples (or a tenth, if fewer).
+        The test split depends only on ``split_seed``, so runs with different seeds are scored on the same examples.
+        k=None uses the whole pool: dev is ``dev_k`` per class if given, else 500 examples (or a tenth, if fewer),
+        and train is everything else.
         """
         examples = self.load_examples()
         if not examples:
@@ -220,6 +224,10 @@ class Task:
             dev = [pool[i] for i in sorted(order[:n_dev])]
             train = [pool[i] for i in sorted(order[n_dev:])]
             return TaskData(train, dev, test, {"short_classes": {}})
+        if k is None:  # dev_k per class first, then the rest of the pool trains
+            dev, _, short = kshot_split(pool, self.classes, dev_k, 0, seed)
+            in_dev = {e.key() for e in dev}
+            return TaskData([e for e in pool if e.key() not in in_dev], dev, test, {"short_classes": short})
         train, dev, short = kshot_split(pool, self.classes, k, dev_k if dev_k is not None else k, seed)
         if short:
             warnings.warn(
