@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "checkpoint_name",
