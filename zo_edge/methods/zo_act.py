@@ -1,0 +1,141 @@
+"""ZO-Act: activation-informed coefficients on a frozen (fp32 or INT4) base, trained forward-only with Adam.
+
+Calibration, once: for each activation group g, the top-r principal directions A_g [d_in x r] of the layer inputs
+over M calibration batches, by block power iteration over the whole calibration set through the graph's sketch
+port (each round: Y = Σ_batches Xᵀ(X Ω), Ω ← qr(Y)), then a Rayleigh-Ritz step (eigh of Ωᵀ Σ XᵀX Ω) that keeps
+the r directions of largest energy. Oversampling (r + 4 columns) and 2 rounds make the top-r subspace accurate
+without the K-fold pass count of per-vector power iteration (Halko, Martinsson & Tropp, 2011).
+
+Training: per targeted linear l, coefficients C_l [d_out x r], initialised at zero, so ΔW_l = C_l A_gᵀ and the
+model starts exactly at its base. Only C is perturbed::
+
+    Z_l ~ N(0, I) [d_out x r];   f± = L(C ± μZ) through the ports (P = A_g, Q = C_l ± μ Z_l)
+    ĝ_C = (f+ − f−) / 2μ · Z;     C ← Adam(C, ĝ_C)
+
+The perturbation dimension is Σ d_out·r (1.2M for SmolLM2 at r = 8), not the model size, and Adam's moments are
+as small, which is what makes Adam affordable here. Base weights are never touched, so the same code runs on fp32
+and on INT4 (MatMulNBits) graphs; ``zo-edge merge`` folds C Aᵀ into fp32 weights or ships it as an adapter.
+Defaults: r = 8, M = 8 calibration batches, μ 1e-3, Adam lr 1e-3 (ours; coefficients start at 0 and are tiny).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime import rng
+from runtime.method import register_method
+from runtime.oracle import LowRankAdapter, Objective, Oracle
+from runtime.session import Batch
+from zo_edge import optim
+from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
+
+__all__ = ["ZOAct", "ZOActConfig", "calibrate_bases"]
+
+
+@dataclass
+class ZOActConfig(BaseConfig):
+    rank: int = 8
+    #: calibration batches (drawn from the training data before step 0)
+    calib_batches: int = 8
+    #: block power-iteration rounds over the calibration set
+    calib_rounds: int = 2
+    oversample: int = 4
+
+
+def calibrate_bases(
+    oracle: Oracle, batches: list[Batch], rank: int, *, rounds: int = 2, oversample: int = 4, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Top-``rank`` input directions per activation group over all ``batches`` ((rounds + 1) passes per batch)."""
+    k = rank + oversample
+    omega = {
+        g.name: np.linalg.qr(rng.gaussian(seed, (g.d_in, min(k, g.d_in)), "zoact-omega", g.name))[0]
+        for g in oracle.manifest.groups
+    }
+
+    def sweep(om: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        total = {g: np.zeros(w.shape, np.float64) for g, w in om.items()}
+        for b in batches:
+            for g, s in oracle.sketches(b, {g: w.astype(np.float32) for g, w in om.items()}).items():
+                total[g] += s
+        return total
+
+    for _ in range(rounds):
+        omega = {g: np.linalg.qr(y)[0] for g, y in sweep(omega).items()}
+    y = sweep(omega)
+    bases = {}
+    for g, q in omega.items():
+        gram = q.T @ y[g]
+        evals, evecs = np.linalg.eigh(0.5 * (gram + gram.T))
+        top = np.argsort(evals)[::-1][:rank]
+        bases[g] = np.ascontiguousarray(q @ evecs[:, top], np.float32)
+    return bases
+
+
+@register_method("zo-act")
+class ZOAct(ZOBase):
+    Config = ZOActConfig
+    bases = frozenset({"fp32", "int4"})
+    needs_calibration = True
+
+    def init(self, oracle: Oracle, seed: int) -> None:
+        self.check_base(oracle)
+        self.seed = seed
+        r = self.config.rank
+        self.state = {f"C::{s.name}": np.zeros((s.d_out, r), np.float32) for s in oracle.manifest.linears}
+        self.state.update({f"A::{g.name}": np.zeros((g.d_in, r), np.float32) for g in oracle.manifest.groups})
+        self.opt_state = self.optimizer.init(self.trainable(oracle))
+        self.link(oracle)
+
+    def calibrate(self, oracle: Oracle, batches: list[Batch]) -> None:
+        c = self.config
+        bases = calibrate_bases(
+            oracle, batches, c.rank, rounds=c.calib_rounds, oversample=c.oversample, seed=self.seed
+        )
+        for g, a in bases.items():
+            self.state[f"A::{g}"][...] = a
+
+    def trainable(self, oracle: Oracle) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.state.items() if k.startswith("C::")}
+
+    def link(self, oracle: Oracle) -> None:
+        """Make C_l A_gᵀ the oracle's adapter of each layer (the same arrays: Adam's in-place steps are seen by
+        every later pass, evaluation included; the perturbation is then fed beside it as (A_g, ±μ Z_l))."""
+        for s in oracle.manifest.linears:
+            oracle.adapters[s.name] = LowRankAdapter(self.state[f"C::{s.name}"], self.state[f"A::{s.group}"])
+
+    def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int):
+        c = self.config
+        timer = Timer()
+        grads: dict[str, np.ndarray] = {}
+        gs, losses = [], []
+        for k in range(c.queries):
+            with timer("sample"):
+                z = {
+                    s.name: rng.gaussian(self.seed, (s.d_out, c.rank), "zoact-Z", t, k, s.name)
+                    for s in oracle.manifest.linears
+                }
+            with timer("forward"):
+                pert = {s.name: (self.state[f"A::{s.group}"], z[s.name]) for s in oracle.manifest.linears}
+                f_plus = float(
+                    np.mean(oracle.sample_losses(batch, objective, {n: (a, c.mu * v) for n, (a, v) in pert.items()}))
+                )
+                f_minus = float(
+                    np.mean(oracle.sample_losses(batch, objective, {n: (a, -c.mu * v) for n, (a, v) in pert.items()}))
+                )
+            if not finite(f_plus, f_minus):
+                return timer.report(np.nan, np.nan, 2 * (k + 1), skipped=True)
+            g = (f_plus - f_minus) / (2 * c.mu)
+            for name, v in z.items():
+                key = f"C::{name}"
+                if key in grads:
+                    grads[key] += (g / c.queries) * v
+                else:
+                    grads[key] = (g / c.queries) * v
+            gs.append(g)
+            losses.append(0.5 * (f_plus + f_minus))
+        with timer("update"):
+            deltas, self.opt_state = self.optimizer.update(grads, self.opt_state, self.trainable(oracle))
+            optim.apply_updates(self.state, deltas)
+        return timer.report(np.mean(losses), np.mean(gs), 2 * c.queries)
