@@ -71,7 +71,8 @@ class LowRankAdapter:
     def compress(self, rank: int) -> None:
         qa, ra = np.linalg.qr(self.q.astype(np.float64))
         qb, rb = np.linalg.qr(self.p.astype(np.float64))
-        u, s, vt = np.linalg.svd(ra @ rb.T)
+        u, s, vt = np.linalg.svd(ra @ rb.T, full_matrices=False)
+        rank = min(rank, s.size)  # ΔW has rank <= min(d_out, d_in): a larger budget keeps it exact
         self.q = (qa @ (u[:, :rank] * s[:rank])).astype(np.float32)
         self.p = (qb @ vt[:rank].T).astype(np.float32)
 
