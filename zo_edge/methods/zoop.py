@@ -1,0 +1,278 @@
+"""Zoop: zeroth-order *output* perturbation for linear layers, forward-only on onnxruntime.
+
+Reference: "Zoop it! Efficient Zero-Order Optimization with Output Perturbation", ICML 2025 workshop TTODLer-FM
+(OpenReview Tc8vFyRhPO); the linear-layer estimator is its Appendix A.5, the update its Algorithm 1.
+
+Instead of perturbing the d_in·d_out weights of a layer (MeZO), Zoop perturbs the layer's *output* per token and
+back-propagates the resulting output-gradient estimate through the layer's own, analytically known, local Jacobian.
+Rows of a batch are independent in a causal LM, so every row gives its own estimate from its own loss, and the
+error of the layer's estimate falls as (perturbed output width) / (batch size) instead of (weights) / 1.
+
+Per step t, for the selected layers S_t (see ``select``) and each query k::
+
+    pass 0 (clean):  L_i(θ) per row i, and X_g [M, d_in] = the raw input rows of each selected layer's group at
+                     the M "live" tokens (probe_act_rows; empty, i.e. free, for every other group)
+    ξ_l ~ N(0, I) [M, d_out] from rng.gaussian(seed, …, "zoop-xi", t, k, layer), scattered into [B, T, d_out]
+                     (zeros at padding and at positions after the row's last predicting position: those cannot
+                     change any loss term, so their noise would only add variance)
+    pass +:  L_i(+) = L_i with y_l += ε ξ_l for all l in S_t   (the port_noise inputs)
+    pass −:  L_i(−) = L_i with y_l −= ε ξ_l
+    α_i   = (L_i(+) − L_i(−)) / 2ε                             (one scalar per sample: the objective's per-row loss)
+    G_l   = (1/B) Σ_i α_i Σ_t ξ_{l,i,t} x_{i,t}ᵀ  = (1/B) (α ⊙ ξ_l)ᵀ X_g     [d_out, d_in], one sgemm
+    g_b   = (1/B) Σ_i α_i Σ_t ξ_{l,i,t}                                          (a bound bias, if any)
+    (G_l, g_b) ← (G_l, g_b) / ‖(G_l, g_b)‖                    (per-layer normalisation, Algorithm 1; ``normalize``)
+    W_l ← optimizer(W_l, G_l)                                  SGD, or Adam ("Zoop-Adam")
+
+with B the batch size (the batch loss is the mean of the per-row losses; rows without targets contribute α = 0).
+E[α_i ξ_{l,i,t}] = ∂L_i/∂y_{l,i,t} + O(ε²), so G_l is an unbiased estimate of ∂L/∂W_l up to O(ε²). The joint
+perturbation of all layers in S_t adds the other layers' noise to every α_i, which is why perturbing fewer layers
+per step (``select``) trades steps for accuracy.
+
+Arguments (the paper's hyperparameters are not restated here; these defaults are ours, tuned on tiny models):
+``mu`` = ε 1e-3 (output entries are O(1); 1e-3 keeps the float32 central difference accurate), ``queries`` 1
+(noise draws per step, each 2 more forwards, averaged), ``select`` "cycle" (one transformer block per step, in
+order), ``subset`` 4 (layers per step for "random"), ``blocks`` "" (which blocks are trained at all, e.g.
+"0-3,10"; empty = every targeted linear), ``bias`` True, ``normalize`` True. Learning rate: with normalisation the
+step moves each layer by η in Frobenius norm (η ≈ 1e-4..1e-3 with SGD).
+
+Design decisions:
+
+* **The third (clean) pass.** The local Jacobian needs each perturbed layer's input x at the unperturbed point.
+  Rather than storing activations for the whole network, a clean pass returns the input rows of the *selected*
+  layers' groups only (probe_act_rows; every other group gets an empty index, which costs a Gather of zero rows).
+  It also yields the unperturbed loss that the StepReport shows. Measured on the tiny test Llama (d = 32, 2
+  blocks, B = 16, T = 16; ``benchmarks/zoop_scaling.py``) and on a random model of SmolLM2-135M's shape (see the
+  numbers in that file's docstring): the clean pass costs the same as a ± pass (it is the same graph; the
+  extra Gather is noise-level), so a step is 3 forwards instead of 2, i.e. +50% forward time over two-pass
+  methods; the extra memory is X_g, M·Σ_g d_in float32 for the selected groups (one block of SmolLM2 at B = 16,
+  T = 64: 1024 · 3264 · 4 B = 13 MB), plus ξ (M·Σ_l d_out: 21 MB per block at that size) and one layer-sized G at
+  a time. With ``select = "all"`` these become 30x that on SmolLM2, hence the "cycle" default.
+* **Optimizer state.** SGD keeps none. Zoop-Adam keeps moments (8 B per value) for the trained layers only:
+  ``blocks`` restricts which layers are trained, and init refuses (one line) Adam whose moments would exceed the
+  model's own fp32 size, as MeZO does. The optimizer is called with only the layers updated this step; its
+  per-key step counters mean Adam's bias correction counts a layer's own updates (right), and a learning-rate
+  *schedule* likewise advances per layer, so under "cycle" a layer's schedule runs n_blocks times slower.
+* **INT4 bases** are refused: the update is a dense d_out x d_in matrix, which needs bound fp32 weights.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime import contract, rng
+from runtime.contract import LinearSpec
+from runtime.method import register_method
+from runtime.oracle import Objective, Oracle
+from runtime.session import Batch
+from zo_edge import optim
+from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
+
+__all__ = ["Zoop", "ZoopConfig", "live_positions"]
+
+_SELECT = ("all", "cycle", "random")
+
+
+@dataclass
+class ZoopConfig(BaseConfig):
+    #: which targeted layers are perturbed (and updated) each step: "all", one block per step in turn ("cycle"),
+    #: or ``subset`` random layers ("random")
+    select: str = "cycle"
+    #: layers per step for select = "random"
+    subset: int = 4
+    #: transformer blocks trained at all, e.g. "0-3,10" (empty = every targeted linear); bounds Adam's state
+    blocks: str = ""
+    #: also train bound biases of the perturbed layers (g_b = (1/B) Σ_i α_i Σ_t ξ_{i,t})
+    bias: bool = True
+    #: per-layer normalisation g / ‖g‖ (the paper's Algorithm 1)
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.select not in _SELECT:
+            raise ValueError(f"zoop select must be one of {', '.join(_SELECT)}, got {self.select!r}")
+        if self.subset < 1:
+            raise ValueError(f"zoop subset must be >= 1, got {self.subset}")
+        _parse_blocks(self.blocks)  # one-line error on a malformed spec
+
+
+def _parse_blocks(spec: str) -> set[int] | None:
+    if not spec.strip():
+        return None
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"zoop blocks must look like '0-3,10', got {spec!r}")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        out.update(range(lo, hi + 1))
+    return out
+
+
+def block_of(layer: str) -> int:
+    """The transformer block index of a layer id: its first integer path component (model.layers.3.…, h.3.…)."""
+    m = re.search(r"\.(\d+)\.", f".{layer}.")
+    return int(m.group(1)) if m else -1
+
+
+def live_positions(batch: Batch) -> np.ndarray:
+    """Flat indices b*T + t of the tokens whose layer outputs can change the loss, ascending.
+
+    A target u counts when loss_mask[u], attention_mask[u] and attention_mask[u-1] are set (the graph's rule); it
+    is predicted from position u-1 and, causally, depends on every position <= u-1. So a position is live when it
+    is a real token at or before its row's last predicting position.
+    """
+    attn, loss = batch.attention_mask, batch.loss_mask
+    eff = (loss[:, 1:] * attn[:, 1:] * attn[:, :-1]) > 0  # [B, T-1], target u = j + 1, predictor j
+    t = attn.shape[1]
+    has = eff.any(axis=1)
+    last_pred = np.where(has, t - 2 - np.argmax(eff[:, ::-1], axis=1), -1)  # last j with eff[:, j]
+    live = (attn > 0) & (np.arange(t)[None, :] <= last_pred[:, None])
+    return np.flatnonzero(live.reshape(-1)).astype(np.int64)
+
+
+@register_method("zoop")
+class Zoop(ZOBase):
+    Config = ZoopConfig
+    bases = frozenset({"fp32"})
+
+    def init(self, oracle: Oracle, seed: int) -> None:
+        if oracle.manifest.dtype not in self.bases:
+            raise ValueError(
+                f"zoop cannot train an {oracle.manifest.dtype} base: its dense d_out x d_in update needs fp32 "
+                "weights; export without --int4, or use zo-act, lozo, subzero or agzo (adapter form)"
+            )
+        self.seed = seed
+        wanted = _parse_blocks(self.config.blocks)
+        self.layers: list[LinearSpec] = [
+            s for s in oracle.manifest.linears if wanted is None or block_of(s.name) in wanted
+        ]
+        if not self.layers:
+            raise ValueError(f"zoop blocks {self.config.blocks!r} select none of the model's targeted linears")
+        missing = [s.name for s in self.layers if s.weight is None or s.weight not in oracle.params]
+        if missing:
+            raise ValueError(f"zoop needs bound fp32 weights; {missing[0]} has none (re-export without --int4)")
+        self.block_ids = sorted({block_of(s.name) for s in self.layers})
+        names = self.param_names(self.layers)
+        per_value = optim.state_nbytes(self.optimizer.init({"probe": np.zeros(1024, np.float32)})) // 1024
+        n_values = sum(oracle.params[k].size for k in names)
+        model_bytes = 4 * sum(p.size for p in oracle.params.values())
+        optim.check_state_budget("zoop optimizer state", n_values, per_value, model_bytes)
+        self.opt_state = self.optimizer.init({k: oracle.params[k] for k in names})
+
+    def param_names(self, layers: list[LinearSpec]) -> list[str]:
+        names = []
+        for s in layers:
+            names.append(s.weight)
+            if self.config.bias and s.bias is not None:
+                names.append(s.bias)
+        return names
+
+    def trainable(self, oracle: Oracle) -> dict[str, np.ndarray]:
+        return {k: oracle.params[k] for k in self.param_names(self.layers)}
+
+    # --- which layers a step perturbs ------------------------------------------------------------------------
+    def selected(self, t: int) -> list[LinearSpec]:
+        c = self.config
+        if c.select == "all":
+            return list(self.layers)
+        if c.select == "cycle":
+            block = self.block_ids[t % len(self.block_ids)]
+            return [s for s in self.layers if block_of(s.name) == block]
+        k = min(c.subset, len(self.layers))
+        pick = rng.stream(self.seed, "zoop-select", t).choice(len(self.layers), size=k, replace=False)
+        return [self.layers[i] for i in sorted(pick)]
+
+    # --- the estimator -----------------------------------------------------------------------------------------
+    def estimate(
+        self,
+        oracle: Oracle,
+        batch: Batch,
+        objective: Objective,
+        t: int,
+        layers: list[LinearSpec],
+        timer: Timer | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[float], bool]:
+        """Zoop's gradient estimates for ``layers`` (3 passes, or 1 + 2·queries).
+
+        Returns (clean per-row losses, {param key: gradient in its *stored* layout}, α-means per query, ok). Weights
+        are stored [d_in, d_out], so a weight's entry is G_lᵀ = (1/B) Xᵀ (α ⊙ ξ_l); ok is False on a non-finite
+        loss (and the dict is then empty).
+        """
+        c = self.config
+        timer = timer or Timer()
+        n_rows = batch.size
+        rows = live_positions(batch)
+        m = rows.size
+        row_of = rows // batch.input_ids.shape[1]  # which sample each live token belongs to
+        groups = sorted({s.group for s in layers})
+        with timer("forward"):
+            out, acts = oracle.activations(batch, {g: rows for g in groups})
+        f0 = objective(out[contract.OUTPUT_ROW_NLL], out[contract.OUTPUT_ROW_COUNT])
+        if not finite(f0):
+            return f0, {}, [], False
+        grads: dict[str, np.ndarray] = {}
+        alphas: list[float] = []
+        flat_tokens = batch.input_ids.size
+        for k in range(c.queries):
+            with timer("sample"):
+                xi = {s.name: rng.gaussian(self.seed, (m, s.d_out), "zoop-xi", t, k, s.name) for s in layers}
+                noise = {}
+                for s in layers:
+                    full = np.zeros((flat_tokens, s.d_out), np.float32)
+                    full[rows] = np.float32(c.mu) * xi[s.name]
+                    noise[s.name] = full.reshape(batch.input_ids.shape + (s.d_out,))
+            with timer("forward"):
+                f_plus = oracle.sample_losses(batch, objective, noise=noise)
+                for v in noise.values():
+                    np.negative(v, out=v)  # the same buffers, now −ε ξ: no second allocation
+                f_minus = oracle.sample_losses(batch, objective, noise=noise)
+            del noise
+            if not finite(f_plus, f_minus):
+                return f0, {}, alphas, False
+            alpha = (np.asarray(f_plus, np.float64) - np.asarray(f_minus, np.float64)) / (2.0 * c.mu)
+            alphas.append(float(np.mean(alpha)))
+            weight = (alpha[row_of] / (n_rows * c.queries)).astype(np.float32)  # [M]: α_i / (B q) per token
+            with timer("update"):
+                for s in layers:
+                    axi = xi[s.name]
+                    axi *= weight[:, None]  # in place: ξ is not needed again
+                    g = acts[s.group].T @ axi  # [d_in, d_out] = stored layout, one sgemm
+                    if s.weight in grads:
+                        grads[s.weight] += g
+                    else:
+                        grads[s.weight] = g
+                    if c.bias and s.bias is not None:
+                        gb = axi.sum(axis=0)
+                        grads[s.bias] = grads[s.bias] + gb if s.bias in grads else gb
+            del xi
+        return f0, grads, alphas, True
+
+    # --- one step ----------------------------------------------------------------------------------------------
+    def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int):
+        c = self.config
+        timer = Timer()
+        layers = self.selected(t)
+        forwards = 1 + 2 * c.queries
+        f0, grads, alphas, ok = self.estimate(oracle, batch, objective, t, layers, timer)
+        loss = float(np.mean(f0)) if finite(f0) else np.nan
+        if not ok:
+            return timer.report(loss, np.nan, forwards, skipped=True)
+        with timer("update"):
+            for s in layers:
+                keys = [k for k in (s.weight, s.bias) if k in grads]
+                if c.normalize:
+                    norm = np.sqrt(sum(float(np.vdot(grads[k], grads[k])) for k in keys))
+                    if norm > 0:
+                        for k in keys:
+                            grads[k] *= np.float32(1.0 / norm)
+                deltas, self.opt_state = self.optimizer.update(
+                    {k: grads[k] for k in keys}, self.opt_state, oracle.params
+                )
+                for k in keys:
+                    oracle.apply_dense(k, 1.0, deltas[k])
+                    del grads[k]
+        return timer.report(loss, np.mean(alphas), forwards, layers=len(layers))
