@@ -50,7 +50,7 @@ class ModelSource:
 
         kw = self.from_pretrained_kwargs()
         model = AutoModelForCausalLM.from_pretrained(
-            self.folder, torch_dtype=torch.float32, attn_implementation="eager", **kw
+            self.folder, dtype=torch.float32, attn_implementation="eager", **kw
         )
         tokenizer = AutoTokenizer.from_pretrained(self.folder, **kw)
         return model.eval(), tokenizer

@@ -24,7 +24,7 @@ from runtime.method import StepReport, ZOMethod
 from runtime.oracle import Objective, Oracle
 from runtime.session import Batch
 
-__all__ = ["BatchSource", "LoopConfig", "TrainingStopped", "peak_rss_mb", "train"]
+__all__ = ["BatchSource", "LoopConfig", "TrainingStopped", "load_trained", "peak_rss_mb", "train"]
 
 
 class TrainingStopped(RuntimeError):
@@ -67,11 +67,16 @@ def _arrays(oracle: Oracle, method: ZOMethod, weights_changed: bool) -> dict[str
     return arrays
 
 
-def _restore(oracle: Oracle, method: ZOMethod, arrays: dict[str, np.ndarray]) -> None:
+def load_trained(oracle: Oracle, arrays: dict[str, np.ndarray]) -> None:
+    """Put a checkpoint's trained weights (folded params and/or adapters) into ``oracle``: enough to evaluate."""
     for k, v in arrays.items():
         if k.startswith("param/"):
             oracle.params[k.removeprefix("param/")][...] = v  # in place: the bound buffers stay bound
     oracle.load_adapter_arrays({k: v for k, v in arrays.items() if k.startswith("adapter.")})
+
+
+def _restore(oracle: Oracle, method: ZOMethod, arrays: dict[str, np.ndarray]) -> None:
+    load_trained(oracle, arrays)
     method.load_state_dict({k.removeprefix("method/"): v for k, v in arrays.items() if k.startswith("method/")})
     if hasattr(method, "link"):
         method.link(oracle)
@@ -102,6 +107,11 @@ def train(
         raise TrainingStopped(f"--resume: {run_dir} has no complete checkpoint; drop --resume to start afresh")
     if latest is not None:
         arrays, meta = checkpoint.load_checkpoint(latest)
+        if meta.get("method") != method.name:
+            raise TrainingStopped(
+                f"{run_dir} holds a {meta.get('method')} run, not {method.name}: resume it with --method "
+                f"{meta.get('method')} or choose another --out"
+            )
         _restore(oracle, method, arrays)
         data.load_state_dict(meta["data"])
         start = int(meta["step"])

@@ -1,0 +1,141 @@
+"""One training run from a TrainConfig: session, method, data, evaluation, the loop, the plot.
+
+Used by ``zo-edge train`` and ``zo-edge demo``; everything it writes lands in the run folder:
+``config.json``, ``metrics.jsonl``, ``ckpt_*/``, ``best/``, ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.loop import LoopConfig, train
+from runtime.method import StepReport
+from runtime.oracle import Oracle
+from runtime.session import GraphSession
+from zo_edge import optim
+from zo_edge.config import TrainConfig
+from zo_edge.data import TaskBatches, load_tokenizer
+from zo_edge.evaluate import EvalResult, evaluate
+from zo_edge.methods import get_method
+from zo_edge.tasks import TaskData, get_task
+
+__all__ = ["Prepared", "build_method", "load_task_data", "make_oracle", "plot_run", "run_training"]
+
+
+@dataclass
+class Prepared:
+    cfg: TrainConfig
+    oracle: Oracle
+    tokenizer: object
+    task: object
+    data: TaskData
+
+
+def load_task_data(cfg: TrainConfig):
+    kw = {}
+    if cfg.task == "user-data":
+        kw = dict(
+            path=cfg.data,
+            text_fields=cfg.text_field,
+            label_field=cfg.label_field,
+            template=cfg.template,
+            labels=cfg.labels,
+            skip_bad_rows=cfg.skip_bad_rows,
+        )
+    task = get_task(cfg.task, **kw)
+    data = task.load(seed=cfg.seed, k=cfg.k or None, dev_k=cfg.dev_k)
+    return task, data
+
+
+def make_oracle(model_dir: str, provider: str, threads: int) -> Oracle:
+    return Oracle(GraphSession(model_dir, provider, threads=threads or None))
+
+
+def build_method(cfg: TrainConfig):
+    cls = get_method(cfg.method)
+    schedule = optim.make_schedule(cfg.schedule, cfg.lr, cfg.steps, cfg.warmup)
+    opt = optim.make_optimizer(cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return cls(cfg.method_config(), opt, schedule)
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    oracle = make_oracle(cfg.model, cfg.provider, cfg.threads)
+    task, data = load_task_data(cfg)
+    return Prepared(cfg, oracle, load_tokenizer(cfg.model), task, data)
+
+
+def evaluate_on(p: Prepared, examples, limit: int) -> EvalResult:
+    subset = examples[:limit] if limit else examples
+    return evaluate(p.oracle, p.tokenizer, p.task, subset, max_len=p.cfg.max_len, normalize=p.cfg.normalize)
+
+
+def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
+    cfg = p.cfg
+    method = build_method(cfg)
+    batches = TaskBatches(p.task, p.data.train, p.tokenizer, cfg.batch_size, cfg.max_len, cfg.seed, cfg.objective)
+    calib_n = getattr(method.config, "calib_batches", 0)
+
+    def dev_eval(oracle: Oracle) -> dict[str, float]:
+        return evaluate_on(p, p.data.dev, 0).summary()
+
+    loop_cfg = LoopConfig(
+        steps=cfg.steps,
+        seed=cfg.seed,
+        save_every=cfg.save_every,
+        eval_every=cfg.eval_every,
+        best_metric="accuracy",
+        config=cfg.to_dict(),
+    )
+    return train(
+        p.oracle,
+        method,
+        batches,
+        loop_cfg,
+        cfg.out,
+        resume=resume,
+        eval_fn=dev_eval if p.data.dev else None,
+        on_step=on_step,
+        calibration=lambda: batches.calibration(calib_n),
+    )
+
+
+def plot_run(run_dir: str | Path) -> Path | None:
+    """Training loss (and dev accuracy where evaluated) against step, as ``loss.png`` in the run folder."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    run_dir = Path(run_dir)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    steps = [r["step"] for r in rows if "loss" in r and r.get("loss") == r.get("loss")]
+    losses = [r["loss"] for r in rows if "loss" in r and r.get("loss") == r.get("loss")]
+    evals = [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="train loss (per step)")
+    if len(losses) >= 10:
+        w = max(len(losses) // 20, 5)
+        smooth = [sum(losses[max(0, i - w) : i + 1]) / len(losses[max(0, i - w) : i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, lw=2, label=f"train loss (moving mean, {w})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot([s for s, _ in evals], [a for _, a in evals], "o-", color="C3", label="dev accuracy")
+        ax2.set_ylabel("dev accuracy")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    ax.set_title(run_dir.name)
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def log_report(step: int, report: StepReport) -> str:
+    return f"loss {report.loss:.4f} g {report.projected_grad:+.3g}"
