@@ -1,4 +1,4 @@
-"""The ``zo-edge`` command: export | train | eval | providers | demo.
+"""The ``zo-edge`` command: export | train | eval | merge | generate | providers | demo.
 
     zo-edge demo                                            # export SmolLM2-135M, zero-shot, fine-tune, re-evaluate
     zo-edge export smollm2-135m --out artifacts/smollm2-fp32 [--int4]
@@ -240,6 +240,56 @@ def cmd_eval(a) -> int:
     return 0
 
 
+# --- merge / generate ---------------------------------------------------------------------------------------------
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="fold a run's trained state into a deployable model (HF folder + ONNX + adapter)")
+    p.add_argument("run", help="run folder (zo-edge train --out RUN)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    p.add_argument("--no-onnx", action="store_true", help="skip the optimum ONNX (KV-cache) export")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_merge(a) -> int:
+    from export.merge import merge_run
+
+    out = merge_run(a.run, a.out, which=a.checkpoint, onnx=not a.no_onnx, force=a.force)
+    print(f"merged {a.run} into {out}: " + ", ".join(sorted(x.name for x in out.iterdir())))
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate text with a merged model (greedy or sampling)")
+    p.add_argument("model", help="merged folder (zo-edge merge) or its onnx/ subfolder")
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--provider", default="cpu")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(a) -> int:
+    from runtime.generate import Generator
+
+    folder = Path(a.model)
+    if (folder / "onnx").is_dir():
+        folder = folder / "onnx"
+    elif (folder / "adapter.json").is_file():
+        raise UserError(
+            f"{a.model} holds an adapter for an INT4 base only; generation from INT4 + adapter is not built yet"
+        )
+    g = Generator(folder, a.provider)
+    text = g.generate(
+        a.prompt, a.max_new_tokens, sample=a.sample, temperature=a.temperature, top_k=a.top_k, seed=a.seed
+    )
+    print(a.prompt + text)
+    return 0
+
+
 # --- providers ---------------------------------------------------------------------------------------------------
 def cmd_providers(a) -> int:
     import onnxruntime as ort
@@ -280,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_export(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_merge(sub)
+    _add_generate(sub)
     sub.add_parser("providers", help="list the execution providers this machine has").set_defaults(func=cmd_providers)
     _add_demo(sub)
     a = parser.parse_args(argv)
@@ -303,9 +355,10 @@ def _is_user_error(e: Exception) -> bool:
     user = (UserError, ManifestError, ProviderError, BatchError, TrainingStopped, ValueError, FileNotFoundError)
     try:
         from export.exporter import ExportError
+        from export.merge import MergeError
         from export.source import SourceError
 
-        user += (ExportError, SourceError)
+        user += (ExportError, SourceError, MergeError)
     except ImportError:  # device-only install without the export extra
         pass
     return isinstance(e, user)

@@ -1,0 +1,82 @@
+"""Text generation from a merged model's KV-cache ONNX graph (optimum's text-generation-with-past layout).
+
+    zo-edge generate runs/rt-merged "The movie was" --max-new-tokens 20 [--sample --temperature 0.8 --top-k 50]
+
+onnxruntime + tokenizers only (device side). Inputs found by name: input_ids, attention_mask, position_ids (if
+present), past_key_values.{i}.key/value; outputs logits and present.{i}.key/value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.providers import resolve_providers
+
+__all__ = ["Generator"]
+
+
+class Generator:
+    def __init__(self, onnx_dir: str | Path, provider: str = "cpu") -> None:
+        from tokenizers import Tokenizer
+
+        onnx_dir = Path(onnx_dir)
+        path = onnx_dir / "model.onnx"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: generate needs a merged model (zo-edge merge RUN --out DIR)")
+        self.session = ort.InferenceSession(str(path), providers=resolve_providers(provider))
+        self.tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past = sorted(n for n in self.inputs if n.startswith("past_key_values"))
+
+    def _empty_past(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.past:
+            shape = self.inputs[name].shape  # [batch, heads, past, head_dim] with symbolic dims
+            out[name] = np.zeros((1, int(shape[1]), 0, int(shape[3])), np.float32)
+        return out
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 20,
+        *,
+        sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 50,
+        seed: int = 0,
+        eos_token_id: int | None = None,
+    ) -> str:
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        rng = np.random.default_rng(seed)
+        past = self._empty_past()
+        new: list[int] = []
+        step_ids = ids
+        total = 0
+        for _ in range(max_new_tokens):
+            feed = {"input_ids": np.array([step_ids], np.int64)}
+            total += len(step_ids)
+            feed["attention_mask"] = np.ones((1, total), np.int64)
+            if "position_ids" in self.inputs:
+                feed["position_ids"] = np.arange(total - len(step_ids), total, dtype=np.int64)[None]
+            feed.update(past)
+            outs = self.session.run(None, feed)
+            names = [o.name for o in self.session.get_outputs()]
+            logits = outs[names.index("logits")][0, -1].astype(np.float64)
+            past = {
+                n.replace("present", "past_key_values"): v for n, v in zip(names, outs, strict=True) if "present" in n
+            }
+            if sample:
+                logits = logits / max(temperature, 1e-6)
+                top = np.argpartition(logits, -top_k)[-top_k:]
+                p = np.exp(logits[top] - logits[top].max())
+                token = int(top[rng.choice(len(top), p=p / p.sum())])
+            else:
+                token = int(np.argmax(logits))
+            if eos_token_id is not None and token == eos_token_id:
+                break
+            new.append(token)
+            step_ids = [token]
+        return self.tokenizer.decode(new)
