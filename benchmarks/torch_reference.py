@@ -1,0 +1,146 @@
+"""PyTorch reference cells, on the same model and the same batch as the zo-edge cells (``benchmarks/run.py``).
+
+    python benchmarks/torch_reference.py '{"key": "torch-mezo", "kind": "mezo", "batches": "...npz", "reps": 2}'
+
+* ``kind = "forward"``: eager forward under ``torch.inference_mode`` (full logits, then the per-row NLL on the
+  loss positions: what a Hugging Face model does with ``labels``).
+* ``kind = "mezo"``: one MeZO step written after the reference trainer (princeton-nlp/MeZO ``large_models/
+  trainer.py``: ``zo_perturb_parameters``, ``zo_step``, ``zo_update``), under ``torch.inference_mode``:
+  ``torch.manual_seed(seed)``, then for each parameter ``param.data.add_(torch.normal(0, 1, size) * scale)`` with
+  scale +μ, −2μ, +μ (restore), two forwards, and the update ``θ −= η g z`` with z regenerated from the same seed.
+* ``kind = "adamw"``: a first-order step, ``loss.backward()`` + ``torch.optim.AdamW.step()`` (+ ``zero_grad``).
+
+The model is SmolLM2-135M from ``export.source.resolve_source("smollm2-135m").load()`` (float32, eager attention),
+the zo-edge export's source. Threads: ``torch.set_num_threads(threads)`` (all cores by default).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cell_main, load_batches, median, reset_peak  # noqa: E402
+
+
+def _loss(model, batch) -> object:
+    """Mean over rows of the token-mean NLL at the target positions (the zo-edge ``lm_objective``)."""
+    import torch
+
+    ids, attn, lm = batch
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding: positions from the mask, as the exported graph does
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
+    target = ids[:, 1:]
+    mask = (lm[:, 1:] * attn[:, 1:] * attn[:, :-1]).to(logits.dtype)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+    row = (nll * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return row.mean()
+
+
+def _perturb(params, seed: int, scale: float) -> None:
+    """MeZO's zo_perturb_parameters: the same seed regenerates the same z for every call."""
+    import torch
+
+    torch.manual_seed(seed)
+    for p in params:
+        z = torch.normal(mean=0.0, std=1.0, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+        p.data.add_(z * scale)
+
+
+def mezo_step(model, params, batch, seed: int, mu: float = 1e-3, lr: float = 1e-6) -> tuple[float, dict]:
+    import torch
+
+    t: dict[str, float] = {"forward": 0.0, "perturb": 0.0, "update": 0.0}
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        _perturb(params, seed, mu)
+        t["perturb"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        f_plus = float(_loss(model, batch))
+        t["forward"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _perturb(params, seed, -2 * mu)
+        t["perturb"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        f_minus = float(_loss(model, batch))
+        t["forward"] += time.perf_counter() - t0
+        g = (f_plus - f_minus) / (2 * mu)
+        t0 = time.perf_counter()
+        _perturb(params, seed, mu)
+        t["perturb"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)  # zo_update: regenerate z, θ -= lr * g * z
+        for p in params:
+            z = torch.normal(mean=0.0, std=1.0, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            p.data.add_(z, alpha=-lr * g)
+        t["update"] += time.perf_counter() - t0
+    return 0.5 * (f_plus + f_minus), t
+
+
+def main(spec: dict) -> dict:
+    import psutil
+    import torch
+
+    from export.source import resolve_source
+
+    threads = spec.get("threads") or os.cpu_count()
+    torch.set_num_threads(threads)
+    b = load_batches(spec["batches"])[spec.get("batch_index", 0)]
+    batch = tuple(torch.from_numpy(b[k]) for k in ("input_ids", "attention_mask", "loss_mask"))
+    t0 = time.perf_counter()
+    model, _ = resolve_source(spec.get("source", "smollm2-135m")).load()
+    out: dict = {"threads": threads, "shape": list(b["input_ids"].shape), "load_s": round(time.perf_counter() - t0, 2)}
+    out["rss_loaded_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
+    out["n_params"] = sum(p.numel() for p in model.parameters())
+    reset_peak()  # GGUF de-quantisation on load has its own transient peak; the run's peak is what we compare
+    kind, reps = spec["kind"], spec.get("reps", 3)
+    times, extra = [], []
+    if kind == "forward":
+        model.eval()
+        for i in range(reps + 1):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                _loss(model, batch)
+            if i:
+                times.append(time.perf_counter() - t0)
+        out["forward_s"] = round(median(times), 4)
+    elif kind == "mezo":
+        model.eval()
+        params = [p for _, p in model.named_parameters() if p.requires_grad]
+        for i in range(reps + 1):
+            t0 = time.perf_counter()
+            loss, split = mezo_step(model, params, batch, seed=1000 + i)
+            if i:
+                times.append(time.perf_counter() - t0)
+                extra.append(split)
+        out["step_s"] = round(median(times), 4)
+        for k in ("forward", "perturb", "update"):
+            out[f"t_{k}"] = round(median([s[k] for s in extra]), 4)
+    elif kind == "adamw":
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        for i in range(reps + 1):
+            t0 = time.perf_counter()
+            loss = _loss(model, batch)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            t3 = time.perf_counter()
+            if i:
+                times.append(t3 - t0)
+                extra.append({"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2})
+        out["step_s"] = round(median(times), 4)
+        for k in ("forward", "backward", "optimizer"):
+            out[f"t_{k}"] = round(median([s[k] for s in extra]), 4)
+    else:
+        raise ValueError(f"unknown torch cell kind {kind!r}")
+    out["all_s"] = [round(x, 4) for x in times]
+    return out
+
+
+if __name__ == "__main__":
+    cell_main(main)
