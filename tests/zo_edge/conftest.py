@@ -60,3 +60,31 @@ def smollm2_dir(pytestconfig) -> Path:
 def smollm2_tok(smollm2_dir) -> Tokenizer:
     # SmolLM2-Instruct: <|im_start|> (1) is BOS, <|im_end|> (2) EOS; it has no pad token, so EOS pads.
     return Tokenizer.from_manifest_dict(smollm2_dir, {"bos_token_id": 1, "eos_token_id": 2})
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dirs(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
+    """A tiny random Llama with the real SmolLM2 tokenizer, exported fp32 and INT4: what the CLI tests train."""
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from export.architectures import get_architecture
+    from export.config import ExportConfig
+    from export.exporter import export_model
+
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(smollm2_dir / "tokenizer.json"),
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+    )
+    out = {}
+    for name, int4 in (("fp32", False), ("int4", True)):
+        cfg = get_architecture("llama").tiny_config()
+        cfg.vocab_size = len(hf_tok)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+        folder = tmp_path_factory.mktemp(f"tiny-lm-{name}")
+        export_model(model, hf_tok, folder / "model", ExportConfig(int4=int4), force=True)
+        out[name] = folder / "model"
+    return out

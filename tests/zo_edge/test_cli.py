@@ -1,0 +1,187 @@
+"""The zo-edge CLI on a tiny model: train/eval/resume/Ctrl-C/merge/generate and its one-line errors.
+
+python -m pytest tests/zo_edge/test_cli.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runtime import checkpoint
+from zo_edge.cli import main
+
+TRAIN = ["--task", "rotten-tomatoes", "--batch-size", "4", "--max-len", "32", "--k", "8", "--dev-k", "4"]
+
+
+def _train(model: Path, out: Path, method: str, steps: int, *extra: str) -> int:
+    return main(
+        ["train", "--model", str(model), "--method", method, "--steps", str(steps), "--out", str(out), *TRAIN, *extra]
+    )
+
+
+def test_train_writes_run_folder_and_eval_reads_it(tiny_lm_dirs, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(tiny_lm_dirs["fp32"], run, "lozo", 6, "--save-every", "3") == 0
+    assert {"config.json", "metrics.jsonl", "loss.png", "best"} <= {p.name for p in run.iterdir()}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 7))
+    assert any("eval_accuracy" in r for r in rows)
+    assert json.loads((run / "config.json").read_text())["method"] == "lozo"
+    capsys.readouterr()
+    assert main(["eval", str(tiny_lm_dirs["fp32"]), "--run", str(run), "--eval-examples", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cpu"]["n"] == 8 and 0.0 <= result["cpu"]["accuracy"] <= 1.0
+
+
+def test_toml_config_and_flag_override(tiny_lm_dirs, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'model = "{tiny_lm_dirs["fp32"]}"\nmethod = "subzero"\nsteps = 99\nlr = 0.5\n')
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--steps", "2", "--out", str(run), *TRAIN]) == 0
+    written = json.loads((run / "config.json").read_text())
+    assert written["method"] == "subzero" and written["steps"] == 2 and written["lr"] == 0.5
+
+
+def test_resume_via_cli_is_bit_identical(tiny_lm_dirs, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(tiny_lm_dirs["int4"], a, "zo-act", 6) == 0
+    assert _train(tiny_lm_dirs["int4"], b, "zo-act", 3, "--save-every", "100") == 0
+    assert _train(tiny_lm_dirs["int4"], b, "zo-act", 6, "--resume") == 0
+    arrays_a, _ = checkpoint.load_checkpoint(a)
+    arrays_b, _ = checkpoint.load_checkpoint(b)
+    assert arrays_a.keys() == arrays_b.keys()
+    for k in arrays_a:
+        assert np.array_equal(arrays_a[k], arrays_b[k]), k
+
+
+def test_ctrl_c_saves_and_resume_finishes(tiny_lm_dirs, tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "zo_edge.cli",
+        "train",
+        "--model",
+        str(tiny_lm_dirs["fp32"]),
+        "--method",
+        "mezo",
+        "--steps",
+        "100000",
+        "--out",
+        str(run),
+        "--save-every",
+        "100000",
+        *TRAIN,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "--resume" in out
+    latest = checkpoint.latest_checkpoint(run)
+    assert latest is not None
+    done = checkpoint.load_checkpoint(latest)[1]["step"]
+    assert done >= 3
+    assert _train(tiny_lm_dirs["fp32"], run, "mezo", done + 2, "--resume") == 0
+    assert checkpoint.load_checkpoint(run)[1]["step"] == done + 2
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["export", "/no/such/model", "--out", "x"], "not found"),
+        (["eval", "/no/such/dir"], "does not exist"),
+        (["train", "--model", "/no/such/dir", "--method", "lozo", "--out", "r"], "does not exist"),
+        (["train", "--model", "m", "--method", "nope", "--out", "r"], "unknown method"),
+        (["train", "--model", "MODEL", "--task", "nope", "--out", "r"], "unknown task"),
+        (["eval", "MODEL", "--provider", "qnn"], "not available"),
+    ],
+)
+def test_one_line_errors(argv, needle, tiny_lm_dirs, capsys):
+    argv = [str(tiny_lm_dirs["fp32"]) if x == "MODEL" else x for x in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_user_data_bad_rows_reported_with_line(tiny_lm_dirs, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n{broken\n')
+    argv = [
+        "train",
+        "--model",
+        str(tiny_lm_dirs["fp32"]),
+        "--task",
+        "user-data",
+        "--data",
+        str(data),
+        "--labels",
+        "neg=terrible,pos=great",
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "1",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "line 3" in err and "--skip-bad-rows" in err.replace("skip_bad_rows", "--skip-bad-rows")
+
+
+def test_merge_matches_training_graph_and_generates(tiny_lm_dirs, tmp_path, capsys):
+    """The merged HF model (ΔW folded) gives the training graph's per-row losses with the trained state."""
+    from transformers import AutoModelForCausalLM
+
+    from runtime.loop import load_trained
+    from runtime.oracle import Oracle
+    from runtime.session import Batch, GraphSession
+
+    run, merged = tmp_path / "run", tmp_path / "merged"
+    assert _train(tiny_lm_dirs["fp32"], run, "zo-act", 5, "--lr", "0.05") == 0
+    assert main(["merge", str(run), "--out", str(merged)]) == 0
+    oracle = Oracle(GraphSession(tiny_lm_dirs["fp32"]))
+    load_trained(oracle, checkpoint.load_checkpoint(run / "best")[0])
+    assert any(np.abs(a.q).max() > 0 for a in oracle.adapters.values()), "training changed nothing"
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 1000, (3, 9))
+    attn = np.ones_like(ids)
+    attn[0, :3] = 0
+    batch = Batch(ids, attn, np.ones_like(ids))
+    ort_nll = oracle.run(batch)["row_nll"]
+    model = AutoModelForCausalLM.from_pretrained(merged / "hf").eval()
+    with torch.no_grad():
+        pos = torch.tensor(np.clip(np.cumsum(attn, 1) - 1, 0, None))
+        logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(attn), position_ids=pos).logits
+        lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(2, torch.tensor(ids[:, 1:])[..., None])[..., 0]
+        eff = torch.tensor(attn[:, 1:] * attn[:, :-1]).double()
+        ref = -(lp * eff).sum(1).numpy()
+    np.testing.assert_allclose(ort_nll, ref, rtol=1e-4)
+    capsys.readouterr()
+    assert main(["generate", str(merged), "It was", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("It was")
+
+
+def test_providers_lists_cpu(capsys):
+    assert main(["providers"]) == 0
+    assert "CPUExecutionProvider" in capsys.readouterr().out
+
+
+def test_cli_help_is_complete():
+    for cmd in ("export", "train", "eval", "merge", "generate", "providers", "demo"):
+        r = subprocess.run(
+            [sys.executable, "-m", "zo_edge.cli", cmd, "--help"], capture_output=True, text=True, env={**os.environ}
+        )
+        assert r.returncode == 0 and "usage" in r.stdout, cmd
