@@ -6,9 +6,10 @@
   ``zo-edge generate`` load.
 * Any base: the adapter alone (``adapter.safetensors`` with P/Q per layer, ΔW = Q Pᵀ in HF orientation, plus
   ``adapter.json`` naming the base by its weight hash), so several personalisations can share one base.
-* INT4 base: folding ΔW into the weights and re-quantizing would change the function that was trained, so we do
-  not; ``zo-edge generate`` runs the INT4 base with the adapter fed through the training graph's ports instead
-  (see runtime/generate.py). An INT4 KV-cache inference graph with the adapter branch is not built yet.
+* INT4 base: folding ΔW into the weights and re-quantizing would change the function that was trained, so the
+  deployable model is the *dequantized* INT4 base (exactly the weights MatMulNBits computes with) plus ΔW, in
+  fp32: the trained function, at fp32 size. The adapter file is the INT4-sized deployable (base + adapter). An INT4
+  KV-cache graph with the adapter branch as initializers is not built yet.
 """
 
 from __future__ import annotations
@@ -67,11 +68,10 @@ def merge_run(
     tmp.mkdir(parents=True)
     adapters = _adapters(arrays)
     _write_adapter(tmp, adapters, manifest, ckpt)
-    if manifest.dtype == "fp32":
-        hf = tmp / "hf"
-        _write_hf(hf, model_dir, manifest, arrays, adapters)
-        if onnx:
-            _export_onnx(hf, tmp / "onnx")
+    hf = tmp / "hf"
+    _write_hf(hf, model_dir, manifest, arrays, adapters)
+    if onnx:
+        _export_onnx(hf, tmp / "onnx")
     tmp.rename(out_dir)
     return out_dir
 
@@ -102,11 +102,11 @@ def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters) 
     from safetensors.numpy import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    params = load_file(str(model_dir / contract.PARAMS_FILE))
+    params = load_file(str(model_dir / contract.PARAMS_FILE)) if manifest.dtype == "fp32" else _int4_params(model_dir)
     for k, v in arrays.items():
         if k.startswith("param/"):
             params[k.removeprefix("param/")] = v
-    layout = {p.name: p.layout for p in manifest.params}
+    layout = {f"{s.name}.weight": "in_out" for s in manifest.linears}
     state = {}
     for key, value in params.items():
         w = value.T if layout.get(key) == "in_out" else value  # stored [d_in, d_out] -> HF [d_out, d_in]
@@ -114,7 +114,7 @@ def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters) 
     for spec in manifest.linears:
         if spec.name in adapters:
             q, p = adapters[spec.name]
-            state[spec.weight] += q.astype(np.float64) @ p.astype(np.float64).T
+            state[f"{spec.name}.weight"] += q.astype(np.float64) @ p.astype(np.float64).T
     config = AutoConfig.for_model(**manifest.hf_config)
     model = AutoModelForCausalLM.from_config(config)
     arch_transposed = manifest.architecture == "gpt2"  # Conv1D keeps [d_in, d_out] in HF too
@@ -133,6 +133,25 @@ def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters) 
         src = model_dir / name
         if src.is_file():
             shutil.copy2(src, out / name)
+
+
+def _int4_params(model_dir: Path) -> dict[str, np.ndarray]:
+    """The float weights an INT4 training graph computes with: float initializers + dequantized MatMulNBits."""
+    import onnx
+    from onnx import numpy_helper
+
+    from export.quantize import dequantize_matmulnbits
+
+    graph = onnx.load(str(model_dir / contract.GRAPH_FILE))
+    prefix = contract.param_name("")
+    quantized = {name for n in graph.graph.node if n.op_type == "MatMulNBits" for name in n.input[1:]}
+    out = {
+        i.name.removeprefix(prefix): numpy_helper.to_array(i)
+        for i in graph.graph.initializer
+        if i.name.startswith(prefix) and i.data_type == onnx.TensorProto.FLOAT and i.name not in quantized
+    }
+    out.update({k.removeprefix(prefix): v for k, v in dequantize_matmulnbits(graph).items()})
+    return out
 
 
 def _export_onnx(hf_dir: Path, out: Path) -> None:

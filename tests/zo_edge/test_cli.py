@@ -141,8 +141,10 @@ def test_user_data_bad_rows_reported_with_line(tiny_lm_dirs, tmp_path, capsys):
     assert "line 3" in err and "--skip-bad-rows" in err.replace("skip_bad_rows", "--skip-bad-rows")
 
 
-def test_merge_matches_training_graph_and_generates(tiny_lm_dirs, tmp_path, capsys):
-    """The merged HF model (ΔW folded) gives the training graph's per-row losses with the trained state."""
+@pytest.mark.parametrize("base", ["fp32", "int4"])
+def test_merge_matches_training_graph_and_generates(base, tiny_lm_dirs, tmp_path, capsys):
+    """The merged HF model (ΔW folded; INT4: into the dequantized base) gives the training graph's per-row losses
+    with the trained state, to 1e-4."""
     from transformers import AutoModelForCausalLM
 
     from runtime.loop import load_trained
@@ -150,9 +152,10 @@ def test_merge_matches_training_graph_and_generates(tiny_lm_dirs, tmp_path, caps
     from runtime.session import Batch, GraphSession
 
     run, merged = tmp_path / "run", tmp_path / "merged"
-    assert _train(tiny_lm_dirs["fp32"], run, "zo-act", 5, "--lr", "0.05") == 0
+    assert _train(tiny_lm_dirs[base], run, "zo-act", 5, "--lr", "0.05") == 0
     assert main(["merge", str(run), "--out", str(merged)]) == 0
-    oracle = Oracle(GraphSession(tiny_lm_dirs["fp32"]))
+    assert (merged / "adapter.safetensors").is_file() and (merged / "adapter.json").is_file()
+    oracle = Oracle(GraphSession(tiny_lm_dirs[base]))
     load_trained(oracle, checkpoint.load_checkpoint(run / "best")[0])
     assert any(np.abs(a.q).max() > 0 for a in oracle.adapters.values()), "training changed nothing"
     rng = np.random.default_rng(0)
