@@ -1,0 +1,184 @@
+"""Shared fixtures: tiny random models of every registered architecture, exported once per session, and helpers.
+
+    python -m pytest tests/export -q              # everything (slow tests included, as CI runs them)
+    python -m pytest tests/export -q -m "not slow"  # skip the real SmolLM2-135M tests
+
+``tiny_export(model_type, ...)`` builds a tiny model with a fixed seed, perturbs *every* parameter (fresh tiny models
+have all-ones norms and zero biases, which would hide wrong wiring), keeps an untouched deep copy as the torch
+reference and exports the original (which the exporter modifies in place). Exports are cached per session by their
+settings, so fp32 and INT4 exports of one model type share the very same weights. Nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from export.architectures import get_architecture, registered_architectures
+from export.config import ExportConfig
+from export.exporter import export_model
+from runtime import contract
+from runtime.session import Batch
+
+SEED = 1234
+TINY_VOCAB = 97
+
+# Configs for model types whose architecture's tiny_config() builds another family's config (the Llama class
+# serves qwen2/qwen3/mistral but its tiny_config() is a LlamaConfig): the parity suite must run the real HF
+# classes of each type (Qwen2's q/k/v biases, Qwen3's q/k norms, Mistral's sliding window).
+_LLAMA_LIKE = dict(
+    vocab_size=TINY_VOCAB,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
+)
+
+
+def _qwen2():
+    from transformers import Qwen2Config
+
+    return Qwen2Config(**_LLAMA_LIKE, use_sliding_window=False)
+
+
+def _qwen3():
+    from transformers import Qwen3Config
+
+    return Qwen3Config(**_LLAMA_LIKE, head_dim=8, use_sliding_window=False)
+
+
+def _mistral():
+    from transformers import MistralConfig
+
+    return MistralConfig(**_LLAMA_LIKE, sliding_window=None)
+
+
+TEST_TINY_CONFIGS = {"qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral}
+
+
+def registered_model_types() -> list[str]:
+    return sorted(registered_architectures())
+
+
+def tiny_config(model_type: str) -> Any:
+    """A tiny config whose ``model_type`` is ``model_type``: the architecture's own, else this file's table."""
+    cfg = get_architecture(model_type).tiny_config()
+    if cfg.model_type != model_type:
+        assert model_type in TEST_TINY_CONFIGS, (
+            f"{model_type}: its architecture's tiny_config() is a {cfg.model_type!r} config and tests/conftest.py "
+            f"has no TEST_TINY_CONFIGS entry; add a tiny config of type {model_type!r}"
+        )
+        cfg = TEST_TINY_CONFIGS[model_type]()
+    assert cfg.model_type == model_type, f"tiny config for {model_type} has model_type {cfg.model_type}"
+    return cfg
+
+
+def build_tiny_model(model_type: str, seed: int = SEED) -> torch.nn.Module:
+    """Tiny random float32 model with every parameter perturbed (norms, biases and embeddings included)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="eager")
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.float().eval()
+
+
+@dataclass
+class TinyExport:
+    model_type: str
+    dir: Path
+    reference: torch.nn.Module  # untouched HF model with the exported weights (float32)
+    manifest: contract.Manifest
+    config: ExportConfig
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """Factory ``tiny_export(model_type, **ExportConfig kwargs) -> TinyExport``, cached per session."""
+    cache: dict[tuple, TinyExport] = {}
+
+    def make(model_type: str, **cfg_kwargs) -> TinyExport:
+        key = (model_type, tuple(sorted(cfg_kwargs.items())))
+        if key not in cache:
+            model = build_tiny_model(model_type)
+            reference = copy.deepcopy(model)
+            cfg = ExportConfig(**cfg_kwargs)
+            tag = "-".join(f"{k}{v}" for k, v in sorted(cfg_kwargs.items())) or "default"
+            out = tmp_path_factory.mktemp(f"{model_type}-{tag}") / "export"
+            manifest = export_model(model, None, out, cfg, force=True)
+            cache[key] = TinyExport(model_type, out, reference, manifest, cfg)
+        return cache[key]
+
+    return make
+
+
+# --- batches and torch references ------------------------------------------------------------------------------
+def make_batch(vocab: int, seed: int = 0, batch: int = 3, seq: int = 8) -> Batch:
+    """Ragged left padding (row b has 2b pads), random ids under the pads, a few loss targets switched off."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(batch, seq), dtype=np.int64)
+    attn = np.ones((batch, seq), np.int64)
+    for b in range(batch):
+        attn[b, : min(2 * b, seq - 2)] = 0
+    loss = np.ones((batch, seq), np.int64)
+    loss[0, 1:3] = 0  # a row with switched-off targets
+    return Batch(ids, attn, loss)
+
+
+def torch_row_losses(
+    model: torch.nn.Module, batch: Batch, *, unpadded: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent reference: HF logits, then the masked row sums of -log p(target) (float64 accumulation).
+
+    Default: one batched forward with the plain 2D mask and explicit positions clamp(cumsum(mask) - 1, 0).
+    ``unpadded``: each row alone with its pads stripped (no mask at all), which is what left padding must equal.
+    Use it for float64 models: HF's eager attention turns fully masked (padded) query rows into NaN in float64,
+    which then leaks into every row through 0 * NaN in the next layer's attention.
+    """
+    ids = torch.from_numpy(batch.input_ids)
+    attn = torch.from_numpy(batch.attention_mask)
+    loss = torch.from_numpy(batch.loss_mask)
+    eff = (loss[:, 1:] * attn[:, 1:] * attn[:, :-1]).bool()
+    if unpadded:
+        rows = []
+        for b in range(ids.shape[0]):
+            real = attn[b].bool()
+            assert bool(real[int(real.float().argmax()) :].all()), f"row {b} is not left padded"
+            logits = model(input_ids=ids[b, real][None], use_cache=False).logits[0]
+            full = torch.zeros(ids.shape[1], logits.shape[-1], dtype=logits.dtype)
+            full[real] = logits
+            rows.append(full)
+        logits = torch.stack(rows)
+    else:
+        pos = (torch.cumsum(attn, dim=1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
+    logp = torch.log_softmax(logits[:, :-1].to(torch.float64), dim=-1)
+    nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    # where, not multiply: never let a padded position's value (NaN in float64) into the sum
+    return torch.where(eff, nll, 0.0).sum(dim=1), eff.to(torch.float64).sum(dim=1)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The helpers of this file, for test modules (``import conftest`` is ambiguous with several conftest files)."""
+    return types.SimpleNamespace(
+        VOCAB=TINY_VOCAB,
+        tiny_config=tiny_config,
+        build_tiny_model=build_tiny_model,
+        make_batch=make_batch,
+        torch_row_losses=torch_row_losses,
+    )

@@ -1,0 +1,323 @@
+"""ORT training graph vs independent torch references, for every registered model type (tiny random models).
+
+    python -m pytest tests/export/test_parity.py -q
+
+Every batch is left padded (ragged) with some loss targets switched off. Checks: per-row loss and counts against
+the HF model's own logits; the P/Q ports' directional derivative against torch autograd and a float64 finite
+difference; the in-graph power-iteration basis against an exact SVD and a numpy re-implementation; the sketch and
+activation ports; switched-off ports; and a coverage test that every registered type has a tiny config.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from export.architectures import get_architecture, registered_architectures
+from export.graph import position_ids_from_mask
+from runtime import contract
+from runtime.session import Batch, GraphSession
+
+MODEL_TYPES = sorted(registered_architectures())
+
+# Directional derivative through the P/Q ports, summed over rows, with every targeted layer perturbed at once
+# (P ~ N(0, 1/d_in), Q ~ N(0, 1/r), r = 2). Measured on these tiny models (3 batch/direction seeds, |dL| ~ 0.2-15):
+# * float32 rounding of the ORT central difference is ~4e-6/mu absolute (<= 3.4e-4 at mu=1e-2, <= 3.9e-3 at 1e-3);
+# * truncation (float64 torch central difference vs autograd) is up to 17% at mu=1e-2 (qwen3), <= 2e-3 at 1e-3,
+#   except OPT whose ReLU kinks give an O(mu) error: 4e-2 at 1e-3, <= 7e-5 at 3e-4.
+# So: ORT vs the float64 torch central difference at the *same* mu=1e-2 (truncation cancels; worst 3.4e-4 abs,
+# tolerance 4e-3), and ORT at mu=1e-3 (3e-4 for OPT) vs autograd (worst 7.7e-3 abs for OPT, <= 6e-4 for the
+# others; tolerance 5e-3 + 5e-3 |dL|).
+MU_FD = 1e-2
+FD_ATOL = 4e-3
+MU_AUTOGRAD = {"opt": 3e-4}
+MU_AUTOGRAD_DEFAULT = 1e-3
+AUTOGRAD_ATOL = 5e-3
+AUTOGRAD_RTOL = 5e-3
+
+
+def _session(tiny_export, model_type: str, **cfg) -> tuple:
+    exp = tiny_export(model_type, **cfg)
+    return exp, GraphSession(exp.dir)
+
+
+def _random_pq(manifest: contract.Manifest, rank: int, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for lin in manifest.linears:
+        p = rng.standard_normal((lin.d_in, rank)).astype(np.float32) / np.sqrt(lin.d_in)
+        q = rng.standard_normal((lin.d_out, rank)).astype(np.float32) / np.sqrt(rank)
+        out[lin.name] = (p, q)
+    return out
+
+
+def _pq_ports(pq: dict[str, tuple[np.ndarray, np.ndarray]], scale: float) -> dict[str, np.ndarray]:
+    ports = {}
+    for name, (p, q) in pq.items():
+        ports[contract.port_p(name)] = p
+        ports[contract.port_q(name)] = (scale * q).astype(np.float32)
+    return ports
+
+
+def _hf_delta(module: torch.nn.Module, p: np.ndarray, q: np.ndarray, layout: str) -> torch.Tensor:
+    """Q P^T in HF orientation [d_out, d_in]; GPT-2's Conv1D stores [d_in, d_out], so it gets P Q^T."""
+    delta = torch.from_numpy(q).double() @ torch.from_numpy(p).double().T
+    delta = delta if layout == "out_in" else delta.T
+    assert delta.shape == module.weight.shape, f"{delta.shape} vs {tuple(module.weight.shape)}"
+    return delta.to(module.weight.dtype)
+
+
+def _capture_inputs(model: torch.nn.Module, modules: list[str], batch: Batch) -> dict[str, torch.Tensor]:
+    """Flat [B*T, d_in] inputs of ``modules`` in a torch forward (plain 2D mask, explicit positions)."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in modules:
+        mod = model.get_submodule(name)
+        hooks.append(
+            mod.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0].detach()))
+        )
+    try:
+        attn = torch.from_numpy(batch.attention_mask)
+        with torch.no_grad():
+            model(
+                input_ids=torch.from_numpy(batch.input_ids),
+                attention_mask=attn,
+                position_ids=position_ids_from_mask(attn),
+                use_cache=False,
+            )
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v.reshape(-1, v.shape[-1]) for k, v in seen.items()}
+
+
+def _mgs(y: np.ndarray) -> np.ndarray:
+    cols = []
+    for j in range(y.shape[1]):
+        v = y[:, j : j + 1].copy()
+        for q in cols:
+            v = v - q * (q * v).sum(axis=0, keepdims=True)
+        cols.append(v / np.sqrt((v * v).sum(axis=0, keepdims=True) + 1e-30))
+    return np.concatenate(cols, axis=1)
+
+
+def _numpy_power_iteration(x: np.ndarray, omega: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    v = _mgs(omega)
+    for _ in range(iters):
+        v = _mgs(x.T @ (x @ v))
+    xv = x @ v
+    return v, xv.T @ xv
+
+
+def _rayleigh_ritz(basis: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order the power-iteration subspace into principal directions (what the runtime does), descending."""
+    w, u = np.linalg.eigh(gram.astype(np.float64))
+    order = np.argsort(w)[::-1]
+    return basis.astype(np.float64) @ u[:, order], w[order]
+
+
+# --- (1) loss ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_row_loss_matches_torch(tiny_export, tiny, model_type):
+    exp, sess = _session(tiny_export, model_type)
+    for seed in (0, 1):
+        batch = tiny.make_batch(tiny.VOCAB, seed=seed)
+        out = sess.forward(batch)
+        with torch.no_grad():
+            ref_nll, ref_count = tiny.torch_row_losses(exp.reference, batch)
+        np.testing.assert_array_equal(out[contract.OUTPUT_ROW_COUNT], ref_count.numpy(), err_msg="row_count")
+        np.testing.assert_allclose(out[contract.OUTPUT_ROW_NLL], ref_nll.numpy(), rtol=1e-4, err_msg="row_nll")
+    # A different batch size and length than the traced example: both axes are dynamic.
+    batch = tiny.make_batch(tiny.VOCAB, seed=2, batch=5, seq=11)
+    with torch.no_grad():
+        ref_nll, _ = tiny.torch_row_losses(exp.reference, batch)
+    np.testing.assert_allclose(sess.losses(batch), ref_nll.numpy(), rtol=1e-4, err_msg="row_nll B=5 T=11")
+
+
+# --- (2) directional derivative through the P/Q ports --------------------------------------------------------
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_directional_derivative(tiny_export, tiny, model_type):
+    exp, sess = _session(tiny_export, model_type)
+    arch = get_architecture(model_type)
+    batch = tiny.make_batch(tiny.VOCAB, seed=3)
+    pq = _random_pq(exp.manifest, rank=2, seed=4)
+
+    def ort_cd(mu: float) -> float:
+        plus = sess.forward(batch, _pq_ports(pq, mu))[contract.OUTPUT_ROW_NLL].astype(np.float64).sum()
+        minus = sess.forward(batch, _pq_ports(pq, -mu))[contract.OUTPUT_ROW_NLL].astype(np.float64).sum()
+        return (plus - minus) / (2 * mu)
+
+    ref = exp.reference.double()
+    try:
+        ref.zero_grad()
+        # float64 HF models give NaN on padded query rows (see torch_row_losses), so the rows run unpadded
+        tiny.torch_row_losses(ref, batch, unpadded=True)[0].sum().backward()
+        deltas = {name: _hf_delta(ref.get_submodule(name), p, q, arch.weight_layout) for name, (p, q) in pq.items()}
+        per_layer = {n: float((ref.get_submodule(n).weight.grad * d).sum()) for n, d in deltas.items()}
+        autograd_dd = sum(per_layer.values())
+        ref.zero_grad()
+
+        def loss_at(scale: float) -> float:
+            with torch.no_grad():
+                for n, d in deltas.items():
+                    ref.get_submodule(n).weight.add_(scale * d)
+                try:
+                    return float(tiny.torch_row_losses(ref, batch, unpadded=True)[0].sum())
+                finally:
+                    for n, d in deltas.items():
+                        ref.get_submodule(n).weight.sub_(scale * d)
+
+        fd64 = (loss_at(MU_FD) - loss_at(-MU_FD)) / (2 * MU_FD)
+    finally:
+        exp.reference.float()
+
+    assert abs(autograd_dd) > 0.1, f"{model_type}: degenerate direction (derivative {autograd_dd})"
+    ort_fd = ort_cd(MU_FD)
+    assert abs(ort_fd - fd64) <= FD_ATOL, f"{model_type}: ORT central difference {ort_fd} vs float64 torch {fd64}"
+    mu = MU_AUTOGRAD.get(model_type, MU_AUTOGRAD_DEFAULT)
+    ort_ag = ort_cd(mu)
+    assert abs(ort_ag - autograd_dd) <= AUTOGRAD_ATOL + AUTOGRAD_RTOL * abs(autograd_dd), (
+        f"{model_type}: ORT central difference {ort_ag} (mu={mu}) vs torch autograd {autograd_dd}"
+    )
+    # Each layer's port alone (spot check of the first and the last: ports must not be mixed up between layers)
+    for name in (exp.manifest.linears[0].name, exp.manifest.linears[-1].name):
+        one = {name: pq[name]}
+        plus = sess.forward(batch, _pq_ports(one, mu))[contract.OUTPUT_ROW_NLL].astype(np.float64).sum()
+        minus = sess.forward(batch, _pq_ports(one, -mu))[contract.OUTPUT_ROW_NLL].astype(np.float64).sum()
+        got, want = (plus - minus) / (2 * mu), per_layer[name]
+        assert abs(got - want) <= AUTOGRAD_ATOL + AUTOGRAD_RTOL * abs(want), f"{name}: ORT {got} vs autograd {want}"
+
+
+# --- (3) basis port vs exact SVD and a numpy power iteration -------------------------------------------------
+def _group_inputs(exp, batch: Batch) -> dict[str, np.ndarray]:
+    """Per activation group: the leader's input rows at the real tokens, from torch forward hooks."""
+    leaders = {g.name: g.layers[0] for g in exp.manifest.groups}
+    acts = _capture_inputs(exp.reference, list(leaders.values()), batch)
+    return {g: acts[leader].numpy().astype(np.float64) for g, leader in leaders.items()}
+
+
+def _omegas(manifest: contract.Manifest, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        contract.probe_omega(g.name): rng.standard_normal((g.d_in, manifest.basis_rank)).astype(np.float32)
+        for g in manifest.groups
+    }
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_basis_matches_svd(tiny_export, tiny, model_type):
+    exp, sess = _session(tiny_export, model_type, basis_rank=2, power_iters=20)
+    batch = tiny.make_batch(tiny.VOCAB, seed=5, batch=4, seq=12)
+    rows = batch.real_token_rows()
+    omegas = _omegas(exp.manifest, seed=6)
+    fetch = tuple(f(g.name) for g in exp.manifest.groups for f in (contract.probe_basis, contract.probe_gram))
+    out = sess.forward(batch, {contract.INPUT_PROBE_ROWS: rows, **omegas}, fetch=fetch)
+    acts = _group_inputs(exp, batch)
+    checked = 0
+    for g in exp.manifest.groups:
+        x = acts[g.name][rows]
+        basis, gram = out[contract.probe_basis(g.name)], out[contract.probe_gram(g.name)]
+        np.testing.assert_allclose(basis.T @ basis, np.eye(2), atol=1e-5, err_msg=f"{g.name}: not orthonormal")
+        v, w = _rayleigh_ritz(basis, gram)
+        _, s, vt = np.linalg.svd(x, full_matrices=False)
+        for i in range(2):
+            gaps = [(s[i] - s[i + 1]) / s[i]] + ([(s[i - 1] - s[i]) / s[i - 1]] if i else [])
+            # Subspace iteration leaves direction i with an error ~ (s[r] / s[i]) ** (2K) (r = 2 the basis rank):
+            # a 5% gap alone is not enough at K=20 (0.94 ** 40 = 0.085 measured |cos| 0.98), so both must hold.
+            if min(gaps) <= 0.05 or (s[2] / s[i]) ** (2 * exp.manifest.power_iters) > 0.01:
+                continue
+            ritz = float(np.sqrt(max(w[i], 0.0)))
+            assert ritz == pytest.approx(s[i], rel=1e-3), f"{g.name} direction {i}: Ritz value {ritz} vs {s[i]}"
+            cos = abs(float(v[:, i] @ vt[i]))
+            assert cos >= 0.99, f"{g.name} direction {i}: |cos| {cos:.4f} to the SVD (singular values {s[:3]})"
+            checked += 1
+        # Same algorithm, same start vectors, float64: tight.
+        v_np, g_np = _numpy_power_iteration(x, omegas[contract.probe_omega(g.name)].astype(np.float64), 20)
+        np.testing.assert_allclose(basis, v_np, atol=2e-3, err_msg=f"{g.name}: basis vs numpy K=20")
+    assert checked >= len(exp.manifest.groups), f"{model_type}: only {checked} directions had a clear gap"
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_basis_matches_numpy_power_iteration(tiny_export, tiny, model_type):
+    exp, sess = _session(tiny_export, model_type)  # defaults: basis_rank=1, power_iters=3
+    batch = tiny.make_batch(tiny.VOCAB, seed=7, batch=4, seq=12)
+    rows = batch.real_token_rows()
+    omegas = _omegas(exp.manifest, seed=8)
+    fetch = tuple(f(g.name) for g in exp.manifest.groups for f in (contract.probe_basis, contract.probe_gram))
+    out = sess.forward(batch, {contract.INPUT_PROBE_ROWS: rows, **omegas}, fetch=fetch)
+    acts = _group_inputs(exp, batch)
+    for g in exp.manifest.groups:
+        x = acts[g.name][rows]
+        v_np, g_np = _numpy_power_iteration(x, omegas[contract.probe_omega(g.name)].astype(np.float64), 3)
+        np.testing.assert_allclose(out[contract.probe_basis(g.name)], v_np, atol=1e-5, err_msg=f"{g.name}: basis")
+        np.testing.assert_allclose(out[contract.probe_gram(g.name)], g_np, rtol=1e-4, err_msg=f"{g.name}: gram")
+
+
+# --- (4) sketch and activation ports -------------------------------------------------------------------------
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_sketch_and_act_ports(tiny_export, tiny, model_type):
+    exp, sess = _session(tiny_export, model_type)
+    batch = tiny.make_batch(tiny.VOCAB, seed=9, batch=4, seq=10)
+    rows = batch.real_token_rows()
+    rng = np.random.default_rng(10)
+    act_rows = rng.choice(rows, size=5, replace=False).astype(np.int64)
+    ports: dict[str, np.ndarray] = {contract.INPUT_PROBE_ROWS: rows}
+    fetch = []
+    for g in exp.manifest.groups:
+        ports[contract.probe_sketch_omega(g.name)] = rng.standard_normal((g.d_in, 3)).astype(np.float32)
+        ports[contract.probe_act_rows(g.name)] = act_rows
+        fetch += [contract.probe_sketch(g.name), contract.probe_act(g.name)]
+    out = sess.forward(batch, ports, fetch=tuple(fetch))
+    acts = _group_inputs(exp, batch)
+    for g in exp.manifest.groups:
+        x = acts[g.name][rows]
+        omega = ports[contract.probe_sketch_omega(g.name)].astype(np.float64)
+        sketch = out[contract.probe_sketch(g.name)]
+        assert sketch.shape == (g.d_in, 3), f"{g.name}: sketch shape {sketch.shape}"
+        want = x.T @ (x @ omega)
+        np.testing.assert_allclose(sketch, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=g.name)
+        np.testing.assert_allclose(out[contract.probe_act(g.name)], acts[g.name][act_rows], atol=1e-5, err_msg=g.name)
+
+
+# --- (5) switched-off ports ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_ports_off_equal_no_ports(tiny_export, tiny, model_type):
+    exp, sess = _session(tiny_export, model_type)
+    batch = tiny.make_batch(tiny.VOCAB, seed=11)
+    base = sess.forward(batch)[contract.OUTPUT_ROW_NLL]
+    off: dict[str, np.ndarray] = {contract.INPUT_PROBE_ROWS: np.zeros(0, np.int64)}
+    zero_rank2: dict[str, np.ndarray] = {}
+    for lin in exp.manifest.linears:
+        off[contract.port_p(lin.name)] = np.zeros((lin.d_in, 0), np.float32)
+        off[contract.port_q(lin.name)] = np.zeros((lin.d_out, 0), np.float32)
+        off[contract.port_noise(lin.name)] = np.zeros((1, 1, 1), np.float32)
+        zero_rank2[contract.port_p(lin.name)] = np.zeros((lin.d_in, 2), np.float32)
+        zero_rank2[contract.port_q(lin.name)] = np.zeros((lin.d_out, 2), np.float32)
+    for g in exp.manifest.groups:
+        off[contract.probe_sketch_omega(g.name)] = np.zeros((g.d_in, 0), np.float32)
+        off[contract.probe_act_rows(g.name)] = np.zeros(0, np.int64)
+    np.testing.assert_array_equal(sess.forward(batch, off)[contract.OUTPUT_ROW_NLL], base, err_msg="explicit off")
+    np.testing.assert_allclose(
+        sess.forward(batch, zero_rank2)[contract.OUTPUT_ROW_NLL], base, rtol=1e-6, err_msg="rank-2 zero P/Q"
+    )
+    # Running the probes must not change the loss, and a disabled probe yields zeros, not NaN.
+    probes_on = {contract.INPUT_PROBE_ROWS: batch.real_token_rows(), **_omegas(exp.manifest, seed=12)}
+    np.testing.assert_array_equal(sess.forward(batch, probes_on)[contract.OUTPUT_ROW_NLL], base, err_msg="probes on")
+    g0 = exp.manifest.groups[0].name
+    basis = sess.forward(batch, _omegas(exp.manifest, seed=12), fetch=(contract.probe_basis(g0),))
+    assert np.all(basis[contract.probe_basis(g0)] == 0), "a probe with zero rows must return a zero basis"
+    with torch.no_grad():
+        ref_nll, _ = tiny.torch_row_losses(exp.reference, batch)
+    np.testing.assert_allclose(base, ref_nll.numpy(), rtol=1e-4, err_msg="ports off vs torch")
+
+
+# --- (6) coverage ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_every_architecture_has_a_tiny_config(tiny, model_type):
+    cfg = tiny.tiny_config(model_type)  # raises (fails) for an architecture without one
+    assert cfg.vocab_size == tiny.VOCAB, f"{model_type}: tiny configs share vocab {tiny.VOCAB} (got {cfg.vocab_size})"
+
+
+def test_registry_covers_the_documented_families():
+    assert {"llama", "qwen2", "qwen3", "mistral", "gpt2", "opt"} <= set(MODEL_TYPES)
