@@ -1,0 +1,101 @@
+"""INT4 exports (MatMulNBits, block 32) against the fp32 graph fed with the dequantized weights.
+
+    python -m pytest tests/export/test_int4.py -q
+
+The size criterion (INT4 <= 0.5x fp32) is checked on the real model in test_real_model.py: on a tiny model the
+float embedding dominates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from export.architectures import registered_architectures
+from export.quantize import dequantize_matmulnbits
+from runtime import contract
+from runtime.session import Batch, GraphSession
+
+MODEL_TYPES = sorted(registered_architectures())
+BLOCK = 32
+
+
+def dequantized_session(fp32_dir, int4_dir) -> tuple[GraphSession, set[str]]:
+    """An fp32 session whose linear weights are replaced, in place, by the INT4 graph's dequantized ones."""
+    sess = GraphSession(fp32_dir)
+    deq = dequantize_matmulnbits(onnx.load(str(int4_dir / contract.GRAPH_FILE)))
+    prefix = contract.param_name("")
+    replaced = set()
+    for graph_name, w in deq.items():
+        assert graph_name.startswith(prefix), f"quantized weight {graph_name!r} is not a frozen param"
+        key = graph_name[len(prefix) :]
+        assert sess.params[key].shape == w.shape, f"{key}: {sess.params[key].shape} vs dequantized {w.shape}"
+        sess.params[key][...] = w  # in place: the bound buffer
+        replaced.add(key)
+    return sess, replaced
+
+
+def low_rank_ports(manifest: contract.Manifest, seed: int, rank: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ports = {}
+    for lin in manifest.linears:
+        ports[contract.port_p(lin.name)] = 0.05 * rng.standard_normal((lin.d_in, rank)).astype(np.float32)
+        ports[contract.port_q(lin.name)] = rng.standard_normal((lin.d_out, rank)).astype(np.float32)
+    return ports
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_int4_equals_fp32_with_dequantized_weights(tiny_export, tiny, model_type):
+    fp32 = tiny_export(model_type)
+    int4 = tiny_export(model_type, int4=True, block_size=BLOCK)
+    assert int4.manifest.dtype == "int4" and int4.manifest.int4_block_size == BLOCK
+    assert int4.manifest.params == [], "an INT4 export binds no params (its bases are frozen)"
+    ref, replaced = dequantized_session(fp32.dir, int4.dir)
+    linear_weights = {lin.weight for lin in fp32.manifest.linears}
+    assert replaced == linear_weights, f"not quantized: {sorted(linear_weights - replaced)}"
+    q = GraphSession(int4.dir)
+    batch = tiny.make_batch(tiny.VOCAB, seed=20, batch=4, seq=9)
+    ports = low_rank_ports(fp32.manifest, seed=21)
+    ports[contract.INPUT_PROBE_ROWS] = batch.real_token_rows()
+    fetch = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT)
+    for p in (None, ports):
+        got, want = q.forward(batch, p, fetch=fetch), ref.forward(batch, p, fetch=fetch)
+        np.testing.assert_array_equal(got[contract.OUTPUT_ROW_COUNT], want[contract.OUTPUT_ROW_COUNT])
+        np.testing.assert_allclose(got[contract.OUTPUT_ROW_NLL], want[contract.OUTPUT_ROW_NLL], rtol=1e-4)
+    # The ports really act on the INT4 graph (the low-rank update is not frozen away)
+    moved = q.forward(batch, ports)[contract.OUTPUT_ROW_NLL] - q.forward(batch)[contract.OUTPUT_ROW_NLL]
+    assert np.abs(moved).max() > 1e-2, f"{model_type}: P/Q ports have no effect on the INT4 graph"
+    # ...and quantization really changed the weights (else the comparison above proves nothing)
+    original = GraphSession(fp32.dir).forward(batch)[contract.OUTPUT_ROW_NLL]
+    assert np.abs(q.forward(batch)[contract.OUTPUT_ROW_NLL] - original).max() > 1e-4
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_int4_stores_embedding_once(tiny_export, model_type):
+    int4 = tiny_export(model_type, int4=True, block_size=BLOCK)
+    model = onnx.load(str(int4.dir / contract.GRAPH_FILE))
+    vocab, dims = int4.manifest.vocab_size, {g.d_in for g in int4.manifest.groups}
+    floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    embeddings = [i.name for i in floats if len(i.dims) == 2 and i.dims[0] == vocab and i.dims[1] in dims]
+    assert len(embeddings) == 1, f"{model_type}: expected one float [vocab, d] initializer, got {embeddings}"
+    assert not any(n.op_type == "MatMul" and n.input[1] in {i.name for i in floats} for n in model.graph.node), (
+        "a MatMul with a constant float weight was left unquantized"
+    )
+    # No float copy of a quantized linear weight survives next to its packed form.
+    float_names = {i.name for i in floats}
+    leftovers = sorted(set(dequantize_matmulnbits(model)) & float_names)
+    assert not leftovers, f"float copies of quantized weights remain: {leftovers}"
+    packed = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.UINT8]
+    assert packed, "no packed 4-bit weights"
+
+
+def test_int4_batch_shapes_are_dynamic(tiny_export, tiny):
+    int4 = tiny_export("llama", int4=True, block_size=BLOCK)
+    sess = GraphSession(int4.dir)
+    for b, t in ((1, 2), (6, 13)):
+        batch = tiny.make_batch(tiny.VOCAB, seed=b, batch=b, seq=t)
+        out = sess.forward(batch)
+        assert out[contract.OUTPUT_ROW_NLL].shape == (b,) and np.all(np.isfinite(out[contract.OUTPUT_ROW_NLL]))
+    assert isinstance(batch, Batch)
