@@ -292,6 +292,12 @@ def export_source(model: str, out_dir: str | Path, cfg: ExportConfig | None = No
     if out_dir.exists() and not force:
         raise ExportError(f"output folder {out_dir} already exists; pass --force to replace it")
     src: ModelSource = resolve_source(model)
+    from transformers import AutoConfig
+
+    # An unsupported folder fails here in one line, before weights and tokenizer load (which may fail obscurely,
+    # e.g. an AttributeError from a tokenizer conversion). Not for GGUF: reading its config costs ~8 s.
+    if src.gguf_file is None:
+        get_architecture(AutoConfig.from_pretrained(src.folder).model_type)
     hf_model, tokenizer = src.load()
     return export_model(
         hf_model, tokenizer, out_dir, cfg, source_label=src.label, weights_sha256=src.weights_sha256(), force=force
