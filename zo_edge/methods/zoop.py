@@ -187,7 +187,7 @@ class Zoop(ZOBase):
         return [self.layers[i] for i in sorted(pick)]
 
     # --- the estimator -----------------------------------------------------------------------------------------
-    def estimate(
+    def passes(
         self,
         oracle: Oracle,
         batch: Batch,
@@ -195,61 +195,82 @@ class Zoop(ZOBase):
         t: int,
         layers: list[LinearSpec],
         timer: Timer | None = None,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[float], bool]:
-        """Zoop's gradient estimates for ``layers`` (3 passes, or 1 + 2·queries).
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], list[float], bool]:
+        """The 1 + 2·queries forwards of one estimate for ``layers``.
 
-        Returns (clean per-row losses, {param key: gradient in its *stored* layout}, α-means per query, ok). Weights
-        are stored [d_in, d_out], so a weight's entry is G_lᵀ = (1/B) Xᵀ (α ⊙ ξ_l); ok is False on a non-finite
-        loss (and the dict is then empty).
+        Returns (clean per-row losses, X_g per group [M, d_in], W_l = Σ_k (α_k / Bq) ⊙ ξ_{l,k} per layer [M, d_out],
+        α-means per query, ok); ok is False on a non-finite loss. The only buffers are the noise feeds
+        [B, T, d_out], which end up holding W_l (in place when every token is live, as in packed text).
         """
         c = self.config
         timer = timer or Timer()
-        n_rows = batch.size
         rows = live_positions(batch)
-        m = rows.size
-        row_of = rows // batch.input_ids.shape[1]  # which sample each live token belongs to
+        m, flat = rows.size, batch.input_ids.size
+        all_live = m == flat
+        row_of = rows // batch.input_ids.shape[1]  # the sample each live token belongs to
         groups = sorted({s.group for s in layers})
         with timer("forward"):
             out, acts = oracle.activations(batch, {g: rows for g in groups})
         f0 = objective(out[contract.OUTPUT_ROW_NLL], out[contract.OUTPUT_ROW_COUNT])
-        if not finite(f0):
-            return f0, {}, [], False
-        grads: dict[str, np.ndarray] = {}
+        acc: dict[str, np.ndarray] = {}
         alphas: list[float] = []
-        flat_tokens = batch.input_ids.size
+        if not finite(f0):
+            return f0, acts, acc, alphas, False
         for k in range(c.queries):
             with timer("sample"):
-                xi = {s.name: rng.gaussian(self.seed, (m, s.d_out), "zoop-xi", t, k, s.name) for s in layers}
-                noise = {}
+                noise: dict[str, np.ndarray] = {}
                 for s in layers:
-                    full = np.zeros((flat_tokens, s.d_out), np.float32)
-                    full[rows] = np.float32(c.mu) * xi[s.name]
-                    noise[s.name] = full.reshape(batch.input_ids.shape + (s.d_out,))
+                    full = np.zeros((flat, s.d_out), np.float32)
+                    if all_live:  # draw straight into the feed: the same numbers as a separate (m, d_out) draw
+                        rng.gaussian(self.seed, (m, s.d_out), "zoop-xi", t, k, s.name, out=full)
+                    else:
+                        full[rows] = rng.gaussian(self.seed, (m, s.d_out), "zoop-xi", t, k, s.name)
+                    full *= np.float32(c.mu)
+                    noise[s.name] = full
             with timer("forward"):
-                f_plus = oracle.sample_losses(batch, objective, noise=noise)
+                shaped = {n: v.reshape(batch.input_ids.shape + (v.shape[1],)) for n, v in noise.items()}
+                f_plus = oracle.sample_losses(batch, objective, noise=shaped)
                 for v in noise.values():
                     np.negative(v, out=v)  # the same buffers, now −ε ξ: no second allocation
-                f_minus = oracle.sample_losses(batch, objective, noise=noise)
-            del noise
+                f_minus = oracle.sample_losses(batch, objective, noise=shaped)
             if not finite(f_plus, f_minus):
-                return f0, {}, alphas, False
+                return f0, acts, {}, alphas, False
             alpha = (np.asarray(f_plus, np.float64) - np.asarray(f_minus, np.float64)) / (2.0 * c.mu)
             alphas.append(float(np.mean(alpha)))
-            weight = (alpha[row_of] / (n_rows * c.queries)).astype(np.float32)  # [M]: α_i / (B q) per token
+            # the feeds hold −ε ξ: scale by −α_i / (ε B q) per token to get (α_i / B q) ξ
+            scale = (-alpha[row_of] / (c.mu * batch.size * c.queries)).astype(np.float32)[:, None]
             with timer("update"):
-                for s in layers:
-                    axi = xi[s.name]
-                    axi *= weight[:, None]  # in place: ξ is not needed again
-                    g = acts[s.group].T @ axi  # [d_in, d_out] = stored layout, one sgemm
-                    if s.weight in grads:
-                        grads[s.weight] += g
+                for name, v in noise.items():
+                    live = v if all_live else v[rows]
+                    live *= scale
+                    if name in acc:
+                        acc[name] += live
                     else:
-                        grads[s.weight] = g
-                    if c.bias and s.bias is not None:
-                        gb = axi.sum(axis=0)
-                        grads[s.bias] = grads[s.bias] + gb if s.bias in grads else gb
-            del xi
-        return f0, grads, alphas, True
+                        acc[name] = live
+            del noise, shaped
+        return f0, acts, acc, alphas, True
+
+    def layer_grads(self, spec: LinearSpec, acts: dict[str, np.ndarray], acc: dict[str, np.ndarray]):
+        """{param key: gradient in its stored layout}: a weight gets G_lᵀ = Xᵀ W_l [d_in, d_out] (one sgemm)."""
+        w = acc[spec.name]
+        out = {spec.weight: acts[spec.group].T @ w}
+        if self.config.bias and spec.bias is not None:
+            out[spec.bias] = w.sum(axis=0)
+        return out
+
+    def estimate(
+        self, oracle: Oracle, batch: Batch, objective: Objective, t: int, layers: list[LinearSpec]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[float], bool]:
+        """Zoop's (unnormalised) gradient estimates for ``layers``, all at once (tests; ``step`` streams them).
+
+        Returns (clean per-row losses, {param key: gradient in its stored layout}, α-means per query, ok).
+        """
+        f0, acts, acc, alphas, ok = self.passes(oracle, batch, objective, t, layers)
+        grads: dict[str, np.ndarray] = {}
+        if ok:
+            for s in layers:
+                grads.update(self.layer_grads(s, acts, acc))
+        return f0, grads, alphas, ok
 
     # --- one step ----------------------------------------------------------------------------------------------
     def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int):
@@ -257,22 +278,20 @@ class Zoop(ZOBase):
         timer = Timer()
         layers = self.selected(t)
         forwards = 1 + 2 * c.queries
-        f0, grads, alphas, ok = self.estimate(oracle, batch, objective, t, layers, timer)
+        f0, acts, acc, alphas, ok = self.passes(oracle, batch, objective, t, layers, timer)
         loss = float(np.mean(f0)) if finite(f0) else np.nan
         if not ok:
             return timer.report(loss, np.nan, forwards, skipped=True)
         with timer("update"):
-            for s in layers:
-                keys = [k for k in (s.weight, s.bias) if k in grads]
+            for s in layers:  # one layer-sized gradient at a time
+                grads = self.layer_grads(s, acts, acc)
+                del acc[s.name]
                 if c.normalize:
-                    norm = np.sqrt(sum(float(np.vdot(grads[k], grads[k])) for k in keys))
+                    norm = np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
                     if norm > 0:
-                        for k in keys:
-                            grads[k] *= np.float32(1.0 / norm)
-                deltas, self.opt_state = self.optimizer.update(
-                    {k: grads[k] for k in keys}, self.opt_state, oracle.params
-                )
-                for k in keys:
-                    oracle.apply_dense(k, 1.0, deltas[k])
-                    del grads[k]
+                        for g in grads.values():
+                            g *= np.float32(1.0 / norm)
+                deltas, self.opt_state = self.optimizer.update(grads, self.opt_state, oracle.params)
+                for k, d in deltas.items():
+                    oracle.apply_dense(k, 1.0, d)
         return timer.report(loss, np.mean(alphas), forwards, layers=len(layers))
