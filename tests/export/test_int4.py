@@ -22,21 +22,6 @@ MODEL_TYPES = sorted(registered_architectures())
 BLOCK = 32
 
 
-def dequantized_session(fp32_dir, int4_dir) -> tuple[GraphSession, set[str]]:
-    """An fp32 session whose linear weights are replaced, in place, by the INT4 graph's dequantized ones."""
-    sess = GraphSession(fp32_dir)
-    deq = dequantize_matmulnbits(onnx.load(str(int4_dir / contract.GRAPH_FILE)))
-    prefix = contract.param_name("")
-    replaced = set()
-    for graph_name, w in deq.items():
-        assert graph_name.startswith(prefix), f"quantized weight {graph_name!r} is not a frozen param"
-        key = graph_name[len(prefix) :]
-        assert sess.params[key].shape == w.shape, f"{key}: {sess.params[key].shape} vs dequantized {w.shape}"
-        sess.params[key][...] = w  # in place: the bound buffer
-        replaced.add(key)
-    return sess, replaced
-
-
 def low_rank_ports(manifest: contract.Manifest, seed: int, rank: int = 2) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ports = {}
@@ -52,7 +37,7 @@ def test_int4_equals_fp32_with_dequantized_weights(tiny_export, tiny, model_type
     int4 = tiny_export(model_type, int4=True, block_size=BLOCK)
     assert int4.manifest.dtype == "int4" and int4.manifest.int4_block_size == BLOCK
     assert int4.manifest.params == [], "an INT4 export binds no params (its bases are frozen)"
-    ref, replaced = dequantized_session(fp32.dir, int4.dir)
+    ref, replaced = tiny.dequantized_session(fp32.dir, int4.dir)
     linear_weights = {lin.weight for lin in fp32.manifest.linears}
     assert replaced == linear_weights, f"not quantized: {sorted(linear_weights - replaced)}"
     q = GraphSession(int4.dir)
