@@ -128,6 +128,9 @@ def test_row_loss_matches_torch(tiny_export, tiny, model_type):
             ref_nll, ref_count = tiny.torch_row_losses(exp.reference, batch)
         np.testing.assert_array_equal(out[contract.OUTPUT_ROW_COUNT], ref_count.numpy(), err_msg="row_count")
         np.testing.assert_allclose(out[contract.OUTPUT_ROW_NLL], ref_nll.numpy(), rtol=1e-4, err_msg="row_nll")
+        with torch.no_grad():
+            alone, _ = tiny.torch_row_losses(exp.reference, batch, unpadded=True)
+        np.testing.assert_allclose(out[contract.OUTPUT_ROW_NLL], alone.numpy(), rtol=1e-4, err_msg="vs unpadded rows")
     # A different batch size and length than the traced example: both axes are dynamic.
     batch = tiny.make_batch(tiny.VOCAB, seed=2, batch=5, seq=11)
     with torch.no_grad():
@@ -187,6 +190,31 @@ def test_directional_derivative(tiny_export, tiny, model_type):
         minus = sess.forward(batch, _pq_ports(one, -mu))[contract.OUTPUT_ROW_NLL].astype(np.float64).sum()
         got, want = (plus - minus) / (2 * mu), per_layer[name]
         assert abs(got - want) <= AUTOGRAD_ATOL + AUTOGRAD_RTOL * abs(want), f"{name}: ORT {got} vs autograd {want}"
+
+
+# --- (2b) output-noise port (Zoop) ----------------------------------------------------------------------------
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_noise_port_matches_torch_hook(tiny_export, tiny, model_type):
+    """Noise on one layer's output, per token [B, T, d_out] and broadcast [1, 1, d_out], vs a torch forward hook."""
+    exp, sess = _session(tiny_export, model_type)
+    batch = tiny.make_batch(tiny.VOCAB, seed=13)
+    b, t = batch.input_ids.shape
+    rng = np.random.default_rng(14)
+    for lin in (exp.manifest.linears[0], exp.manifest.linears[-1]):
+        for shape in ((b, t, lin.d_out), (1, 1, lin.d_out)):
+            noise = (0.3 * rng.standard_normal(shape)).astype(np.float32)
+            got = sess.forward(batch, {contract.port_noise(lin.name): noise})[contract.OUTPUT_ROW_NLL]
+            add = torch.from_numpy(np.broadcast_to(noise, (b, t, lin.d_out)).copy())
+            hook = exp.reference.get_submodule(lin.name).register_forward_hook(
+                lambda m, args, out, add=add: out + add.reshape(out.shape)  # OPT's MLP runs on [B*T, d]
+            )
+            try:
+                with torch.no_grad():
+                    want, _ = tiny.torch_row_losses(exp.reference, batch)
+            finally:
+                hook.remove()
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, err_msg=f"{lin.name} noise {shape}")
+            assert np.abs(got - sess.losses(batch)).max() > 1e-3, f"{lin.name}: noise had no effect"
 
 
 # --- (3) basis port vs exact SVD and a numpy power iteration -------------------------------------------------
