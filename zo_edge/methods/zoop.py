@@ -6,7 +6,11 @@ Reference: "Zoop it! Efficient Zero-Order Optimization with Output Perturbation"
 Instead of perturbing the d_in·d_out weights of a layer (MeZO), Zoop perturbs the layer's *output* per token and
 back-propagates the resulting output-gradient estimate through the layer's own, analytically known, local Jacobian.
 Rows of a batch are independent in a causal LM, so every row gives its own estimate from its own loss, and the
-error of the layer's estimate falls as (perturbed output width) / (batch size) instead of (weights) / 1.
+error of the layer's estimate falls as (perturbed output width) / (batch size) instead of (weights) / 1 -- for
+the part of the gradient the rows share. On the tiny test Llama with rows that share one sample, the per-layer
+cosine with autograd is 0.09 / 0.20 / 0.44 at B = 4 / 16 / 64 (√(B / (B + T·d_out)) predicts 0.12 / 0.24 / 0.45),
+against 0.02-0.03 for MeZO restricted to that layer; with unrelated random rows the row gradients are nearly
+orthogonal and the cosine stays near 1/√(T·d_out) at every B (tests/methods/test_zoop.py).
 
 Per step t, for the selected layers S_t (see ``select``) and each query k::
 
@@ -32,21 +36,26 @@ Arguments (the paper's hyperparameters are not restated here; these defaults are
 ``mu`` = ε 1e-3 (output entries are O(1); 1e-3 keeps the float32 central difference accurate), ``queries`` 1
 (noise draws per step, each 2 more forwards, averaged), ``select`` "cycle" (one transformer block per step, in
 order), ``subset`` 4 (layers per step for "random"), ``blocks`` "" (which blocks are trained at all, e.g.
-"0-3,10"; empty = every targeted linear), ``bias`` True, ``normalize`` True. Learning rate: with normalisation the
-step moves each layer by η in Frobenius norm (η ≈ 1e-4..1e-3 with SGD).
+"0-3,10"; empty = every targeted linear), ``bias`` True, ``normalize`` True. Learning rate: with normalisation
+SGD moves each layer by exactly η in Frobenius norm per update (the tiny-model tests use 3e-2; no value tuned on a
+real model yet).
 
 Design decisions:
 
 * **The third (clean) pass.** The local Jacobian needs each perturbed layer's input x at the unperturbed point.
   Rather than storing activations for the whole network, a clean pass returns the input rows of the *selected*
-  layers' groups only (probe_act_rows; every other group gets an empty index, which costs a Gather of zero rows).
-  It also yields the unperturbed loss that the StepReport shows. Measured on the tiny test Llama (d = 32, 2
-  blocks, B = 16, T = 16; ``benchmarks/zoop_scaling.py``) and on a random model of SmolLM2-135M's shape (see the
-  numbers in that file's docstring): the clean pass costs the same as a ± pass (it is the same graph; the
-  extra Gather is noise-level), so a step is 3 forwards instead of 2, i.e. +50% forward time over two-pass
-  methods; the extra memory is X_g, M·Σ_g d_in float32 for the selected groups (one block of SmolLM2 at B = 16,
-  T = 64: 1024 · 3264 · 4 B = 13 MB), plus ξ (M·Σ_l d_out: 21 MB per block at that size) and one layer-sized G at
-  a time. With ``select = "all"`` these become 30x that on SmolLM2, hence the "cycle" default.
+  layers' groups only (probe_act_rows; every other group gets an empty index, a Gather of zero rows). It also
+  yields the unperturbed loss that the StepReport shows. Order: clean → + → −. Measured (T = 64, on a shared
+  2-core VM, so absolute times are inflated; ``benchmarks/zoop_scaling.py`` and an interleaved timing loop):
+  on the tiny test Llama (B = 16) the clean pass costs 1.06x a plain forward with one block's rows, 1.16x with
+  every group's (the rows are copied out), and the noise feed is free (0.97x); on SmolLM2-135M fp32 (B = 8) the
+  clean pass and a plain forward are within timing noise (4.4 vs 4.7 s, 4.8 vs 4.9 s). So the third pass costs
+  one forward: a step is 3 forwards where MeZO/LOZO take 2 (+50% forward time; AGZO also takes 2, one of them
+  with its probes). Extra memory: X_g, M·Σ_g d_in float32 for the selected groups, plus the noise feeds
+  M·Σ_l d_out (reused in place as the α-weighted ξ), plus one layer's G at a time. SmolLM2 at B = 8, T = 64:
+  6.3 MB of rows and 10 MB of noise for one block ("cycle"; peak RSS the same as AGZO's and MeZO's, +290 MB over
+  the loaded session, which is onnxruntime's forward arena), 188 MB and 299 MB for "all" (peak +965 MB). Hence
+  the "cycle" default.
 * **Optimizer state.** SGD keeps none. Zoop-Adam keeps moments (8 B per value) for the trained layers only:
   ``blocks`` restricts which layers are trained, and init refuses (one line) Adam whose moments would exceed the
   model's own fp32 size, as MeZO does. The optimizer is called with only the layers updated this step; its
