@@ -11,7 +11,8 @@ lifetime peak, and ``peak_run_mb``, the peak after loading (forwards/steps only;
 ``kind = "forward"`` is the floor: a GraphSession and its forwards, nothing else (what an inference-only process of
 the same graph costs). ``kind = "method"`` builds the method exactly as ``zo-edge train`` does
 (``zo_edge.train.build_method``, the method's default hyperparameters), calibrates it if it needs calibration (timed
-separately), runs one warm-up step and then ``reps`` timed steps on batch 0; the step's split comes from its
+separately), runs one warm-up step and then ``reps`` timed steps on batch 0, each followed by one timed plain forward
+(``forward_inproc_s``: the step / forward ratio from interleaved measurements); the step's split comes from its
 ``StepReport`` (t_forward / t_update / t_sample). Nothing here imports torch.
 """
 
@@ -91,12 +92,17 @@ def method_cell(spec: dict) -> dict:
         out["calibration_forwards"] = oracle.forwards
         out["calib_batches"] = n
     method.step(oracle, batch, lm_objective, 0)  # warm-up
-    rows = []
+    rows, plain = [], []
     for t in range(1, spec.get("reps", 3) + 1):
         t0 = time.perf_counter()
         r = method.step(oracle, batch, lm_objective, t)
         total = time.perf_counter() - t0
         rows.append((total, r.t_forward, r.t_update, r.t_sample, r.forwards, r.loss))
+        # a plain forward (no ports, no adapter) right after each step, in this process: step / forward ratios
+        # from interleaved measurements survive a machine whose load drifts between cells
+        t0 = time.perf_counter()
+        session.forward(batch)
+        plain.append(time.perf_counter() - t0)
     cols = list(zip(*rows, strict=True))
     out.update(
         step_s=round(median(cols[0]), 4),
@@ -104,6 +110,7 @@ def method_cell(spec: dict) -> dict:
         t_update=round(median(cols[2]), 4),
         t_sample=round(median(cols[3]), 4),
         t_other=round(median([a - b - c - d for a, b, c, d, *_ in rows]), 4),
+        forward_inproc_s=round(median(plain), 4),
         forwards=int(cols[4][-1]),
         step_all_s=[round(x, 4) for x in cols[0]],
         losses=[round(float(x), 4) for x in cols[5]],
