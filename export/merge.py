@@ -6,10 +6,12 @@
   ``zo-edge generate`` load.
 * Any base: the adapter alone (``adapter.safetensors`` with P/Q per layer, ΔW = Q Pᵀ in HF orientation, plus
   ``adapter.json`` naming the base by its weight hash), so several personalisations can share one base.
-* INT4 base: folding ΔW into the weights and re-quantizing would change the function that was trained, so the
-  deployable model is the *dequantized* INT4 base (exactly the weights MatMulNBits computes with) plus ΔW, in
-  fp32: the trained function, at fp32 size. The adapter file is the INT4-sized deployable (base + adapter). An INT4
-  KV-cache graph with the adapter branch as initializers is not built yet.
+* INT4 base: folding ΔW into the weights and re-quantizing would change the function that was trained. So
+  ``onnx-int4/`` is the base exported with optimum from its *dequantized* weights, re-quantized with the same
+  MatMulNBits settings (symmetric re-quantization of dequantized blocks reproduces the same codes and scales), with
+  the trained low-rank branch y += (x A) Cᵀ added beside each quantized MatMul as float initializers: the function
+  that was trained, at INT4 size, with a KV cache. ``hf/`` + ``onnx/`` hold the same function in fp32 (dequantized
+  base + ΔW) for tools that want a plain model.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def merge_run(
     _write_hf(hf, model_dir, manifest, arrays, adapters)
     if onnx:
         _export_onnx(hf, tmp / "onnx")
+    if onnx and manifest.dtype == "int4":
+        base = tmp / ".base"
+        _write_hf(base, model_dir, manifest, arrays, {})
+        _int4_with_adapter(base, tmp / "onnx-int4", manifest, adapters)
+        shutil.rmtree(base)
     tmp.rename(out_dir)
     return out_dir
 
@@ -152,6 +159,110 @@ def _int4_params(model_dir: Path) -> dict[str, np.ndarray]:
     }
     out.update({k.removeprefix(prefix): v for k, v in dequantize_matmulnbits(graph).items()})
     return out
+
+
+def _node_path(layer: str) -> str:
+    """HF module path -> the torch exporter's node scope: model.layers.0.mlp.up_proj -> /model/layers.0/mlp/up_proj"""
+    parts: list[str] = []
+    for piece in layer.split("."):
+        if piece.isdigit() and parts:
+            parts[-1] += "." + piece
+        else:
+            parts.append(piece)
+    return "/" + "/".join(parts)
+
+
+def _int4_with_adapter(base_hf: Path, out: Path, manifest: Manifest, adapters) -> None:
+    """optimum KV-cache export of the dequantized base -> MatMulNBits on the targeted linears -> adapter branches.
+
+    Each branch, beside its quantized node::
+
+        x ──MatMulNBits(W4)──▶ y_base ──Add──▶ y
+        └──MatMul(A [d_in,r])──MatMul(Cᵀ [r,d_out])──┘
+    """
+    import logging
+
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    fp32 = out.with_name(out.name + ".fp32")
+    _export_onnx(base_hf, fp32)
+    model = onnx.load(str(fp32 / "model.onnx"))
+    matmuls = {n.name: n for n in model.graph.node if n.op_type == "MatMul"}
+    include = []
+    for spec in manifest.linears:
+        name = _node_path(spec.name) + "/MatMul"
+        if name not in matmuls:
+            raise MergeError(
+                f"no MatMul node {name} in the optimum export ({manifest.architecture} is not supported here)"
+            )
+        include.append(name)
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    q = MatMulNBitsQuantizer(
+        model, bits=4, block_size=manifest.int4_block_size or 32, is_symmetric=True, nodes_to_include=include
+    )
+    q.process()
+    model = q.model.model
+    by_prefix = {n.name.rsplit("/", 1)[0]: n for n in model.graph.node if n.op_type == "MatMulNBits"}
+    new_nodes = []
+    for spec in manifest.linears:
+        if spec.name not in adapters or adapters[spec.name][0].shape[1] == 0:
+            continue
+        node = by_prefix[_node_path(spec.name)]
+        c, a = adapters[spec.name]
+        tag = _node_path(spec.name) + "/zo_adapter"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.ascontiguousarray(a, np.float32), tag + "/A"),
+                numpy_helper.from_array(np.ascontiguousarray(c.T, np.float32), tag + "/Ct"),
+            ]
+        )
+        y = node.output[0]
+        node.output[0] = tag + "/base_out"
+        new_nodes += [
+            helper.make_node("MatMul", [node.input[0], tag + "/A"], [tag + "/xa"], name=tag + "/MatMul_A"),
+            helper.make_node("MatMul", [tag + "/xa", tag + "/Ct"], [tag + "/delta"], name=tag + "/MatMul_C"),
+            helper.make_node("Add", [tag + "/base_out", tag + "/delta"], [y], name=tag + "/Add"),
+        ]
+    model.graph.node.extend(new_nodes)
+    model = _toposort(model)
+    onnx.checker.check_model(model)
+    out.mkdir(parents=True)
+    onnx.save_model(model, str(out / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    for f in fp32.iterdir():
+        if not f.name.startswith("model.onnx"):
+            shutil.copy2(f, out / f.name)
+    shutil.rmtree(fp32)
+
+
+def _toposort(model):
+    """Kahn's algorithm, keeping the original order where possible: the appended branch nodes must come before
+    the consumers of the outputs they now produce (ONNX requires topological order)."""
+    from collections import deque
+
+    graph = model.graph
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    deps = [{producer[x] for x in n.input if x in producer} for n in nodes]
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    pending = [len(d) for d in deps]
+    queue = deque(i for i, p in enumerate(pending) if p == 0)
+    order = []
+    while queue:
+        i = queue.popleft()
+        order.append(nodes[i])
+        for u in users[i]:
+            pending[u] -= 1
+            if pending[u] == 0:
+                queue.append(u)
+    assert len(order) == len(nodes), "the adapter branches made the graph cyclic"
+    del graph.node[:]
+    graph.node.extend(order)
+    return model
 
 
 def _export_onnx(hf_dir: Path, out: Path) -> None:

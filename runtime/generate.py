@@ -38,6 +38,17 @@ class Generator:
             out[name] = np.zeros((1, int(shape[1]), 0, int(shape[3])), np.float32)
         return out
 
+    def sequence_logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits [B, T, V] for unpadded sequences [B, T] in one pass from an empty cache (parity checks)."""
+        ids = np.asarray(ids, np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+        for name, empty in self._empty_past().items():
+            feed[name] = np.repeat(empty, ids.shape[0], axis=0)
+        names = [o.name for o in self.session.get_outputs()]
+        return self.session.run(["logits"], feed)[0] if "logits" in names else None
+
     def generate(
         self,
         prompt: str,

@@ -5,7 +5,8 @@ HF orientation), under output noise (Zoop), or for the activation bases/sketches
 they apply updates through ``apply_lowrank`` / ``apply_dense``. Where the update lands depends on the base:
 
 * fp32 base on CPU: folded into the bound weights in place (BLAS), seen by the next forward;
-* INT4 base (frozen MatMulNBits weights), or ``fold=False``: accumulated into a per-layer low-rank *adapter*
+* INT4 base (frozen MatMulNBits weights), a device provider (CUDA, NPU: the weights live in device memory, and
+  a host-side update would have to re-upload the model every step), or ``fold=False``: accumulated into a per-layer low-rank *adapter*
   (Σ Q_k P_kᵀ) that is fed through the same P/Q ports on every pass, concatenated with the perturbation. Above
   ``adapter_rank`` columns the adapter is recompressed by a truncated SVD of its factors (QR of each side + an
   r x r SVD): exact while the accumulated rank fits, the best rank-``adapter_rank`` approximation beyond.
@@ -179,6 +180,13 @@ class Oracle:
         """param += alpha x in place (full-space methods; needs bound fp32 params)."""
         if key not in self.params:
             raise ValueError(f"{key} is not a bound fp32 parameter; full-space updates need an fp32 export")
+        if self.session.device != "cpu":
+            # The bound copy lives in device memory: a host update would be invisible, and re-uploading would move
+            # the whole model across the bus every step. Low-rank methods train an adapter there instead.
+            raise ValueError(
+                f"full-space updates (mezo, zoop) run on the CPU provider only, not {self.session.providers[0]}; "
+                "use a low-rank method (zo-act, agzo, lozo, subzero), whose adapter is fed per pass"
+            )
         add_dense(self.params[key], alpha, x)
 
     # --- state --------------------------------------------------------------------------------------------

@@ -172,6 +172,16 @@ def test_merge_matches_training_graph_and_generates(base, tiny_lm_dirs, tmp_path
         eff = torch.tensor(attn[:, 1:] * attn[:, :-1]).double()
         ref = -(lp * eff).sum(1).numpy()
     np.testing.assert_allclose(ort_nll, ref, rtol=1e-4)
+    # the KV-cache inference graphs compute the same function (INT4: re-quantized base + adapter branch)
+    from runtime.generate import Generator
+
+    plain = Batch(ids[1:], np.ones_like(ids[1:]), np.ones_like(ids[1:]))
+    want = oracle.run(plain)["row_nll"]
+    for folder in ["onnx"] + (["onnx-int4"] if base == "int4" else []):
+        logits = Generator(merged / folder).sequence_logits(ids[1:]).astype(np.float64)
+        lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        tok_lp = np.take_along_axis(logits[:, :-1], ids[1:, 1:, None], 2)[..., 0] - lse[:, :-1]
+        np.testing.assert_allclose(-tok_lp.sum(1), want, rtol=1e-4, err_msg=folder)
     capsys.readouterr()
     assert main(["generate", str(merged), "It was", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.startswith("It was")
