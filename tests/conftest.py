@@ -19,17 +19,21 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
-import torch
 
-from export.architectures import get_architecture, registered_architectures
-from export.config import ExportConfig
-from export.exporter import export_model
 from runtime import contract
 from runtime.session import Batch, GraphSession
+
+if TYPE_CHECKING:
+    import torch
+
+    from export.config import ExportConfig
+
+# torch and export/ are imported inside the helpers: tests/runtime checks that the runtime runs without torch, and
+# a root conftest that imported it would put torch into every test process.
 
 SEED = 1234
 TINY_VOCAB = 97
@@ -72,11 +76,15 @@ TEST_TINY_CONFIGS = {"qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral}
 
 
 def registered_model_types() -> list[str]:
+    from export.architectures import registered_architectures
+
     return sorted(registered_architectures())
 
 
 def tiny_config(model_type: str) -> Any:
     """A tiny config whose ``model_type`` is ``model_type``: the architecture's own, else this file's table."""
+    from export.architectures import get_architecture
+
     cfg = get_architecture(model_type).tiny_config()
     if cfg.model_type != model_type:
         assert model_type in TEST_TINY_CONFIGS, (
@@ -90,6 +98,7 @@ def tiny_config(model_type: str) -> Any:
 
 def build_tiny_model(model_type: str, seed: int = SEED) -> torch.nn.Module:
     """Tiny random float32 model with every parameter perturbed (norms, biases and embeddings included)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -118,6 +127,9 @@ def tiny_export(tmp_path_factory):
     def make(model_type: str, **cfg_kwargs) -> TinyExport:
         key = (model_type, tuple(sorted(cfg_kwargs.items())))
         if key not in cache:
+            from export.config import ExportConfig
+            from export.exporter import export_model
+
             model = build_tiny_model(model_type)
             reference = copy.deepcopy(model)
             cfg = ExportConfig(**cfg_kwargs)
@@ -153,6 +165,8 @@ def torch_row_losses(
     Use it for float64 models: HF's eager attention turns fully masked (padded) query rows into NaN in float64,
     which then leaks into every row through 0 * NaN in the next layer's attention.
     """
+    import torch
+
     ids = torch.from_numpy(batch.input_ids)
     attn = torch.from_numpy(batch.attention_mask)
     loss = torch.from_numpy(batch.loss_mask)
