@@ -52,7 +52,13 @@ class ModelSource:
         model = AutoModelForCausalLM.from_pretrained(
             self.folder, dtype=torch.float32, attn_implementation="eager", **kw
         )
-        tokenizer = AutoTokenizer.from_pretrained(self.folder, **kw)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.folder, **kw)
+        except (OSError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise SourceError(
+                f"{self.label}: could not load its tokenizer ({first}); the folder needs tokenizer files"
+            ) from None
         return model.eval(), tokenizer
 
 

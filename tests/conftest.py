@@ -38,42 +38,6 @@ if TYPE_CHECKING:
 SEED = 1234
 TINY_VOCAB = 97
 
-# Configs for model types whose architecture's tiny_config() builds another family's config (the Llama class
-# serves qwen2/qwen3/mistral but its tiny_config() is a LlamaConfig): the parity suite must run the real HF
-# classes of each type (Qwen2's q/k/v biases, Qwen3's q/k norms, Mistral's sliding window).
-_LLAMA_LIKE = dict(
-    vocab_size=TINY_VOCAB,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-5,
-)
-
-
-def _qwen2():
-    from transformers import Qwen2Config
-
-    return Qwen2Config(**_LLAMA_LIKE, use_sliding_window=False)
-
-
-def _qwen3():
-    from transformers import Qwen3Config
-
-    return Qwen3Config(**_LLAMA_LIKE, head_dim=8, use_sliding_window=False)
-
-
-def _mistral():
-    from transformers import MistralConfig
-
-    return MistralConfig(**_LLAMA_LIKE, sliding_window=None)
-
-
-TEST_TINY_CONFIGS = {"qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral}
-
 
 def registered_model_types() -> list[str]:
     from export.architectures import registered_architectures
@@ -82,16 +46,10 @@ def registered_model_types() -> list[str]:
 
 
 def tiny_config(model_type: str) -> Any:
-    """A tiny config whose ``model_type`` is ``model_type``: the architecture's own, else this file's table."""
+    """The architecture's tiny config of exactly this ``model_type`` (each registered type tests its own HF class)."""
     from export.architectures import get_architecture
 
-    cfg = get_architecture(model_type).tiny_config()
-    if cfg.model_type != model_type:
-        assert model_type in TEST_TINY_CONFIGS, (
-            f"{model_type}: its architecture's tiny_config() is a {cfg.model_type!r} config and tests/conftest.py "
-            f"has no TEST_TINY_CONFIGS entry; add a tiny config of type {model_type!r}"
-        )
-        cfg = TEST_TINY_CONFIGS[model_type]()
+    cfg = get_architecture(model_type).tiny_config(model_type)
     assert cfg.model_type == model_type, f"tiny config for {model_type} has model_type {cfg.model_type}"
     return cfg
 

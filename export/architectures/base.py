@@ -113,8 +113,8 @@ class Architecture:
         """Tracing workarounds, restored on exit. Each override says why and for which versions."""
         yield
 
-    def tiny_config(self) -> Any:
-        """A tiny random config of this family for the parity tests."""
+    def tiny_config(self, model_type: str | None = None) -> Any:
+        """A tiny random config of this family (of ``model_type``, for families registered under several)."""
         raise NotImplementedError(f"{type(self).__name__} has no tiny_config(); the parity suite needs one")
 
     # -- derived ---------------------------------------------------------------------------------------------

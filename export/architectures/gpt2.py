@@ -15,7 +15,7 @@ class GPT2(Architecture):
     embed_path = "transformer.wte"
     lm_head_path = "lm_head"
 
-    def tiny_config(self):
+    def tiny_config(self, model_type: str | None = None):
         from transformers import GPT2Config
 
         return GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=128, tie_word_embeddings=True)

@@ -23,10 +23,12 @@ class Llama(Architecture):
     embed_path = "model.embed_tokens"
     lm_head_path = "lm_head"
 
-    def tiny_config(self):
-        from transformers import LlamaConfig
+    def tiny_config(self, model_type: str = "llama"):
+        """Tiny random configs of each registered type, with its real HF class (Qwen2's q/k/v biases, Qwen3's q/k
+        norms and explicit head_dim, Mistral's sliding window off), so the parity suite tests each family."""
+        from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-        return LlamaConfig(
+        common = dict(
             vocab_size=97,
             hidden_size=32,
             intermediate_size=48,
@@ -37,3 +39,10 @@ class Llama(Architecture):
             tie_word_embeddings=True,
             rms_norm_eps=1e-5,
         )
+        configs = {
+            "llama": lambda: LlamaConfig(**common),
+            "qwen2": lambda: Qwen2Config(**common, use_sliding_window=False),
+            "qwen3": lambda: Qwen3Config(**common, head_dim=8, use_sliding_window=False),
+            "mistral": lambda: MistralConfig(**common, sliding_window=None),
+        }
+        return configs[model_type]()

@@ -22,7 +22,7 @@ class OPT(Architecture):
     embed_path = "model.decoder.embed_tokens"
     lm_head_path = "lm_head"
 
-    def tiny_config(self):
+    def tiny_config(self, model_type: str | None = None):
         from transformers import OPTConfig
 
         return OPTConfig(
