@@ -18,13 +18,16 @@ machine gives and only the ratios within a row mean much (step s / peak RSS MiB 
 
     B    zoop (cycle)     zoop-all         agzo             mezo
     8    15.4 s / +290    31.9 s / +965    10.4 s / +291    30.1 s / +287
-    16   25.2 s / +877    (see the run's own table for the rest)
+    16   25.2 s / +877    52.0 s / +2378   12.5 s / +893    29.5 s / +980
+    32   12.3 s / +2201   54.9 s / +5255   17.0 s / +2147   40.8 s / +2212
 
-Zoop's clean pass costs what a plain forward costs (4.4 vs 4.7 s at B = 8, 8.0 vs 8.2 s at B = 16): a Zoop step is
-three forwards to AGZO's two. The peak RSS above the session is onnxruntime's forward arena (the same for every
-method at a given B); Zoop's own arrays add 16 MB per block at B = 8 ("cycle") and 490 MB for "all", whose dense
-per-layer sgemm and update also cost as much time as the forwards (t_upd 14.8 s). MeZO's time is its three
-regenerations of 135M normals and the dense axpys (t_samp + t_upd 22.5 s).
+(the load fell during the B = 32 cells.) Zoop's clean pass costs what a plain forward costs (4.4 vs 4.7 s at
+B = 8, 8.0 vs 8.2 s at B = 16, 3.5 vs 3.5 s at B = 32): a Zoop step is three forwards to AGZO's two. The peak RSS
+above the session is mostly onnxruntime's forward arena, which grows with B (every token is scored here, so the
+[B·T, 49152] logits dominate) and is the same for every method at a given B; Zoop's own arrays (input rows + noise
+feeds) add 16 / 32 / 65 MB at B = 8 / 16 / 32 with one block per step ("cycle"), and 0.5 / 1.0 / 1.9 GB for
+"all", whose 210 per-layer sgemms and dense updates also cost about as much time as its forwards (t_upd 15-22 s).
+MeZO's time is its three regenerations of 135M normals and the dense axpys (t_samp + t_upd 16-22 s).
 """
 
 from __future__ import annotations
