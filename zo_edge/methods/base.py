@@ -15,7 +15,7 @@ from runtime.method import StepReport
 from runtime.oracle import Oracle
 from zo_edge import optim
 
-__all__ = ["BaseConfig", "Timer", "ZOBase", "finite"]
+__all__ = ["BaseConfig", "LowRankSPSA", "Timer", "ZOBase", "finite", "lowrank_spsa"]
 
 
 @dataclass
@@ -121,3 +121,45 @@ class ZOBase:
             self.opt_state = optim.state_from_arrays(
                 self.opt_state, {k: v for k, v in arrays.items() if k.startswith("opt/")}, prefix="opt/"
             )
+
+
+def lowrank_spsa(oracle: Oracle, batch, objective, pert: dict, mu: float, timer: Timer) -> tuple[float, float, float]:
+    """Central difference along ΔW = Q Pᵀ per layer (``pert``: layer -> (P, Q)); returns (f+, f-, g)."""
+    with timer("forward"):
+        plus = {k: (p, mu * q) for k, (p, q) in pert.items()}
+        f_plus = float(np.mean(oracle.sample_losses(batch, objective, plus)))
+        minus = {k: (p, -mu * q) for k, (p, q) in pert.items()}
+        f_minus = float(np.mean(oracle.sample_losses(batch, objective, minus)))
+    return f_plus, f_minus, (f_plus - f_minus) / (2 * mu)
+
+
+class LowRankSPSA(ZOBase):
+    """The step shared by LOZO and SubZero: per query, a central difference along ``perturbation(...)`` and a
+    rank-r SGD update W -= η g ΔW (in place, or into the INT4 adapter). Subclasses define only the perturbation."""
+
+    bases = frozenset({"fp32", "int4"})
+
+    def init(self, oracle: Oracle, seed: int) -> None:
+        self.check_base(oracle)
+        self.seed = seed
+
+    def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        raise NotImplementedError
+
+    def step(self, oracle: Oracle, batch, objective, t: int):
+        c = self.config
+        timer = Timer()
+        lr = self.optimizer_lr(t)
+        gs, losses = [], []
+        for k in range(c.queries):
+            with timer("sample"):
+                pert = self.perturbation(oracle, t, k)
+            f_plus, f_minus, g = lowrank_spsa(oracle, batch, objective, pert, c.mu, timer)
+            if not finite(f_plus, f_minus):
+                return timer.report(np.nan, np.nan, 2 * (k + 1), skipped=True)
+            with timer("update"):
+                for layer, (p, q) in pert.items():
+                    oracle.apply_lowrank(layer, q, p, -lr * g / c.queries)
+            gs.append(g)
+            losses.append(0.5 * (f_plus + f_minus))
+        return timer.report(np.mean(losses), np.mean(gs), 2 * c.queries)

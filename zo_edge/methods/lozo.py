@@ -21,9 +21,8 @@ import numpy as np
 
 from runtime import rng
 from runtime.method import register_method
-from runtime.oracle import Objective, Oracle
-from runtime.session import Batch
-from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
+from runtime.oracle import Oracle
+from zo_edge.methods.base import BaseConfig, LowRankSPSA
 
 __all__ = ["LOZO", "LOZOConfig"]
 
@@ -34,43 +33,15 @@ class LOZOConfig(BaseConfig):
     nu: int = 50
 
 
-def lowrank_spsa(oracle: Oracle, batch: Batch, objective: Objective, pert: dict, mu: float, timer: Timer):
-    """Central difference along ΔW = Q Pᵀ per layer (``pert``: layer -> (P, Q)); returns (f+, f-, g)."""
-    with timer("forward"):
-        f_plus = float(np.mean(oracle.sample_losses(batch, objective, {k: (p, mu * q) for k, (p, q) in pert.items()})))
-        f_minus = float(
-            np.mean(oracle.sample_losses(batch, objective, {k: (p, -mu * q) for k, (p, q) in pert.items()}))
-        )
-    return f_plus, f_minus, (f_plus - f_minus) / (2 * mu)
-
-
 @register_method("lozo")
-class LOZO(ZOBase):
+class LOZO(LowRankSPSA):
     Config = LOZOConfig
-    bases = frozenset({"fp32", "int4"})
 
-    def init(self, oracle: Oracle, seed: int) -> None:
-        self.check_base(oracle)
-        self.seed = seed
-
-    def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int):
+    def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         c = self.config
-        timer = Timer()
-        lr = self.optimizer_lr(t)
-        gs, losses = [], []
-        for k in range(c.queries):
-            with timer("sample"):
-                pert = {}
-                for spec in oracle.manifest.linears:
-                    v = rng.gaussian(self.seed, (spec.d_in, c.rank), "lozo-V", t // c.nu, spec.name)
-                    u = rng.gaussian(self.seed, (spec.d_out, c.rank), "lozo-U", t, k, spec.name)
-                    pert[spec.name] = (v, u / np.float32(np.sqrt(c.rank)))
-            f_plus, f_minus, g = lowrank_spsa(oracle, batch, objective, pert, c.mu, timer)
-            if not finite(f_plus, f_minus):
-                return timer.report(np.nan, np.nan, 2 * (k + 1), skipped=True)
-            with timer("update"):
-                for layer, (p, q) in pert.items():
-                    oracle.apply_lowrank(layer, q, p, -lr * g / c.queries)
-            gs.append(g)
-            losses.append(0.5 * (f_plus + f_minus))
-        return timer.report(np.mean(losses), np.mean(gs), 2 * c.queries)
+        pert = {}
+        for spec in oracle.manifest.linears:
+            v = rng.gaussian(self.seed, (spec.d_in, c.rank), "lozo-V", t // c.nu, spec.name)
+            u = rng.gaussian(self.seed, (spec.d_out, c.rank), "lozo-U", t, k, spec.name)
+            pert[spec.name] = (v, u / np.float32(np.sqrt(c.rank)))
+        return pert

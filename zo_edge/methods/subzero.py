@@ -19,10 +19,8 @@ import numpy as np
 
 from runtime import rng
 from runtime.method import register_method
-from runtime.oracle import Objective, Oracle
-from runtime.session import Batch
-from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
-from zo_edge.methods.lozo import lowrank_spsa
+from runtime.oracle import Oracle
+from zo_edge.methods.base import BaseConfig, LowRankSPSA
 
 __all__ = ["SubZero", "SubZeroConfig"]
 
@@ -34,13 +32,11 @@ class SubZeroConfig(BaseConfig):
 
 
 @register_method("subzero")
-class SubZero(ZOBase):
+class SubZero(LowRankSPSA):
     Config = SubZeroConfig
-    bases = frozenset({"fp32", "int4"})
 
     def init(self, oracle: Oracle, seed: int) -> None:
-        self.check_base(oracle)
-        self.seed = seed
+        super().init(oracle, seed)
         self._cached: tuple[int, dict] | None = None
 
     def _subspace(self, oracle: Oracle, epoch: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -57,26 +53,13 @@ class SubZero(ZOBase):
             self._cached = (epoch, uv)
         return self._cached[1]
 
-    def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int):
+    def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         c = self.config
-        timer = Timer()
-        lr = self.optimizer_lr(t)
-        gs, losses = [], []
-        for k in range(c.queries):
-            with timer("sample"):
-                uv = self._subspace(oracle, t // c.refresh)
-                pert = {}
-                for spec in oracle.manifest.linears:
-                    u, v = uv[spec.name]
-                    z = rng.gaussian(self.seed, (c.rank, c.rank), "subzero-Z", t, k, spec.name)
-                    scale = np.float32(np.sqrt(spec.d_in * spec.d_out) / c.rank)
-                    pert[spec.name] = (v, scale * (u @ z))
-            f_plus, f_minus, g = lowrank_spsa(oracle, batch, objective, pert, c.mu, timer)
-            if not finite(f_plus, f_minus):
-                return timer.report(np.nan, np.nan, 2 * (k + 1), skipped=True)
-            with timer("update"):
-                for layer, (p, q) in pert.items():
-                    oracle.apply_lowrank(layer, q, p, -lr * g / c.queries)
-            gs.append(g)
-            losses.append(0.5 * (f_plus + f_minus))
-        return timer.report(np.mean(losses), np.mean(gs), 2 * c.queries)
+        uv = self._subspace(oracle, t // c.refresh)
+        pert = {}
+        for spec in oracle.manifest.linears:
+            u, v = uv[spec.name]
+            z = rng.gaussian(self.seed, (c.rank, c.rank), "subzero-Z", t, k, spec.name)
+            scale = np.float32(np.sqrt(spec.d_in * spec.d_out) / c.rank)
+            pert[spec.name] = (v, scale * (u @ z))
+        return pert
