@@ -6,10 +6,11 @@ they apply updates through ``apply_lowrank`` / ``apply_dense``. Where the update
 
 * fp32 base on CPU: folded into the bound weights in place (BLAS), seen by the next forward;
 * INT4 base (frozen MatMulNBits weights), a device provider (CUDA, NPU: the weights live in device memory, and
-  a host-side update would have to re-upload the model every step), or ``fold=False``: accumulated into a per-layer low-rank *adapter*
-  (Σ Q_k P_kᵀ) that is fed through the same P/Q ports on every pass, concatenated with the perturbation. Above
-  ``adapter_rank`` columns the adapter is recompressed by a truncated SVD of its factors (QR of each side + an
-  r x r SVD): exact while the accumulated rank fits, the best rank-``adapter_rank`` approximation beyond.
+  a host-side update would have to re-upload the model every step), or ``fold=False``: accumulated into a
+  per-layer low-rank *adapter* (Σ Q_k P_kᵀ) that is fed through the same P/Q ports on every pass, concatenated
+  with the perturbation. Above ``adapter_rank`` columns the adapter is recompressed by a truncated SVD of its
+  factors (QR of each side + an r x r SVD): exact while the accumulated rank fits, the best
+  rank-``adapter_rank`` approximation beyond.
 """
 
 from __future__ import annotations
