@@ -18,17 +18,17 @@ from runtime.contract import MANIFEST_FILE
 
 __all__ = ["DEMO", "run_demo"]
 
-#: the demo's recipe: ZO-Act (the headline method), the classification objective, k-shot Rotten Tomatoes
+#: the demo's recipe: ZO-Act (the headline method), LM loss on the label word, k-shot Rotten Tomatoes
 DEMO = dict(
     task="rotten-tomatoes",
     method="zo-act",
-    steps=300,
+    steps=200,
     batch_size=16,
-    max_len=64,
+    max_len=48,
     k=64,
     dev_k=32,
     eval_examples=300,
-    objective="classification",
+    objective="lm",
     save_every=100,
     eval_every=100,
     seed=0,
