@@ -74,6 +74,7 @@ class TrainConfig:
     calib_batches: int | None = None
     select: str | None = None
     subset: int | None = None
+    dist: str | None = None  # mezo: gaussian | rademacher
 
     def __post_init__(self) -> None:
         from zo_edge.methods import METHODS
@@ -129,9 +130,6 @@ class TrainConfig:
 
         cls = get_method(self.method).Config
         names = {f.name for f in fields(cls)}
-        mapped = {"calib_batches": self.calib_batches}
-        kw = {
-            k: getattr(self, k) for k in ("mu", "rank", "queries", "nu", "refresh", "select", "subset") if k in names
-        }
-        kw.update({k: v for k, v in mapped.items() if k in names})
+        keys = ("mu", "rank", "queries", "nu", "refresh", "select", "subset", "dist", "calib_batches")
+        kw = {k: getattr(self, k) for k in keys if k in names}
         return cls(**{k: v for k, v in kw.items() if v is not None})

@@ -115,3 +115,27 @@ def test_orthonormal_sign_fixed():
         v = g[:, j] - ref[:, :j] @ (ref[:, :j].T @ g[:, j])
         ref[:, j] = v / np.linalg.norm(v)
     np.testing.assert_allclose(q, ref, atol=1e-10)
+
+
+# --- parallel chunked fills ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+def test_fill_is_deterministic_and_independent_of_threads(dist, monkeypatch):
+    n = 2 * rng.CHUNK + 12345
+    a = rng.fill(np.empty(n, np.float32), 3, 7, "layer", dist=dist)
+    monkeypatch.setattr(rng, "_POOL", None)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)  # one worker: the same numbers, chunk by chunk
+    b = rng.fill(np.empty(n, np.float32), 3, 7, "layer", dist=dist)
+    assert np.array_equal(a, b)
+    # chunk i is the stream keyed (..., i): an independent reference for the layout
+    first = rng.stream(3, 7, "layer", 0)
+    if dist == "gaussian":
+        np.testing.assert_array_equal(a[: rng.CHUNK], first.standard_normal(rng.CHUNK, dtype=np.float32))
+        assert abs(a.mean()) < 5 / np.sqrt(n) and abs(a.std() - 1) < 0.01
+    else:
+        assert set(np.unique(a)) == {-1.0, 1.0} and abs(a.mean()) < 5 / np.sqrt(n)
+    assert not np.array_equal(a, rng.fill(np.empty(n, np.float32), 3, 8, "layer", dist=dist))
+
+
+def test_fill_rejects_unknown_distribution():
+    with pytest.raises(ValueError, match="gaussian or rademacher"):
+        rng.fill(np.empty(10, np.float32), 0, dist="uniform")
