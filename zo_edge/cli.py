@@ -226,7 +226,10 @@ def cmd_eval(a) -> int:
         print(json.dumps({p: r.summary() for p, r in results.items()} | {"missing": missing}))
         return 0
     for prov, r in results.items():
-        print(f"[{prov}] {task.name} {a.split} n={r.n}: accuracy {r.accuracy:.4f}  macro-F1 {r.macro_f1:.4f}")
+        print(
+            f"[{prov}] {task.name} {a.split} n={r.n}: accuracy {r.accuracy:.4f}  macro-F1 {r.macro_f1:.4f}"
+            + (f"  ({r.truncated} prompts cut to --max-len {a.max_len})" if r.truncated else "")
+        )
         print(f"  confusion (rows gold {task.classes}, cols predicted): {r.confusion}")
     if len(results) > 1:
         print("provider comparison (against the first):")
@@ -335,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("providers", help="list the execution providers this machine has").set_defaults(func=cmd_providers)
     _add_demo(sub)
     a = parser.parse_args(argv)
+    # Truncation is counted and reported once per command (train/eval summaries), not warned batch by batch.
+    import warnings
+
+    from zo_edge.tasks import TruncationWarning
+
+    warnings.simplefilter("ignore", TruncationWarning)
     try:
         return a.func(a)
     except KeyboardInterrupt:

@@ -30,11 +30,12 @@ class EvalResult:
     macro_f1: float
     confusion: list[list[int]]
     n: int
+    truncated: int  # prompts cut from the left to fit max_len
     predictions: np.ndarray = field(repr=False)
     loglik: np.ndarray = field(repr=False)  # [n, n_classes] best log-likelihood per class
 
     def summary(self) -> dict:
-        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "n": self.n}
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "n": self.n, "truncated": self.truncated}
 
 
 def evaluate(
@@ -51,9 +52,10 @@ def evaluate(
         raise ValueError("nothing to evaluate: the evaluation set is empty")
     n_classes = len(task.classes)
     scores = np.zeros((len(examples), n_classes))
+    stats: dict = {}
     for start in range(0, len(examples), batch_examples):
         chunk = examples[start : start + batch_examples]
-        feeds, row_example, row_class = candidate_batch(tokenizer, chunk, task, max_len)
+        feeds, row_example, row_class = candidate_batch(tokenizer, chunk, task, max_len, stats=stats)
         out = oracle.run(Batch.from_dict(feeds))
         scores[start : start + len(chunk)] = class_scores(
             out["row_nll"], out["row_count"], row_example, row_class, len(chunk), n_classes, normalize
@@ -65,6 +67,7 @@ def evaluate(
         macro_f1=macro_f1(pred, gold, n_classes),
         confusion=confusion_matrix(pred, gold, n_classes).tolist(),
         n=len(examples),
+        truncated=stats.get("truncated", 0),
         predictions=pred,
         loglik=scores,
     )

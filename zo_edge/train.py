@@ -88,7 +88,7 @@ def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
         best_metric="accuracy",
         config=cfg.to_dict(),
     )
-    return train(
+    result = train(
         p.oracle,
         method,
         batches,
@@ -99,6 +99,9 @@ def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
         on_step=on_step,
         calibration=lambda: batches.calibration(calib_n),
     )
+    result["truncated"] = batches.stats.get("truncated", 0)
+    result["encoded"] = batches.stats.get("examples", 0)
+    return result
 
 
 def plot_run(run_dir: str | Path) -> Path | None:
