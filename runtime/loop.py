@@ -128,6 +128,9 @@ def train(
             method.calibrate(oracle, calibration() if calibration else [])
             _log(metrics_path, {"step": 0, "calibration_s": round(time.perf_counter() - t0, 3)})
     checkpoint.atomic_write_json(run_dir / "config.json", cfg.config)
+    if eval_fn and start == 0:
+        # the starting point is a candidate too: if training never beats it on dev, `best` is the base model
+        best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, 0, best, weights_changed)
 
     def save(step: int) -> None:
         meta = {"data": data.state_dict(), "config": cfg.config, "best": best, "method": method.name}

@@ -18,17 +18,19 @@ from runtime.contract import MANIFEST_FILE
 
 __all__ = ["DEMO", "run_demo"]
 
-#: the demo's recipe: ZO-Act (the headline method), LM loss on the label word, k-shot Rotten Tomatoes
+#: the demo's recipe: ZO-Act (the headline method), cross-entropy over the two candidates' log-likelihoods (the LM
+#: loss on the label word fell 9 -> 3 nats in 200 steps but did not move held-out accuracy: it mostly learns to say
+#: a label word at all), batch 8 (16 candidate rows per pass), k-shot Rotten Tomatoes
 DEMO = dict(
     task="rotten-tomatoes",
     method="zo-act",
     steps=200,
-    batch_size=16,
+    batch_size=8,
     max_len=48,
     k=64,
     dev_k=32,
     eval_examples=300,
-    objective="lm",
+    objective="classification",
     save_every=100,
     eval_every=100,
     seed=0,
