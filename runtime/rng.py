@@ -118,7 +118,7 @@ def orthonormal(seed: int, rows: int, cols: int, *keys: int | str, dtype: np.dty
 
 # --- parallel fills for model-sized draws (MeZO's z) ----------------------------------------------------------------
 #: elements per independently keyed chunk: fixed, so the numbers never depend on the thread count or machine
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 _POOL = None
 
 
