@@ -47,8 +47,8 @@ def _mean_loss(oracle: Oracle, batches) -> float:
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_twenty_steps_on_real_model(name, real_model_dirs):
-    oracle = Oracle(GraphSession(real_model_dirs["fp32"]))
-    batches = _batches(real_model_dirs["fp32"], 4)
+    oracle = Oracle(GraphSession(real_model_dirs["fp32"]["dir"]))
+    batches = _batches(real_model_dirs["fp32"]["dir"], 4)
     method = _method(name, oracle)
     method.init(oracle, 0)
     if getattr(method, "needs_calibration", False):
@@ -69,7 +69,7 @@ def test_zo_act_int4_calibrate_train_merge_generate(real_model_dirs, tmp_path, c
     argv = [
         "train",
         "--model",
-        str(real_model_dirs["int4"]),
+        str(real_model_dirs["int4"]["dir"]),
         "--method",
         "zo-act",
         "--steps",
