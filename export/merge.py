@@ -25,20 +25,11 @@ import numpy as np
 from runtime import checkpoint, contract
 from runtime.contract import Manifest
 
-__all__ = ["MergeError", "merge_run", "trained_state"]
+__all__ = ["MergeError", "merge_run"]
 
 
 class MergeError(ValueError):
     pass
-
-
-def trained_state(run_dir: Path, which: str = "best") -> tuple[dict[str, np.ndarray], dict, Path]:
-    path = run_dir / "best" if which == "best" and checkpoint.is_complete(run_dir / "best") else None
-    path = path or checkpoint.latest_checkpoint(run_dir)
-    if path is None:
-        raise MergeError(f"{run_dir} has no checkpoint; train first with `zo-edge train --out {run_dir}`")
-    arrays, meta = checkpoint.load_checkpoint(path)
-    return arrays, meta, path
 
 
 def _adapters(arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -64,7 +55,7 @@ def merge_run(
         if not force:
             raise MergeError(f"{out_dir} already exists; pass --force to replace it")
         shutil.rmtree(out_dir)
-    arrays, meta, ckpt = trained_state(run_dir, which)
+    arrays, meta, ckpt = checkpoint.load_trained_checkpoint(run_dir, which)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

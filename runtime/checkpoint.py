@@ -46,6 +46,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_trained_checkpoint",
     "save_checkpoint",
     "save_named",
 ]
@@ -291,3 +292,19 @@ def load_checkpoint(path_or_run_dir: str | os.PathLike) -> tuple[dict[str, np.nd
         with np.load(path / ARRAYS_FALLBACK, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     return {k: v if v.flags.writeable else v.copy() for k, v in arrays.items()}, meta
+
+
+def load_trained_checkpoint(
+    run_dir: str | os.PathLike, which: str = "best"
+) -> tuple[dict[str, np.ndarray], dict, Path]:
+    """(arrays, meta, path) of a run's ``best`` checkpoint (falling back to the latest), or of its latest.
+
+    The one place that decides which checkpoint "the trained model" is: eval, merge and the demo all use it.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "best" if which == "best" and is_complete(run_dir / "best") else None
+    path = path or latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint; train first (zo-edge train --out {run_dir})")
+    arrays, meta = load_checkpoint(path)
+    return arrays, meta, path

@@ -183,16 +183,10 @@ def _add_eval(sub) -> None:
 
 
 def _load_run(oracle, run: str, which: str) -> None:
-    from runtime import checkpoint
+    from runtime.checkpoint import load_trained_checkpoint
     from runtime.loop import load_trained
 
-    run_dir = Path(run)
-    path = run_dir / "best" if which == "best" and checkpoint.is_complete(run_dir / "best") else None
-    path = path or checkpoint.latest_checkpoint(run_dir)
-    if path is None:
-        raise UserError(f"run folder {run} has no checkpoint; train first (zo-edge train --out {run})")
-    arrays, _ = checkpoint.load_checkpoint(path)
-    load_trained(oracle, arrays)
+    load_trained(oracle, load_trained_checkpoint(run, which)[0])
 
 
 def cmd_eval(a) -> int:
