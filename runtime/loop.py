@@ -99,7 +99,9 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     method.init(oracle, cfg.seed)
-    weights_changed = oracle.fold and method.name not in ("zo-act",)
+    # Methods that write into the bound weights (in place) must checkpoint them, at every save, the step-0 `best`
+    # included: evaluating `best` later in the same process must put the base weights back.
+    weights_changed = getattr(method, "changes_weights", True) and bool(oracle.params)
     start = 0
     best = -np.inf
     latest = checkpoint.latest_checkpoint(run_dir) if resume else None

@@ -44,6 +44,9 @@ class ZOMethod(Protocol):
     name: ClassVar[str]
     #: which bases the method can train: {"fp32"}, or {"fp32", "int4"} for adapter-form methods
     bases: ClassVar[frozenset[str]]
+    #: False for methods that never touch the bound weights (ZO-Act trains only its coefficients), so checkpoints
+    #: need not hold a copy of the model
+    changes_weights: ClassVar[bool]
 
     def init(self, oracle: Oracle, seed: int) -> None: ...
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import blas
 
-from runtime.contract import LinearSpec
-
 __all__ = ["add_dense", "add_lowrank", "hf_view"]
 
 
@@ -42,7 +40,3 @@ def add_dense(param: np.ndarray, alpha: float, x: np.ndarray) -> None:
     flat = param.reshape(-1)
     out = blas.saxpy(np.ascontiguousarray(x, np.float32).reshape(-1), flat, a=alpha)
     assert np.shares_memory(out, param), "BLAS made a copy: the update would be lost"
-
-
-def check_linear(spec: LinearSpec, weight: np.ndarray) -> None:
-    assert weight.shape == (spec.d_in, spec.d_out), f"{spec.name}: stored weight {weight.shape} is not [d_in, d_out]"

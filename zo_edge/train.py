@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.loop import LoopConfig, train
-from runtime.method import StepReport
 from runtime.oracle import Oracle
 from runtime.session import GraphSession
 from zo_edge import optim
@@ -138,7 +137,3 @@ def plot_run(run_dir: str | Path) -> Path | None:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def log_report(step: int, report: StepReport) -> str:
-    return f"loss {report.loss:.4f} g {report.projected_grad:+.3g}"

@@ -77,6 +77,7 @@ class ZOBase:
 
     name = "base"
     bases = frozenset({"fp32"})
+    changes_weights = True
 
     def __init__(self, config: BaseConfig, optimizer: optim.Transform, schedule: optim.Schedule) -> None:
         self.config = config

@@ -78,6 +78,7 @@ class ZOAct(ZOBase):
     Config = ZOActConfig
     bases = frozenset({"fp32", "int4"})
     needs_calibration = True
+    changes_weights = False
 
     def init(self, oracle: Oracle, seed: int) -> None:
         self.check_base(oracle)
