@@ -25,18 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cell_main, load_batches, median, reset_peak  # noqa: E402
 
 
-def _loss(model, batch) -> object:
-    """Mean over rows of the token-mean NLL at the target positions (the zo-edge ``lm_objective``)."""
+def row_nll(model, batch) -> tuple[object, object]:
+    """(summed NLL of each row's loss tokens, their count): the exported graph's ``row_nll`` / ``row_count``.
+    Positions come from the left-padded mask, as the exported graph computes them."""
     import torch
 
     ids, attn, lm = batch
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding: positions from the mask, as the exported graph does
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
     target = ids[:, 1:]
     mask = (lm[:, 1:] * attn[:, 1:] * attn[:, :-1]).to(logits.dtype)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-    row = (nll * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return row.mean()
+    return (nll * mask).sum(-1), mask.sum(-1)
+
+
+def _loss(model, batch) -> object:
+    """Mean over rows of the token-mean NLL at the target positions (the zo-edge ``lm_objective``)."""
+    nll, count = row_nll(model, batch)
+    return (nll / count.clamp(min=1)).mean()
 
 
 def _perturb(params, seed: int, scale: float) -> None:
