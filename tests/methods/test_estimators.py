@@ -6,14 +6,10 @@ Marked slow: about 15 s of CPU (6 x 64 method steps + 2 x 64), 30-45 s of wall t
 
 The reference gradient is torch autograd on the untouched HF model that was exported (tests/conftest.py
 ``tiny_export``), of the same objective the methods minimise: the mean over rows of each row's token-mean NLL
-(``runtime.oracle.lm_objective``) on the same left-padded batch. A method's estimate ĝ is read back from one step
-with learning rate 1 and plain SGD on a fresh point:
-
-* LOZO, SubZero, AGZO: on an adapter oracle (``fold=False``) the step's whole change is the adapter ΔW = Q Pᵀ,
-  and ΔW = −ĝ (cleared before every query, so every query starts from the same weights);
-* MeZO (linear weights only, ``kinds="linear"``) and Zoop (unnormalised, every layer): the in-place change
-  W_after − W_before = −ĝ, read in the stored [d_in, d_out] layout, then the weights are restored;
-* ZO-Act: the change of C (from 0), mapped through the calibrated basis: ĝ_W = −ΔC Aᵀ.
+(``runtime.oracle.lm_objective``) on the same left-padded batch. A method's estimates are read back by
+``zo_edge.alignment.single_query_estimates`` (one step with learning rate 1 and plain SGD per query, from the same
+weights every time; MeZO on the linear weights only, lazy periods of 1, Zoop unnormalised over every layer; its
+docstring gives the details), which ``benchmarks/alignment.py`` also runs on SmolLM2-135M.
 
 Checks, with 64 single-query estimates per batch and method (every method on one batch, AGZO and MeZO on two):
 the mean of k estimates has positive cosine with the true gradient, rising with k (1 vs 16 vs 64); on the same
@@ -28,31 +24,15 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.oracle import Oracle, lm_objective
+from runtime.oracle import Oracle
 from runtime.session import GraphSession
-from zo_edge import optim
-from zo_edge.methods import get_method
+from zo_edge.alignment import CONFIGS, cosine, single_query_estimates
 
 QUERIES = 64
 MU = 1e-3
-# lazy periods of 1: every query draws fresh factors, so the mean of many estimates is the estimator's expectation
-CONFIGS = {
-    "mezo": {"kinds": "linear"},
-    "lozo": {"rank": 2, "nu": 1},
-    "subzero": {"rank": 2, "refresh": 1},
-    "agzo": {"rank": 1},
-    "zo-act": {"rank": 4},
-    "zoop": {"select": "all", "normalize": False},
-}
 UNBIASED = ("mezo", "lozo", "subzero")
 
 pytestmark = pytest.mark.slow
-
-
-def _method(name: str):
-    cls = get_method(name)
-    schedule = optim.constant(1.0)
-    return cls(cls.Config(mu=MU, **CONFIGS[name]), optim.sgd(schedule), schedule)
 
 
 def true_gradient(reference: torch.nn.Module, batch, linears, tiny) -> np.ndarray:
@@ -66,47 +46,17 @@ def true_gradient(reference: torch.nn.Module, batch, linears, tiny) -> np.ndarra
     return flat
 
 
-def estimates(name: str, model_dir, batch, linears, seed: int = 0) -> np.ndarray:
-    """[QUERIES, D] single-query gradient estimates of method ``name`` at the exported weights."""
-    method = _method(name)
-    dense = name in ("mezo", "zoop")
-    oracle = Oracle(GraphSession(model_dir), fold=dense)
-    method.init(oracle, seed)
-    if name == "zo-act":
-        method.calibrate(oracle, [batch])
-    keys = [s.weight for s in linears]
-    start = {k: oracle.params[k].copy() for k in keys}
-    out = np.empty((QUERIES, sum(s.d_in * s.d_out for s in linears)))
-    for t in range(QUERIES):
-        report = method.step(oracle, batch, lm_objective, t)
-        assert not report.skipped, f"{name}: query {t} skipped"
-        if dense:
-            delta = [(oracle.params[k] - start[k]).astype(np.float64).T for k in keys]  # stored [d_in, d_out]
-            for k in keys:
-                oracle.params[k][...] = start[k]  # in place: the buffers stay bound
-        elif name == "zo-act":
-            delta = []
-            for s in linears:
-                c, a = method.state[f"C::{s.name}"], method.state[f"A::{s.group}"]
-                delta.append(c.astype(np.float64) @ a.T.astype(np.float64))
-                c[...] = 0.0  # the adapter shares this array: the next query starts at the base again
-        else:
-            delta = []
-            for s in linears:
-                a = oracle.adapters.get(s.name)
-                delta.append(np.zeros((s.d_out, s.d_in)) if a is None else a.q.astype(np.float64) @ a.p.T)
-            oracle.adapters.clear()
-        out[t] = -np.concatenate([d.ravel() for d in delta])  # lr = 1: the change is −ĝ
-    return out
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+def estimates(name: str, model_dir, batch, seed: int = 0) -> np.ndarray:
+    """[QUERIES, D] single-query gradient estimates of method ``name`` at the exported weights (float64)."""
+    draws = single_query_estimates(name, model_dir, batch, QUERIES, seed=seed, mu=MU)
+    return np.stack([np.concatenate([g.ravel() for g in est]).astype(np.float64) for est in draws])
 
 
 def cosines(est: np.ndarray, grad: np.ndarray) -> dict[int, float]:
     """Cosine with the true gradient of the mean of k estimates, averaged over the QUERIES // k disjoint groups."""
-    return {k: float(np.mean([_cos(g.mean(axis=0), grad) for g in np.split(est, QUERIES // k)])) for k in (1, 16, 64)}
+    return {
+        k: float(np.mean([cosine([g.mean(axis=0)], [grad]) for g in np.split(est, QUERIES // k)])) for k in (1, 16, 64)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +78,7 @@ def measured(tiny_export, tiny):
         ort_loss = float(np.mean(Oracle(session).sample_losses(batch)))
         assert abs(torch_loss - ort_loss) < 1e-4, f"ORT loss {ort_loss} vs torch {torch_loss}"
         grad = true_gradient(exp.reference, batch, linears, tiny)
-        results[seed] = {name: cosines(estimates(name, exp.dir, batch, linears), grad) for name in names}
+        results[seed] = {name: cosines(estimates(name, exp.dir, batch), grad) for name in names}
     print("\ncosine(mean of k single-query estimates, autograd gradient), tiny Llama, linear weights:")
     for seed, per in results.items():
         for name, c in per.items():
