@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-main test-fast test-openvino bench lint install clean
+.PHONY: demo test test-main test-fast test-openvino bench bench-scaling bench-alignment bench-accuracy lint install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,16 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
+
+# the long cells (resumable; each skips what benchmarks/results/*.jsonl already holds)
+bench-scaling: $(STAMP)
+	$(BIN)/python benchmarks/run.py --scaling
+
+bench-alignment: $(STAMP)
+	$(BIN)/python benchmarks/alignment.py
+
+bench-accuracy: $(STAMP)
+	$(BIN)/python benchmarks/accuracy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -4,6 +4,8 @@
     python benchmarks/accuracy.py --only rt/zo-act        # the cells whose key contains a substring
     python benchmarks/accuracy.py --report-only           # the tables and the learning-curve plot, run nothing
     python benchmarks/accuracy.py --list                  # the cells, and which are stored
+    python benchmarks/accuracy.py --threads 1 --shard 0/2 & python benchmarks/accuracy.py --threads 1 --shard 1/2
+                                                          # two single-thread drivers (one core each)
 
 A cell is one (task, method, base, seed); its key reads ``rt/lozo/int4/s1``. Each runs in a fresh subprocess
 (``accuracy_cell.py``) and appends one JSON line to ``results/accuracy.jsonl``; a stored cell is skipped, and a cell
@@ -178,6 +180,7 @@ def main(argv=None) -> None:
     ap.add_argument("--int4", default="artifacts/smollm2-int4", help="INT4 export ('' to skip its cells)")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only cells whose key contains one")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+    ap.add_argument("--shard", default="0/1", help="I/N: run every N-th cell from the I-th (parallel drivers)")
     ap.add_argument("--force", action="store_true", help="rerun cells already stored")
     ap.add_argument("--report-only", action="store_true", help="print the tables and plot, run nothing")
     ap.add_argument("--list", action="store_true", help="list the cells and whether each is stored")
@@ -191,6 +194,8 @@ def main(argv=None) -> None:
     cells = all_cells(models, args.threads)
     only = [s for s in args.only.split(",") if s]
     cells = [c for c in cells if not only or any(s in c["key"] for s in only)]
+    i, n = (int(x) for x in args.shard.split("/"))
+    cells = cells[i::n]
     if args.list:
         done = load_results(args.results)
         for c in cells:

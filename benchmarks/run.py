@@ -238,7 +238,28 @@ def scaling(args) -> None:
                 path,
                 force=args.force,
             )
-    plot_scaling(load_results(path), args)
+    results = load_results(path)
+    print(scaling_table(results, grid))
+    plot_scaling(results, args)
+
+
+def scaling_table(results: dict[str, dict], grid: list[tuple[int, int]]) -> str:
+    """One row per (batch, seq): plain forward and the method's step, their ratio and peak RSS, fp32 and INT4."""
+    head = "| B x T | tokens |"
+    for base in ("fp32", "int4"):
+        head += f" fwd {base} (s) | {SCALING_METHOD} {base} (s) | x fwd | RSS fwd / step {base} (MiB) |"
+    lines = [head, "|" + "---|" * (2 + 8)]
+    for bsz, seq in sorted(dict.fromkeys(grid)):
+        row = f"| {bsz} x {seq} | {bsz * seq} |"
+        for base in ("fp32", "int4"):
+            f = results.get(f"scaling/forward/{base}/b{bsz}/t{seq}", {})
+            m = results.get(f"scaling/{SCALING_METHOD}/{base}/b{bsz}/t{seq}", {})
+            fs, ms = f.get("forward_s"), m.get("step_s")
+            ratio = _step_ratio(m, fs) if m else None
+            row += f" {_f(fs)} | {_f(ms)} | {_f(ratio, '{:.2f}x')} |"
+            row += f" {_f(f.get('peak_rss_mb'), '{:.0f}')} / {_f(m.get('peak_rss_mb'), '{:.0f}')} |"
+        lines.append(row)
+    return "\n".join(lines)
 
 
 def plot_scaling(results: dict[str, dict], args) -> None:
