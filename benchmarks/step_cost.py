@@ -75,7 +75,7 @@ def method_cell(spec: dict) -> dict:
     batches = [Batch.from_dict(b) for b in load_batches(spec["batches"])]
     batch = batches[spec.get("batch_index", 0)]
     session, t_load, threads = _session(spec)
-    oracle = Oracle(session)
+    oracle = Oracle(session, micro_batch=spec.get("micro_batch", 0))
     rss_loaded = _rss_now_mb()
     reset_peak()
     cfg = TrainConfig(model=spec["model"], method=spec["method"], steps=10_000, **spec.get("overrides", {}))

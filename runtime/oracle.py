@@ -82,8 +82,19 @@ class LowRankAdapter:
 class Oracle:
     """Losses and probes of one GraphSession, plus where updates go (in place, or an adapter)."""
 
-    def __init__(self, session: GraphSession, *, fold: bool | None = None, adapter_rank: int = 64) -> None:
+    def __init__(
+        self, session: GraphSession, *, fold: bool | None = None, adapter_rank: int = 64, micro_batch: int = 0
+    ) -> None:
+        if micro_batch < 0:
+            raise ValueError(f"micro_batch must be >= 0 (0: whole batch per pass), got {micro_batch}")
         self.session = session
+        #: rows per onnxruntime pass for loss-only forwards (0: the whole batch in one pass). A row's loss does not
+        #: depend on the other rows, so a batch can be cut into row chunks (each trimmed of its all-padding columns)
+        #: and the per-row outputs concatenated: the result is the same up to float reassociation, and activation
+        #: memory, which grows with B x T² in the unfused attention, follows the micro-batch instead of the batch.
+        #: Passes that fetch probes (bases, sketches, activation rows) or feed per-token noise run whole: their
+        #: outputs are sums over the batch's tokens or indexed by flat token position.
+        self.micro_batch = micro_batch
         self.manifest: Manifest = session.manifest
         self.params = session.params
         self.linears = {s.name: s for s in self.manifest.linears}
@@ -127,7 +138,15 @@ class Oracle:
         feeds = self._feeds(lowrank, noise)
         feeds.update(extra or {})
         self.forwards += 1
-        return self.session.forward(batch, feeds, (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *fetch))
+        outputs = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *fetch)
+        mb = self.micro_batch
+        if not mb or batch.size <= mb or fetch or noise or extra:
+            return self.session.forward(batch, feeds, outputs)
+        parts = [
+            self.session.forward(batch.rows(slice(i, i + mb)).trim_left(), feeds, outputs)
+            for i in range(0, batch.size, mb)
+        ]
+        return {k: np.concatenate([part[k] for part in parts]) for k in outputs}
 
     def sample_losses(
         self,

@@ -81,6 +81,7 @@ _TRAIN_HELP = {
     "save_every": "checkpoint every N steps",
     "provider": "execution provider: cpu, cuda, openvino, qnn, dml, coreml, cann or a full ORT name",
     "threads": "intra-op threads (0 = all cores)",
+    "micro_batch": "rows per onnxruntime pass for loss forwards (0 = whole batch); caps activation memory",
     "data": "your CSV/JSONL file (task user-data)",
     "text_field": "text column(s) the template uses (repeatable)",
     "label_field": "label column",
@@ -177,6 +178,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--normalize", action="store_true", help="length-normalised candidate scores")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--micro-batch", type=int, default=0, help="rows per onnxruntime pass (0 = 16 examples' rows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
@@ -205,7 +207,7 @@ def cmd_eval(a) -> int:
     results, missing = {}, []
     for prov in providers:
         try:
-            oracle = make_oracle(a.model, prov, a.threads)
+            oracle = make_oracle(a.model, prov, a.threads, a.micro_batch)
         except ProviderError:
             if a.providers:
                 missing.append(prov)

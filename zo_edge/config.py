@@ -61,6 +61,7 @@ class TrainConfig:
     normalize: bool = False  # length-normalised candidate scores
     provider: str = "cpu"
     threads: int = 0  # 0: onnxruntime's default (all cores)
+    micro_batch: int = 0  # rows per onnxruntime pass for loss forwards (0: the whole batch); caps activation memory
     # user data (task = user-data)
     data: str = ""
     text_field: list[str] = dataclasses.field(default_factory=list)
@@ -88,6 +89,8 @@ class TrainConfig:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.micro_batch < 0:
+            raise ConfigError(f"--micro-batch must be >= 0 (0: whole batch per pass), got {self.micro_batch}")
         if self.max_len < 8:
             raise ConfigError(f"--max-len must be >= 8 tokens, got {self.max_len}")
         if self.objective not in OBJECTIVES:

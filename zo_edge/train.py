@@ -48,8 +48,8 @@ def load_task_data(cfg: TrainConfig):
     return task, data
 
 
-def make_oracle(model_dir: str, provider: str, threads: int) -> Oracle:
-    return Oracle(GraphSession(model_dir, provider, threads=threads or None))
+def make_oracle(model_dir: str, provider: str, threads: int, micro_batch: int = 0) -> Oracle:
+    return Oracle(GraphSession(model_dir, provider, threads=threads or None), micro_batch=micro_batch)
 
 
 def build_method(cfg: TrainConfig):
@@ -60,7 +60,7 @@ def build_method(cfg: TrainConfig):
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
-    oracle = make_oracle(cfg.model, cfg.provider, cfg.threads)
+    oracle = make_oracle(cfg.model, cfg.provider, cfg.threads, cfg.micro_batch)
     task, data = load_task_data(cfg)
     return Prepared(cfg, oracle, load_tokenizer(cfg.model), task, data)
 

@@ -137,6 +137,44 @@ def test_adapter_equals_folded_weights(fp32, tiny):
         np.testing.assert_array_equal(v, fresh.params[k], err_msg=k)
 
 
+@pytest.mark.parametrize("micro_batch", [1, 2, 4])
+def test_micro_batches_match_torch_and_the_whole_batch(fp32, tiny, micro_batch):
+    """Row chunks (each trimmed of its all-padding columns) give the whole batch's per-row losses, with low-rank
+    port feeds live; the torch model is the independent reference. Probe passes run whole."""
+    import torch
+
+    batch = tiny.make_batch(tiny.VOCAB, seed=2, batch=5, seq=12)  # row b has 2b left pads: chunks get trimmed
+    assert batch.rows(slice(4, 5)).trim_left().input_ids.shape[1] == 4
+    whole = Oracle(GraphSession(fp32.dir))
+    micro = Oracle(GraphSession(fp32.dir), micro_batch=micro_batch)
+    with torch.no_grad():
+        ref_nll, ref_count = tiny.torch_row_losses(fp32.reference, batch)
+    out_w, out_m = whole.run(batch), micro.run(batch)
+    assert micro.forwards == 1, "a micro-batched pass is still one forward of the batch"
+    np.testing.assert_array_equal(out_m[contract.OUTPUT_ROW_COUNT], ref_count.numpy())
+    np.testing.assert_allclose(out_m[contract.OUTPUT_ROW_NLL], ref_nll.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out_m[contract.OUTPUT_ROW_NLL], out_w[contract.OUTPUT_ROW_NLL], rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(0)
+    spec = fp32.manifest.linears[0]
+    lowrank = {
+        spec.name: (
+            rng.standard_normal((spec.d_in, 2)).astype(np.float32),
+            rng.standard_normal((spec.d_out, 2)).astype(np.float32),
+        )
+    }
+    lw, lm = whole.sample_losses(batch, lowrank=lowrank), micro.sample_losses(batch, lowrank=lowrank)
+    assert np.abs(lw - lm_objective(out_w[contract.OUTPUT_ROW_NLL], out_w[contract.OUTPUT_ROW_COUNT])).max() > 1e-4
+    np.testing.assert_allclose(lm, lw, rtol=1e-5, atol=1e-5)
+    omega = {g.name: rng.standard_normal((g.d_in, 3)).astype(np.float32) for g in fp32.manifest.groups[:2]}
+    for g, sk in micro.sketches(batch, omega).items():
+        np.testing.assert_allclose(sk, whole.sketches(batch, omega)[g], rtol=1e-5, atol=1e-5)
+
+
+def test_micro_batch_must_not_be_negative(fp32):
+    with pytest.raises(ValueError, match="micro_batch must be >= 0"):
+        Oracle(GraphSession(fp32.dir), micro_batch=-1)
+
+
 @pytest.mark.parametrize("r", [1, 4])
 def test_rayleigh_ritz_matches_eigh(r):
     rng = np.random.default_rng(r)
