@@ -20,11 +20,12 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cell_main  # noqa: E402
-from torch_reference import row_nll  # noqa: E402  (imports torch only when called)
+from torch_reference import first_order_step, row_nll  # noqa: E402  (imports torch only when called)
 
 from runtime import checkpoint  # noqa: E402
 from zo_edge.config import TrainConfig  # noqa: E402
@@ -103,6 +104,18 @@ def copy_torch_weights(model, session) -> None:
         arr[...] = w.T if key in linear else w
 
 
+def _candidate_ce(model, feeds, row_ex, row_cls, labels, n_classes: int):
+    """The classification objective in torch: cross-entropy of the gold class over the candidates' log-likelihoods
+    (a class scores its label word's -row NLL, as ``zo_edge.tasks.class_scores`` with one word per class)."""
+    import torch
+
+    nll, _ = row_nll(model, tuple(torch.from_numpy(feeds[k]) for k in BATCH_KEYS))
+    scores = torch.full((len(labels), n_classes), -torch.inf).index_put(
+        (torch.from_numpy(row_ex), torch.from_numpy(row_cls)), -nll
+    )
+    return torch.nn.functional.cross_entropy(scores, labels)
+
+
 def torch_fo(spec: dict) -> dict:
     import torch
 
@@ -143,23 +156,10 @@ def torch_fo(spec: dict) -> dict:
         examples = next(it)
         feeds, row_ex, row_cls = candidate_batch(p.tokenizer, examples, task, cfg.max_len)
         labels = torch.tensor([task.class_index(e.label) for e in examples])
-        t0 = time.perf_counter()
-        nll, _ = row_nll(model, tuple(torch.from_numpy(feeds[k]) for k in BATCH_KEYS))
-        # class score = best label word's log-likelihood, as zo_edge.tasks.class_scores (one word per class here)
-        scores = torch.full((len(examples), n_classes), -torch.inf).index_put(
-            (torch.from_numpy(row_ex), torch.from_numpy(row_cls)), -nll
-        )
-        loss = torch.nn.functional.cross_entropy(scores, labels)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
-        t["forward"] += t1 - t0
-        t["backward"] += t2 - t1
-        t["optimizer"] += t3 - t2
-        losses.append(round(loss.item(), 5))
+        loss, split = first_order_step(partial(_candidate_ce, model, feeds, row_ex, row_cls, labels, n_classes), opt)
+        for k, v in split.items():
+            t[k] += v
+        losses.append(round(loss, 5))
         if cfg.eval_every and step % cfg.eval_every == 0:
             dev_eval(step)
     train_s = time.perf_counter() - t_train

@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCH_DIR,
     RESULTS_DIR,
     ROOT,
     cell_main,
@@ -57,6 +55,7 @@ from common import (  # noqa: E402
     reset_peak,
     run_cell,
     save_batches,
+    spawn_cell,
 )
 
 METHODS = ("mezo", "lozo", "subzero", "agzo", "zo-act", "zoop")
@@ -268,19 +267,10 @@ def _cell(spec: dict) -> dict:
 # --- parent -------------------------------------------------------------------------------------------------------
 def _child(spec: dict, timeout: float) -> dict:
     """Run a helper cell (batches, gradients) in its own process; its progress lines go to our stderr."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, str(BENCH_DIR / "alignment.py"), json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
+    proc, result = spawn_cell("alignment.py", spec, timeout, capture_stderr=False)
+    if result is None:
         raise SystemExit(f"alignment {spec['kind']} cell failed (rc {proc.returncode}); see the traceback above")
-    return json.loads(lines[-1][len("RESULT ") :])
+    return result
 
 
 def cell_key(method: str, args) -> str:

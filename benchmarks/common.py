@@ -39,6 +39,7 @@ __all__ = [
     "rt_batches",
     "run_cell",
     "save_batches",
+    "spawn_cell",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -169,6 +170,27 @@ def load_results(path: Path) -> dict[str, dict]:
     return out
 
 
+def spawn_cell(
+    script: str, spec: dict, timeout: float, *, capture_stderr: bool = True
+) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """``python benchmarks/<script> '<spec json>'`` in a fresh process (repo root on PYTHONPATH); returns the process
+    and its ``RESULT`` line parsed (None if it failed or printed none). ``capture_stderr=False`` lets the child's
+    progress lines through to our stderr."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / script), json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if capture_stderr else None,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    ok = proc.returncode == 0 and lines
+    return proc, json.loads(lines[-1][len("RESULT ") :]) if ok else None
+
+
 def run_cell(script: str, spec: dict, results_path: Path, *, force: bool = False, timeout: float = 1800) -> dict:
     """Run one cell in a fresh subprocess (or return its stored result); appends the result to ``results_path``."""
     done = load_results(results_path)
@@ -178,21 +200,11 @@ def run_cell(script: str, spec: dict, results_path: Path, *, force: bool = False
         return done[key]
     print(f"  [run ] {key} ...", end="", flush=True)
     t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, str(BENCH_DIR / script), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
+    proc, result = spawn_cell(script, spec, timeout)
+    if result is None:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
         print(f" FAILED (rc {proc.returncode})\n{tail}", flush=True)
         return {"key": key, "error": tail, **spec}
-    result = json.loads(lines[-1][len("RESULT ") :])
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     results_path.parent.mkdir(parents=True, exist_ok=True)
     with results_path.open("a") as f:
