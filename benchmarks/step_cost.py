@@ -101,7 +101,7 @@ def method_cell(spec: dict) -> dict:
         # a plain forward (no ports, no adapter) right after each step, in this process: step / forward ratios
         # from interleaved measurements survive a machine whose load drifts between cells
         t0 = time.perf_counter()
-        session.forward(batch)
+        oracle.run(batch)  # = session.forward(batch), micro-batched like the steps when micro_batch is set
         plain.append(time.perf_counter() - t0)
     cols = list(zip(*rows, strict=True))
     out.update(
