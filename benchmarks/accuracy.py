@@ -4,14 +4,15 @@
     python benchmarks/accuracy.py --only rt/zo-act        # the cells whose key contains a substring
     python benchmarks/accuracy.py --report-only           # the tables and the learning-curve plot, run nothing
     python benchmarks/accuracy.py --list                  # the cells, and which are stored
-    python benchmarks/accuracy.py --threads 1 --shard 0/2 & python benchmarks/accuracy.py --threads 1 --shard 1/2
+    python benchmarks/accuracy.py --threads 1 & python benchmarks/accuracy.py --threads 1
                                                           # two single-thread drivers (one core each)
 
 A cell is one (task, method, base, seed); its key reads ``rt/lozo/int4/s1``. Each runs in a fresh subprocess
 (``accuracy_cell.py``) and appends one JSON line to ``results/accuracy.jsonl``; a stored cell is skipped, and a cell
 that was interrupted resumes from its run folder's last checkpoint (``runs/accuracy/<key>``, ``save_every``), so the
 study can be stopped and restarted at will. The queue runs seed 0 of every row first, then seed 1, then seed 2:
-when time runs out, what is stored is the most useful part.
+when time runs out, what is stored is the most useful part. Several drivers can share the queue (each claims a
+cell before running it), e.g. two single-thread drivers on a 2-core machine.
 
 Decisions (the recipe below; no per-method tuning beyond the library defaults, which were tuned on Rotten Tomatoes):
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -78,18 +80,46 @@ def cell_spec(task: str, method: str, base: str, seed: int, models: dict[str, st
 
 
 def all_cells(models: dict[str, str], threads: int) -> list[dict]:
-    """Priority order: zero-shot, then seed 0 of every row of the table, then seed 1, then seed 2: when time runs
-    out, every row has at least one seed."""
+    """Priority order: zero-shot; then per seed, every fp32 row (the ZO methods and first-order) on both tasks,
+    then the INT4 rows (ZO-Act first). When time runs out, what is stored is the most useful part."""
     cells = []
     for task in TASKS:
         cells += [cell_spec(task, "zero-shot", base, 0, models, threads) for base in models]
     for seed in SEEDS:
         for task in TASKS:
-            cells += [cell_spec(task, m, "fp32", seed, models, threads) for m in ZO_METHODS]
-            cells.append(cell_spec(task, "torch-fo", "fp32", seed, models, threads))
-            if "int4" in models:
-                cells += [cell_spec(task, m, "int4", seed, models, threads) for m in INT4_METHODS]
+            cells += [cell_spec(task, m, "fp32", seed, models, threads) for m in (*ZO_METHODS, "torch-fo")]
+        if "int4" in models:
+            cells += [cell_spec(task, m, "int4", seed, models, threads) for m in INT4_METHODS for task in TASKS]
     return cells
+
+
+# --- parallel drivers ---------------------------------------------------------------------------------------------
+CLAIMS = ROOT / "runs" / "accuracy" / "claims"
+
+
+def claim(key: str) -> bool:
+    """Take a cell for this driver (an O_EXCL file holding our pid), so that several drivers can work through the
+    same queue; a claim whose process is gone is taken over. False: another live driver has it."""
+    CLAIMS.mkdir(parents=True, exist_ok=True)
+    path = CLAIMS / key.replace("/", "_")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text() or 0), 0)
+                return False  # a live driver holds it
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # stale: its driver died
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def release(key: str) -> None:
+    (CLAIMS / key.replace("/", "_")).unlink(missing_ok=True)
 
 
 # --- report -------------------------------------------------------------------------------------------------------
@@ -182,7 +212,6 @@ def main(argv=None) -> None:
     ap.add_argument("--int4", default="artifacts/smollm2-int4", help="INT4 export ('' to skip its cells)")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only cells whose key contains one")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
-    ap.add_argument("--shard", default="0/1", help="I/N: run every N-th cell from the I-th (parallel drivers)")
     ap.add_argument("--force", action="store_true", help="rerun cells already stored")
     ap.add_argument("--report-only", action="store_true", help="print the tables and plot, run nothing")
     ap.add_argument("--list", action="store_true", help="list the cells and whether each is stored")
@@ -196,8 +225,6 @@ def main(argv=None) -> None:
     cells = all_cells(models, args.threads)
     only = [s for s in args.only.split(",") if s]
     cells = [c for c in cells if not only or any(s in c["key"] for s in only)]
-    i, n = (int(x) for x in args.shard.split("/"))
-    cells = cells[i::n]
     if args.list:
         done = load_results(args.results)
         for c in cells:
@@ -205,7 +232,11 @@ def main(argv=None) -> None:
         return
     if not args.report_only:
         for c in cells:
-            run_cell("accuracy_cell.py", c, args.results, force=args.force, timeout=3600)
+            if claim(c["key"]):
+                try:
+                    run_cell("accuracy_cell.py", c, args.results, force=args.force, timeout=3600)
+                finally:
+                    release(c["key"])
     results = load_results(args.results)
     print(report(results))
     out = plot(results, BENCH_DIR / "accuracy_curves.png")
