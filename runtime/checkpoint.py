@@ -18,8 +18,9 @@ step saved again after a resume) moves the old folder to ``.trash-*`` just befor
 between those two renames leaves that name absent (the old copy survives, hidden); ``latest_checkpoint`` then falls
 back to the newest other complete step. Leftovers of dead writers are deleted at the next ``save_checkpoint``.
 
-Arrays go through ``safetensors.numpy`` (bit-exact, zero-copy loadable); a dict holding a dtype safetensors cannot
-store (e.g. object arrays) falls back to ``arrays.npz``. Meta is JSON; ``save_checkpoint`` adds ``"step"`` to it.
+Arrays are safetensors (bit-exact), streamed from and read into the arrays' own buffers (``runtime.safetensors_io``:
+no extra copy of a full-weight checkpoint at save or load); a dict holding a dtype safetensors cannot store (e.g.
+object arrays) falls back to ``arrays.npz``. Meta is JSON; ``save_checkpoint`` adds ``"step"`` to it.
 
 Run the tests with ``python -m pytest tests/runtime/test_checkpoint.py -q``.
 """
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from runtime.safetensors_io import read_safetensors_writable, safetensors_chunks
 
 __all__ = [
     "atomic_write_bytes",
@@ -68,10 +71,16 @@ def checkpoint_name(step: int) -> str:
 # --- durable file primitives -------------------------------------------------------------------------------------
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file and fsync it, so its bytes are on disk before anything refers to them."""
+def _chunks(data: bytes | list[bytes | memoryview]) -> list[bytes | memoryview]:
+    return [data] if isinstance(data, bytes | bytearray) else data
+
+
+def _write_file(path: Path, data: bytes | list[bytes | memoryview]) -> None:
+    """Write ``data`` (bytes, or a list of buffers written one after the other) to a new file and fsync it, so its
+    bytes are on disk before anything refers to them."""
     with open(path, "wb") as f:
-        f.write(data)
+        for chunk in _chunks(data):
+            f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
 
@@ -122,18 +131,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 # --- serialisation ------------------------------------------------------------------------------------------------
 
 
-def _arrays_bytes(arrays: dict[str, np.ndarray]) -> tuple[str, bytes]:
-    """(file name, bytes) of the arrays: safetensors when it can hold every dtype, else a .npz."""
+def _arrays_bytes(arrays: dict[str, np.ndarray]) -> tuple[str, bytes | list[bytes | memoryview]]:
+    """(file name, contents) of the arrays: safetensors, streamed from the arrays' own buffers (no copy of the
+    model, ``runtime.safetensors_io``), when it can hold every dtype; else a .npz."""
     for k, v in arrays.items():
         assert isinstance(k, str), f"checkpoint array names must be str, got {k!r}"
         assert isinstance(v, np.ndarray), f"checkpoint array {k!r} is a {type(v).__name__}, not a numpy array"
     try:
-        from safetensors.numpy import save
-
-        # not np.ascontiguousarray: it turns 0-d arrays into shape (1,)
-        contiguous = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in arrays.items()}
-        return ARRAYS_FILE, save(contiguous)
-    except Exception:  # dtype safetensors does not know (object, str, complex, ...): keep the data anyway.
+        return ARRAYS_FILE, safetensors_chunks(arrays)
+    except KeyError:  # a dtype safetensors does not know (object, str, complex, ...): keep the data anyway.
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return ARRAYS_FALLBACK, buf.getvalue()
@@ -285,9 +291,7 @@ def load_checkpoint(path_or_run_dir: str | os.PathLike) -> tuple[dict[str, np.nd
         path = found
     meta = json.loads((path / META_FILE).read_text("utf-8"))
     if (path / ARRAYS_FILE).is_file():
-        from safetensors.numpy import load_file
-
-        arrays = load_file(path / ARRAYS_FILE)
+        arrays = read_safetensors_writable(path / ARRAYS_FILE)  # one writable buffer, no second copy
     else:
         with np.load(path / ARRAYS_FALLBACK, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

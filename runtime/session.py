@@ -20,6 +20,7 @@ import onnxruntime as ort
 from runtime import contract
 from runtime.contract import Manifest
 from runtime.providers import resolve_providers
+from runtime.safetensors_io import read_safetensors_writable
 
 __all__ = ["Batch", "BatchError", "GraphSession"]
 
@@ -73,27 +74,6 @@ class Batch:
         if start <= 0:
             return self
         return Batch(self.input_ids[:, start:], self.attention_mask[:, start:], self.loss_mask[:, start:])
-
-
-def read_safetensors_writable(path: Path) -> dict[str, np.ndarray]:
-    """float32/int64 tensors of a safetensors file as writable, C-contiguous views of a single buffer."""
-    import json
-
-    dtypes = {"F32": np.float32, "I64": np.int64, "F16": np.float16}
-    with open(path, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(header_len))
-        header.pop("__metadata__", None)
-        buf = bytearray(max((v["data_offsets"][1] for v in header.values()), default=0))
-        fh.readinto(memoryview(buf))
-    out = {}
-    for name, info in header.items():
-        start, end = info["data_offsets"]
-        dtype = np.dtype(dtypes[info["dtype"]])
-        out[name] = np.frombuffer(buf, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).reshape(
-            info["shape"]
-        )
-    return out
 
 
 class GraphSession:

@@ -215,7 +215,7 @@ def _die_while_saving(model_dir: str, name: str, run_dir: str, point: str) -> No
     run = Path(run_dir)
     write = checkpoint._write_file
 
-    def dying(path, data: bytes) -> None:
+    def dying(path, data) -> None:
         path = Path(path)
         hit = {
             "arrays": path.name == checkpoint.ARRAYS_FILE and target in path.parent.name,
@@ -223,8 +223,9 @@ def _die_while_saving(model_dir: str, name: str, run_dir: str, point: str) -> No
             "latest": path.name.startswith(f".tmp-{checkpoint.LATEST_FILE}-") and (run / target).is_dir(),
         }[point]
         if hit:  # a torn write: half the bytes reach the disk, then the process is gone
+            blob = b"".join(map(bytes, checkpoint._chunks(data)))
             with open(path, "wb") as f:
-                f.write(data[: len(data) // 2])
+                f.write(blob[: len(blob) // 2])
                 f.flush()
                 os.fsync(f.fileno())
             os._exit(KILLED)

@@ -82,6 +82,49 @@ def test_round_trip_bit_exact(tmp_path):
     assert loaded2["i64"].tobytes() == arrays["i64"].tobytes()
 
 
+def test_safetensors_interop_with_the_reference_library(tmp_path):
+    """Our streamed files load with safetensors.numpy, and its files load with our reader (writable views)."""
+    from safetensors.numpy import load_file, save_file
+
+    from runtime.safetensors_io import read_safetensors_writable
+
+    rng = np.random.default_rng(1)
+    arrays = {
+        "b.f32": rng.standard_normal((3, 4)).astype(np.float32),
+        "a.i64": np.arange(5, dtype=np.int64),
+        "c.f16": rng.standard_normal(7).astype(np.float16),
+        "d.bool": np.array([[True, False]]),
+        "e.scalar": np.array(3.5, np.float64),
+        "f.empty": np.zeros((0, 2), np.float32),
+    }
+    ck.save_checkpoint(tmp_path, 1, arrays, {})
+    theirs = load_file(tmp_path / "ckpt_00000001" / "arrays.safetensors")
+    save_file(arrays, tmp_path / "ref.safetensors")
+    ours = read_safetensors_writable(tmp_path / "ref.safetensors")
+    for got in (theirs, ours):
+        assert got.keys() == arrays.keys()
+        for k, v in arrays.items():
+            assert got[k].dtype == v.dtype and got[k].shape == v.shape and got[k].tobytes() == v.tobytes(), k
+    assert all(v.flags.writeable for v in ours.values())
+
+
+def test_saving_does_not_copy_the_arrays(tmp_path):
+    """A full-weight checkpoint must not hold a second copy of the weights in memory while it is written (the
+    reference ``safetensors.numpy.save`` builds the whole file as bytes: +1x the model at the peak)."""
+    import tracemalloc
+
+    big = np.ones((4096, 4096), np.float32)  # 64 MiB
+    tracemalloc.start()
+    try:
+        ck.save_checkpoint(tmp_path, 1, {"w": big, "s": np.array(1, np.int64)}, {"tag": "x"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < big.nbytes / 8, f"saving allocated {peak / 2**20:.0f} MiB for a {big.nbytes / 2**20:.0f} MiB array"
+    loaded, _ = ck.load_checkpoint(tmp_path)
+    assert np.array_equal(loaded["w"], big)
+
+
 def test_npz_fallback_for_dtypes_safetensors_lacks(tmp_path):
     arrays = {"c": np.array([1 + 2j, 3 - 4j], np.complex128), "f": np.ones(3, np.float32)}
     path = ck.save_checkpoint(tmp_path, 1, arrays, {})
@@ -190,8 +233,9 @@ if kind == "write":  # die half-way through the nth file write
     real = ck._write_file
     def write(path, data):
         if hit():
+            blob = b"".join(map(bytes, ck._chunks(data)))  # the arrays file is streamed as chunks
             with open(path, "wb") as f:
-                f.write(data[: len(data) // 2])
+                f.write(blob[: len(blob) // 2])
             os._exit(1)
         real(path, data)
     ck._write_file = write
