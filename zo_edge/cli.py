@@ -125,43 +125,19 @@ def _train_config(a):
 
 
 def cmd_train(a) -> int:
-    from zo_edge.train import plot_run, prepare
+    from zo_edge.train import plot_run, prepare, train_with_progress
 
     cfg = _train_config(a)
     if not cfg.model:
         raise UserError("--model is required: an exported model folder (zo-edge export MODEL --out DIR)")
     p = prepare(cfg)
-    result = _train_with_progress(p, resume=a.resume)
+    result = train_with_progress(p, resume=a.resume)
     plot = plot_run(cfg.out)
     print(
         f"run {cfg.out}: {result['step']} steps, best dev accuracy {result['best']:.3f}, "
         f"peak RSS {result['peak_rss_mb']:.0f} MiB" + (f", plot {plot}" if plot else "")
     )
     return 0
-
-
-def _train_with_progress(p, resume: bool) -> dict:
-    import psutil
-    from tqdm import tqdm
-
-    from zo_edge.train import run_training
-
-    bar = tqdm(total=p.cfg.steps, desc=f"{p.cfg.method}", unit="step", dynamic_ncols=True)
-    proc = psutil.Process()
-
-    def on_step(step: int, report) -> None:
-        bar.n = step
-        bar.set_postfix(loss=f"{report.loss:.4f}", rss=f"{proc.memory_info().rss / 2**20:.0f}M", refresh=False)
-        bar.refresh()
-
-    try:
-        return run_training(p, resume=resume, on_step=on_step)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"\ninterrupted: checkpoint saved in {p.cfg.out}; continue with the same command plus --resume")
-        raise SystemExit(130) from None
-    finally:
-        bar.close()
 
 
 # --- eval --------------------------------------------------------------------------------------------------------
@@ -184,19 +160,12 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _load_run(oracle, run: str, which: str) -> None:
-    from runtime.checkpoint import load_trained_checkpoint
-    from runtime.loop import load_trained
-
-    load_trained(oracle, load_trained_checkpoint(run, which)[0])
-
-
 def cmd_eval(a) -> int:
     from runtime.providers import ProviderError, available_providers
     from zo_edge.config import TrainConfig
     from zo_edge.data import load_tokenizer
     from zo_edge.evaluate import compare_providers, evaluate
-    from zo_edge.train import load_task_data, make_oracle
+    from zo_edge.train import load_run, load_task_data, make_oracle
 
     cfg = TrainConfig(task=a.task, seed=a.seed, max_len=a.max_len)
     task, data = load_task_data(cfg)
@@ -214,7 +183,7 @@ def cmd_eval(a) -> int:
                 continue
             raise
         if a.run:
-            _load_run(oracle, a.run, a.checkpoint)
+            load_run(oracle, a.run, a.checkpoint)
         results[prov] = evaluate(oracle, tok, task, examples, max_len=a.max_len, normalize=a.normalize)
     if not results:
         raise UserError(f"none of the providers {providers} is available here (available: {available_providers()})")

@@ -53,9 +53,8 @@ def ensure_export(artifacts: Path, int4: bool) -> Path:
 
 
 def run_demo(a) -> int:
-    from zo_edge.cli import _train_with_progress
     from zo_edge.config import TrainConfig
-    from zo_edge.train import evaluate_on, plot_run, prepare
+    from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress
 
     model_dir = ensure_export(Path(a.artifacts), a.int4)
     recipe = dict(DEMO)
@@ -78,11 +77,9 @@ def run_demo(a) -> int:
         flush=True,
     )
     t1 = time.time()
-    result = _train_with_progress(p, resume=False)
+    result = train_with_progress(p, resume=False)
     train_s = time.time() - t1
-    from zo_edge.cli import _load_run
-
-    _load_run(p.oracle, cfg.out, "best")
+    load_run(p.oracle, cfg.out, "best")
     print(f"[4/4] re-scoring the same {n} test sentences with the best dev checkpoint ...", flush=True)
     after = evaluate_on(p, p.data.test, n)
     plot = plot_run(cfg.out)

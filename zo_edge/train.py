@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.loop import LoopConfig, train
+from runtime.checkpoint import load_trained_checkpoint
+from runtime.loop import LoopConfig, load_trained, train
 from runtime.oracle import Oracle
 from runtime.session import GraphSession
 from zo_edge import optim
@@ -20,7 +21,16 @@ from zo_edge.evaluate import EvalResult, evaluate
 from zo_edge.methods import get_method
 from zo_edge.tasks import TaskData, get_task
 
-__all__ = ["Prepared", "build_method", "load_task_data", "make_oracle", "plot_run", "run_training"]
+__all__ = [
+    "Prepared",
+    "build_method",
+    "load_run",
+    "load_task_data",
+    "make_oracle",
+    "plot_run",
+    "run_training",
+    "train_with_progress",
+]
 
 
 @dataclass
@@ -101,6 +111,35 @@ def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
     result["truncated"] = batches.stats.get("truncated", 0)
     result["encoded"] = batches.stats.get("examples", 0)
     return result
+
+
+def train_with_progress(p: Prepared, resume: bool) -> dict:
+    """``run_training`` with a progress bar (loss, RSS); Ctrl-C leaves a checkpoint and exits 130 with how to
+    resume. What ``zo-edge train`` and ``zo-edge demo`` run."""
+    import psutil
+    from tqdm import tqdm
+
+    bar = tqdm(total=p.cfg.steps, desc=f"{p.cfg.method}", unit="step", dynamic_ncols=True)
+    proc = psutil.Process()
+
+    def on_step(step: int, report) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{report.loss:.4f}", rss=f"{proc.memory_info().rss / 2**20:.0f}M", refresh=False)
+        bar.refresh()
+
+    try:
+        return run_training(p, resume=resume, on_step=on_step)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\ninterrupted: checkpoint saved in {p.cfg.out}; continue with the same command plus --resume")
+        raise SystemExit(130) from None
+    finally:
+        bar.close()
+
+
+def load_run(oracle: Oracle, run: str | Path, which: str = "best") -> None:
+    """Put a run's trained state (its ``best`` checkpoint, or ``latest``) into ``oracle`` for evaluation."""
+    load_trained(oracle, load_trained_checkpoint(run, which)[0])
 
 
 def plot_run(run_dir: str | Path) -> Path | None:
