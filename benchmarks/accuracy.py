@@ -167,41 +167,57 @@ def report(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _smooth(xs: list[float], w: int = 10) -> list[float]:
+    return [statistics.mean(xs[max(0, i - w + 1) : i + 1]) for i in range(len(xs))]
+
+
 def plot(results: dict[str, dict], out: Path) -> Path | None:
-    """Learning curves, one panel per task: dev accuracy against training forward passes, mean over seeds."""
+    """Learning curves, one column per task: dev accuracy (top) and the training loss, moving mean of 10 steps
+    (bottom), against training forward passes, mean over the seeds stored. Dev sets are small (32 RT / 24 TREC
+    examples), so the top row is coarse; the bottom row is the objective itself (Zoop's is the LM loss)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4.2))
+    fig, axes = plt.subplots(2, len(TASKS), figsize=(6.5 * len(TASKS), 8.4), squeeze=False)
     drew = False
-    for ax, task in zip(axes, TASKS, strict=True):
+    for col, task in enumerate(TASKS):
+        ax, ax_loss = axes[0][col], axes[1][col]
         for i, m in enumerate([*ZO_METHODS, "torch-fo"]):
             for base, style in (("fp32", "-"), ("int4", "--")):
                 runs = [r for r in results.values() if r.get("key", "").startswith(f"{task}/{m}/{base}/")]
                 runs = [r for r in runs if r.get("dev_curve") and "error" not in r]
                 if not runs:
                     continue
+                label = f"{m} ({base}, {len(runs)} seed{'s' if len(runs) > 1 else ''})"
                 steps = sorted({s for r in runs for s, _ in r["dev_curve"]})
                 ys = [statistics.mean(a for r in runs for s2, a in r["dev_curve"] if s2 == s) for s in steps]
                 xs = [s * FORWARDS_PER_STEP[m] for s in steps]
-                label = f"{m} ({base}, {len(runs)} seed{'s' if len(runs) > 1 else ''})"
                 ax.plot(xs, ys, style, marker="o", ms=3, color=f"C{i}", label=label)
+                n = min(len(r.get("losses") or []) for r in runs)
+                if n:
+                    mean = [statistics.mean(r["losses"][t] for r in runs) for t in range(n)]
+                    fx = [(t + 1) * FORWARDS_PER_STEP[m] for t in range(n)]
+                    lw = 0.8 if m == "zoop" else 1.5
+                    ax_loss.plot(fx, _smooth(mean), style, color=f"C{i}", lw=lw, label=label)
                 drew = True
         zs = [r for r in results.values() if r.get("key", "").startswith(f"{task}/zero-shot/fp32/")]
         if zs:
             ax.axhline(zs[0]["dev_curve"][0][1], color="grey", lw=0.8, ls=":", label="zero-shot (fp32)")
         ax.set_title(f"{TASKS[task]['task']}: dev accuracy")
-        ax.set_xlabel("training forward passes (first-order: forward + backward ≈ 3)")
         ax.set_ylabel("dev accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax_loss.set_title(f"{TASKS[task]['task']}: training loss (moving mean of 10 steps; zoop: LM loss)")
+        ax_loss.set_ylabel("loss")
+        for a in (ax, ax_loss):
+            a.set_xlabel("training forward passes (first-order: forward + backward ≈ 3)")
+            a.grid(alpha=0.3)
+            a.legend(fontsize=7)
     if not drew:
         plt.close(fig)
         return None
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 
