@@ -10,8 +10,9 @@
 A cell is one (task, method, base, seed); its key reads ``rt/lozo/int4/s1``. Each runs in a fresh subprocess
 (``accuracy_cell.py``) and appends one JSON line to ``results/accuracy.jsonl``; a stored cell is skipped, and a cell
 that was interrupted resumes from its run folder's last checkpoint (``runs/accuracy/<key>``, ``save_every``), so the
-study can be stopped and restarted at will. The queue runs seed 0 of every row first, then seed 1, then seed 2:
-when time runs out, what is stored is the most useful part. Several drivers can share the queue (each claims a
+study can be stopped and restarted at will. The queue (``_priority``) runs seed 0 of every fp32 row first, then
+ZO-Act on INT4, the other seeds of the headline rows, the INT4 adapter forms, then the rest: when time runs out,
+what is stored is the most useful part. Several drivers can share the queue (each claims a
 cell before running it), e.g. two single-thread drivers on a 2-core machine.
 
 Decisions (the recipe below; no per-method tuning beyond the library defaults, which were tuned on Rotten Tomatoes):
@@ -79,18 +80,33 @@ def cell_spec(task: str, method: str, base: str, seed: int, models: dict[str, st
     return {**spec, "kind": "zo", "method": method}
 
 
+def _priority(task: str, method: str, base: str, seed: int) -> tuple:
+    """Queue order, so that an interrupted study holds the most useful part: zero-shot; seed 0 of every fp32 row;
+    ZO-Act on INT4; seeds 1-2 of the headline rows on Rotten Tomatoes (ZO-Act, MeZO, first-order), which give the
+    first spreads; the INT4 adapter forms; then every remaining seed."""
+    if method == "zero-shot":
+        return (0,)
+    if seed == 0 and base == "fp32":
+        return (1,)
+    if seed == 0 and method == "zo-act":
+        return (2,)
+    if task == "rt" and base == "fp32" and method in ("zo-act", "mezo", "torch-fo"):
+        return (3, seed)
+    if seed == 0:
+        return (4,)
+    return (5, seed)
+
+
 def all_cells(models: dict[str, str], threads: int) -> list[dict]:
-    """Priority order: zero-shot; then per seed, every fp32 row (the ZO methods and first-order) on both tasks,
-    then the INT4 rows (ZO-Act first). When time runs out, what is stored is the most useful part."""
-    cells = []
-    for task in TASKS:
-        cells += [cell_spec(task, "zero-shot", base, 0, models, threads) for base in models]
+    """Every cell of the study, in ``_priority`` order (stable within a tier: task, then method)."""
+    grid = [(task, "zero-shot", base, 0) for task in TASKS for base in models]
     for seed in SEEDS:
         for task in TASKS:
-            cells += [cell_spec(task, m, "fp32", seed, models, threads) for m in (*ZO_METHODS, "torch-fo")]
-        if "int4" in models:
-            cells += [cell_spec(task, m, "int4", seed, models, threads) for m in INT4_METHODS for task in TASKS]
-    return cells
+            grid += [(task, m, "fp32", seed) for m in (*ZO_METHODS, "torch-fo")]
+            if "int4" in models:
+                grid += [(task, m, "int4", seed) for m in INT4_METHODS]
+    grid.sort(key=lambda c: _priority(*c))
+    return [cell_spec(task, m, base, seed, models, threads) for task, m, base, seed in grid]
 
 
 # --- parallel drivers ---------------------------------------------------------------------------------------------
