@@ -294,8 +294,8 @@ def load_checkpoint(path_or_run_dir: str | os.PathLike) -> tuple[dict[str, np.nd
         arrays = read_safetensors_writable(path / ARRAYS_FILE)  # one writable buffer, no second copy
     else:
         with np.load(path / ARRAYS_FALLBACK, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    return {k: v if v.flags.writeable else v.copy() for k, v in arrays.items()}, meta
+            arrays = {k: z[k] for k in z.files}  # np.load decodes into fresh, writable arrays
+    return arrays, meta
 
 
 def load_trained_checkpoint(

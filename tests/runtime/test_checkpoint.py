@@ -131,6 +131,7 @@ def test_npz_fallback_for_dtypes_safetensors_lacks(tmp_path):
     assert (path / "arrays.npz").is_file() and not (path / "arrays.safetensors").exists()
     loaded, _ = ck.load_checkpoint(path)
     assert loaded["c"].tobytes() == arrays["c"].tobytes() and loaded["c"].dtype == np.complex128
+    assert all(v.flags.writeable for v in loaded.values()), "loaded arrays must be writable (resume updates them)"
 
 
 def test_bad_meta_writes_nothing(tmp_path):
