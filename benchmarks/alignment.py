@@ -176,8 +176,9 @@ def _grad_cell(spec: dict) -> dict:
 
 # --- one method's alignment (child, ORT only) ---------------------------------------------------------------------
 def _method_cell(spec: dict) -> dict:
+    from runtime.batch import Batch
     from runtime.oracle import Oracle
-    from runtime.session import Batch, GraphSession
+    from runtime.session import GraphSession
     from zo_edge.alignment import CONFIGS, CosineMeter, single_query_estimates, summary
 
     name, per = spec["method"], spec["draws_per_batch"]

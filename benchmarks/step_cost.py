@@ -43,7 +43,7 @@ def _session(spec: dict):
 
 
 def forward_cell(spec: dict) -> dict:
-    from runtime.session import Batch
+    from runtime.batch import Batch
 
     batches = [Batch.from_dict(b) for b in load_batches(spec["batches"])]
     batch = batches[spec.get("batch_index", 0)]
@@ -67,8 +67,8 @@ def forward_cell(spec: dict) -> dict:
 
 
 def method_cell(spec: dict) -> dict:
+    from runtime.batch import Batch
     from runtime.oracle import Oracle, lm_objective
-    from runtime.session import Batch
     from zo_edge.config import TrainConfig
     from zo_edge.train import build_method
 

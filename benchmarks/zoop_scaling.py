@@ -56,8 +56,8 @@ def peak_rss_mb() -> float:
 # --- batches ---------------------------------------------------------------------------------------------------
 def make_batch(model_dir: Path, batch_size: int, seq: int, seed: int = 0):
     """[batch_size, seq] rows of packed real text if the model has a tokenizer, else random ids; all tokens scored."""
+    from runtime.batch import Batch
     from runtime.contract import Manifest
-    from runtime.session import Batch
 
     manifest = Manifest.load(model_dir)
     rng = np.random.default_rng(seed)

@@ -31,13 +31,21 @@ import io
 import json
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from runtime.atomic import (  # atomic_write_* are re-exported: runtime/loop.py writes config.json with them
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    clean_leftovers,
+    fsync_dir,
+    tmp_sibling,
+    write_file,
+)
+from runtime.atomic import data_chunks as _chunks  # noqa: F401  (the crash tests tear writes through it)
 from runtime.safetensors_io import read_safetensors_writable, safetensors_chunks
 
 __all__ = [
@@ -59,7 +67,6 @@ ARRAYS_FALLBACK = "arrays.npz"
 META_FILE = "meta.json"
 LATEST_FILE = "latest"
 _CKPT_RE = re.compile(r"^ckpt_(\d{8,})$")
-_TMP_RE = re.compile(r"^\.(?:tmp|trash)-.*-(\d+)-[0-9a-f]+$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -68,64 +75,13 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt_{step:08d}"
 
 
-# --- durable file primitives -------------------------------------------------------------------------------------
-
-
-def _chunks(data: bytes | list[bytes | memoryview]) -> list[bytes | memoryview]:
-    return [data] if isinstance(data, bytes | bytearray) else data
+# --- durable file primitives (runtime.atomic) --------------------------------------------------------------------
 
 
 def _write_file(path: Path, data: bytes | list[bytes | memoryview]) -> None:
-    """Write ``data`` (bytes, or a list of buffers written one after the other) to a new file and fsync it, so its
-    bytes are on disk before anything refers to them."""
-    with open(path, "wb") as f:
-        for chunk in _chunks(data):
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory, making the renames/creations inside it durable (a no-op where unsupported, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_sibling(path: Path, kind: str = "tmp") -> Path:
-    """A hidden sibling name, unique per process and call, carrying our pid so dead writers' leftovers are known."""
-    return path.parent / f".{kind}-{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically: readers see the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
-        _write_file(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Atomically replace ``path`` with UTF-8 ``text`` (tmp file + fsync + os.replace + fsync of the folder)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically replace ``path`` with ``obj`` as indented JSON (e.g. ``run/config.json``)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    """Every byte of a checkpoint (arrays, meta, the ``latest`` pointer) is written through this one function, so the
+    crash tests can tear exactly one write by replacing it."""
+    write_file(path, data)
 
 
 # --- serialisation ------------------------------------------------------------------------------------------------
@@ -149,21 +105,21 @@ def _build_folder(final: Path, arrays: dict[str, np.ndarray], meta: dict) -> Pat
     """Write the checkpoint into a temp sibling of ``final`` and rename it into place. Returns ``final``."""
     fname, data = _arrays_bytes(arrays)
     meta_text = json.dumps(meta, indent=2, allow_nan=True) + "\n"  # fail on unserialisable meta before any write
-    tmp = _tmp_sibling(final)
+    tmp = tmp_sibling(final)
     tmp.mkdir(parents=True)
     try:
         _write_file(tmp / fname, data)
         _write_file(tmp / META_FILE, meta_text.encode("utf-8"))  # meta last: its presence marks a complete folder
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if final.exists():  # re-saving a name (e.g. `best`, or a step after a resume): move the old one aside first
-            old = _tmp_sibling(final, "trash")
+            old = tmp_sibling(final, "trash")
             os.rename(final, old)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -171,32 +127,15 @@ def _build_folder(final: Path, arrays: dict[str, np.ndarray], meta: dict) -> Pat
 
 def _discard(folder: Path) -> None:
     """Remove a checkpoint folder: first an atomic rename to a hidden name (so it vanishes whole), then delete."""
-    trash = _tmp_sibling(folder, "trash")
+    trash = tmp_sibling(folder, "trash")
     os.rename(folder, trash)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
 def _clean_leftovers(run_dir: Path) -> None:
     """Delete hidden temp/trash files and folders left by writers that died (their pid no longer runs)."""
-    for p in run_dir.iterdir():
-        m = _TMP_RE.match(p.name)
-        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+    clean_leftovers(run_dir)
 
 
 # --- save ---------------------------------------------------------------------------------------------------------
@@ -217,7 +156,7 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = _build_folder(run_dir / checkpoint_name(step), arrays, {**meta, "step": step})
-    atomic_write_text(run_dir / LATEST_FILE, final.name + "\n")
+    atomic_write_bytes(run_dir / LATEST_FILE, (final.name + "\n").encode("utf-8"), write=_write_file)
     for old in list_checkpoints(run_dir)[:-keep]:
         if old != final:
             _discard(old)

@@ -20,9 +20,9 @@ import numpy as np
 import psutil
 
 from runtime import checkpoint
+from runtime.batch import Batch
 from runtime.method import StepReport, ZOMethod
 from runtime.oracle import Objective, Oracle
-from runtime.session import Batch
 
 __all__ = ["BatchSource", "LoopConfig", "TrainingStopped", "load_trained", "peak_rss_mb", "train"]
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime import contract
+from runtime.batch import Batch
 from runtime.contract import LinearSpec, Manifest
 from runtime.params import add_dense, add_lowrank
-from runtime.session import Batch, GraphSession
+from runtime.session import GraphSession
 
 __all__ = ["LowRankAdapter", "Objective", "Oracle", "lm_objective", "rayleigh_ritz"]
 

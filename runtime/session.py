@@ -11,69 +11,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from runtime import contract
+from runtime.batch import Batch
 from runtime.contract import Manifest
 from runtime.providers import resolve_providers
 from runtime.safetensors_io import read_safetensors_writable
 
-__all__ = ["Batch", "BatchError", "GraphSession"]
-
-
-class BatchError(ValueError):
-    pass
-
-
-@dataclass
-class Batch:
-    """A tokenized batch: left-padded ids, attention mask and target mask, all int64 [B, T]."""
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    loss_mask: np.ndarray
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, np.ndarray]) -> Batch:
-        return cls(d["input_ids"], d["attention_mask"], d["loss_mask"])
-
-    def __post_init__(self) -> None:
-        arrays = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "loss_mask": self.loss_mask}
-        shape = np.shape(self.input_ids)
-        for name, a in arrays.items():
-            if np.ndim(a) != 2 or np.shape(a) != shape:
-                raise BatchError(
-                    f"batch field {name} has shape {np.shape(a)}; all three must be [batch, seq] = {shape}"
-                )
-        if shape[1] < 2:
-            raise BatchError(f"sequences of length {shape[1]} have no target; need at least 2 tokens")
-        self.input_ids = np.ascontiguousarray(self.input_ids, dtype=np.int64)
-        self.attention_mask = np.ascontiguousarray(self.attention_mask, dtype=np.int64)
-        self.loss_mask = np.ascontiguousarray(self.loss_mask, dtype=np.int64)
-
-    @property
-    def size(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    def real_token_rows(self) -> np.ndarray:
-        """Flat indices (b*T + t) of the unpadded tokens: what the activation probes should look at."""
-        return np.flatnonzero(self.attention_mask.reshape(-1)).astype(np.int64)
-
-    def rows(self, index: np.ndarray | slice) -> Batch:
-        return Batch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index])
-
-    def trim_left(self) -> Batch:
-        """Drop the leading columns that are padding in every row (left padding of a row subset). Exact: positions
-        come from the attention mask's running sum and no real token attends a padded one. Keeps >= 2 columns."""
-        real = np.flatnonzero(self.attention_mask.any(axis=0))
-        start = min(int(real[0]) if real.size else 0, self.input_ids.shape[1] - 2)
-        if start <= 0:
-            return self
-        return Batch(self.input_ids[:, start:], self.attention_mask[:, start:], self.loss_mask[:, start:])
+__all__ = ["GraphSession"]
 
 
 class GraphSession:

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from runtime import contract
-from runtime.session import Batch, GraphSession
+from runtime.batch import Batch
+from runtime.session import GraphSession
 
 if TYPE_CHECKING:
     import torch

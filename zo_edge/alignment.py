@@ -44,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.batch import Batch
 from runtime.oracle import Objective, Oracle, lm_objective
-from runtime.session import Batch, GraphSession
+from runtime.session import GraphSession
 from zo_edge import optim
 from zo_edge.methods import get_method
 

@@ -321,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(e: Exception) -> bool:
+    from runtime.batch import BatchError
     from runtime.contract import ManifestError
     from runtime.loop import TrainingStopped
     from runtime.providers import ProviderError
-    from runtime.session import BatchError
 
     user = (UserError, ManifestError, ProviderError, BatchError, TrainingStopped, ValueError, FileNotFoundError)
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.batch import Batch
 from runtime.contract import Manifest
 from runtime.oracle import Objective, lm_objective
-from runtime.session import Batch
 from runtime.tokenizer import Tokenizer
 from zo_edge.tasks import BatchIterator, Example, Task, candidate_batch, classification_loss, lm_batch
 

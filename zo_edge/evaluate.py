@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.batch import Batch
 from runtime.oracle import Oracle
-from runtime.session import Batch
 from runtime.tokenizer import Tokenizer
 from zo_edge.tasks.common import Example, Task, accuracy, candidate_batch, class_scores, confusion_matrix, macro_f1
 

@@ -16,7 +16,8 @@ from onnx import numpy_helper
 from export.architectures import registered_architectures
 from export.quantize import dequantize_matmulnbits
 from runtime import contract
-from runtime.session import Batch, GraphSession
+from runtime.batch import Batch
+from runtime.session import GraphSession
 
 MODEL_TYPES = sorted(registered_architectures())
 BLOCK = 32

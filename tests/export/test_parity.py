@@ -17,7 +17,8 @@ import torch
 from export.architectures import get_architecture, registered_architectures
 from export.graph import position_ids_from_mask
 from runtime import contract
-from runtime.session import Batch, GraphSession
+from runtime.batch import Batch
+from runtime.session import GraphSession
 
 MODEL_TYPES = sorted(registered_architectures())
 

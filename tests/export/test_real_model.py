@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from runtime import contract
-from runtime.session import Batch, GraphSession
+from runtime.batch import Batch
+from runtime.session import GraphSession
 
 pytestmark = pytest.mark.slow
 

@@ -31,9 +31,10 @@ import numpy as np
 import pytest
 
 from runtime import checkpoint, contract
+from runtime.batch import Batch
 from runtime.loop import LoopConfig, TrainingStopped, train
 from runtime.oracle import Oracle, lm_objective
-from runtime.session import Batch, GraphSession
+from runtime.session import GraphSession
 from zo_edge import optim
 from zo_edge.methods import METHODS, get_method
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from runtime.batch import Batch
 from runtime.oracle import Oracle, lm_objective
-from runtime.session import Batch, GraphSession
+from runtime.session import GraphSession
 from zo_edge import optim
 from zo_edge.config import DEFAULTS_BY_METHOD
 from zo_edge.data import load_tokenizer

@@ -20,8 +20,9 @@ from export.architectures import get_architecture
 from export.config import ExportConfig
 from export.exporter import export_model
 from export.graph import position_ids_from_mask
+from runtime.batch import Batch
 from runtime.oracle import Oracle, lm_objective
-from runtime.session import Batch, GraphSession
+from runtime.session import GraphSession
 from zo_edge import optim
 from zo_edge.methods import get_method
 from zo_edge.methods.zoop import Zoop, ZoopConfig, live_positions

@@ -56,8 +56,9 @@ def test_cross_provider_evaluation_report():
 
 
 def test_training_through_openvino_follows_cpu():
+    from runtime.batch import Batch
     from runtime.oracle import Oracle, lm_objective
-    from runtime.session import Batch, GraphSession
+    from runtime.session import GraphSession
     from zo_edge import optim
     from zo_edge.methods import get_method
 

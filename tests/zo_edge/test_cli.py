@@ -147,9 +147,10 @@ def test_merge_matches_training_graph_and_generates(base, tiny_lm_dirs, tmp_path
     with the trained state, to 1e-4."""
     from transformers import AutoModelForCausalLM
 
+    from runtime.batch import Batch
     from runtime.loop import load_trained
     from runtime.oracle import Oracle
-    from runtime.session import Batch, GraphSession
+    from runtime.session import GraphSession
 
     run, merged = tmp_path / "run", tmp_path / "merged"
     assert _train(tiny_lm_dirs[base], run, "zo-act", 5, "--lr", "0.05") == 0

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime import rng
+from runtime.batch import Batch
 from runtime.method import register_method
 from runtime.oracle import Objective, Oracle
-from runtime.session import Batch
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
 
 __all__ = ["AGZO", "AGZOConfig"]

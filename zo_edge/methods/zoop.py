@@ -72,10 +72,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime import contract, rng
+from runtime.batch import Batch
 from runtime.contract import LinearSpec
 from runtime.method import register_method
 from runtime.oracle import Objective, Oracle
-from runtime.session import Batch
 from zo_edge import optim
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
 
