@@ -11,8 +11,9 @@ Inputs (B = batch, T = sequence, both dynamic):
   targets whose own or whose predicting position is padding, so a careless mask never scores a pad;
 * every trainable tensor of the fp32 export, named ``param_name(hf_name)`` (``param::model.layers.0...``), with its
   values in ``params.safetensors``: the runtime binds these numpy arrays zero-copy and updates them in place.
-  Linear weights are stored **[d_in, d_out]** (the layout MatMul consumes, so no per-forward transpose and INT4
-  quantization applies directly); HF's [d_out, d_in] is restored by ``zo-edge merge``;
+  Targeted linear weights are stored **[d_in, d_out]** (``LAYOUT_IN_OUT``: the layout MatMul consumes, so no
+  per-forward transpose and INT4 quantization applies directly); ``zo-edge merge`` restores the family's HF layout
+  (``LAYOUT_OUT_IN`` = HF [d_out, d_in] for nn.Linear; GPT-2's Conv1D is in_out in HF too);
 * per targeted linear layer ``l``: ``port_p(l)`` float [d_in, r] and ``port_q(l)`` float [d_out, r], r dynamic
   (r = 0 disables the port), adding ``(x @ P) @ Qᵀ`` to the layer output, i.e. ΔW = Q Pᵀ in HF orientation;
   ``port_noise(l)`` float, broadcastable to the output [B, T, d_out] (``[1, 1, 1]`` zeros when unused): Zoop's
@@ -32,6 +33,13 @@ Outputs:
   rows, orthonormal columns; ``probe_gram(g)`` [basis_rank, basis_rank] = (X V)ᵀ (X V), from which the runtime's
   Rayleigh-Ritz step orders the directions (an r x r eigh, done in numpy because ONNX has no eig op);
   ``probe_sketch(g)`` [d_in, s] = Xᵀ (X Ω); ``probe_act(g)`` [Ma, d_in].
+
+Trained state on disk (checkpoints and ``zo-edge merge``'s ``adapter.safetensors``)
+-----------------------------------------------------------------------------------
+One naming scheme: ``adapter_q_name(l)`` / ``adapter_p_name(l)`` hold layer ``l``'s adapter ΔW = Q Pᵀ (HF
+orientation, the ports' factor order), ``checkpoint_param_name(k)`` the trained value of bound parameter ``k``; the
+``parse_*`` functions invert them. A checkpoint's meta records ``META_FORMAT_VERSION`` (``CHECKPOINT_FORMAT_VERSION``)
+and ``META_WEIGHTS_SHA256`` (the base's ``Manifest.weights_sha256``).
 """
 
 from __future__ import annotations
@@ -40,16 +48,32 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from runtime.errors import ZoEdgeError
 
 __all__ = [
+    "ADAPTER_FILE",
+    "ADAPTER_INFO_FILE",
+    "CHECKPOINT_FORMAT_VERSION",
     "FORMAT_VERSION",
     "GRAPH_FILE",
     "INPUT_ATTENTION_MASK",
     "INPUT_IDS",
     "INPUT_LOSS_MASK",
     "INPUT_PROBE_ROWS",
+    "KIND_BIAS",
+    "KIND_EMBEDDING",
+    "KIND_LINEAR",
+    "KIND_LM_HEAD",
+    "KIND_NORM",
+    "KIND_OTHER",
+    "LAYOUT_HF",
+    "LAYOUT_IN_OUT",
+    "LAYOUT_OUT_IN",
     "MANIFEST_FILE",
+    "META_FORMAT_VERSION",
+    "META_WEIGHTS_SHA256",
     "OUTPUT_ROW_COUNT",
     "OUTPUT_ROW_NLL",
     "PARAMS_FILE",
@@ -58,7 +82,12 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ParamSpec",
+    "adapter_p_name",
+    "adapter_q_name",
+    "checkpoint_param_name",
     "param_name",
+    "parse_adapter_name",
+    "parse_checkpoint_param_name",
     "port_noise",
     "port_p",
     "port_q",
@@ -130,8 +159,64 @@ def probe_act(group: str) -> str:
     return f"probe.act::{group}"
 
 
+# --- parameter kinds and weight orientations (manifest ParamSpec; export/architectures/base.py declares them) -----
+KIND_LINEAR = "linear"  # weight of a linear layer (a role of the architecture)
+KIND_BIAS = "bias"
+KIND_NORM = "norm"
+KIND_EMBEDDING = "embedding"  # token (and learned position) embeddings; a tied LM head is the token embedding
+KIND_LM_HEAD = "lm_head"  # an untied LM head's weight
+KIND_OTHER = "other"
+LAYOUT_IN_OUT = "in_out"  # "[d_in, d_out] storage": what MatMul consumes; every targeted linear weight is bound so
+LAYOUT_OUT_IN = "out_in"  # "HF [d_out, d_in]": nn.Linear's weight (GPT-2's Conv1D stores in_out in HF already)
+LAYOUT_HF = "hf"  # exactly as in the HF state dict (every bound tensor that is not a targeted linear weight)
+
+
+# --- names of trained-state arrays: checkpoints (arrays.safetensors) and merge's adapter.safetensors ------------
+# One scheme for every file that holds trained state, so a checkpoint's adapter and a merged adapter file name the
+# same tensor the same way. A layer's adapter is ΔW = Q Pᵀ in HF orientation [d_out, d_in], with Q [d_out, k] and
+# P [d_in, k] (the factor order of the P/Q ports). Layer ids and HF keys never contain "::", so parsing is exact.
+CHECKPOINT_FORMAT_VERSION = 1  # of a checkpoint's meta.json; meta without the key predates it
+META_FORMAT_VERSION = "format_version"  # meta key: CHECKPOINT_FORMAT_VERSION of the writer
+META_WEIGHTS_SHA256 = "weights_sha256"  # meta key: the base's Manifest.weights_sha256, so a run knows its base
+ADAPTER_FILE = "adapter.safetensors"  # zo-edge merge: the trained adapters alone, named by adapter_q/p_name
+ADAPTER_INFO_FILE = "adapter.json"  # zo-edge merge: which base (weights_sha256) the adapters belong to
+
+_ADAPTER_PREFIX = {"q": "adapter.q::", "p": "adapter.p::"}
+_CHECKPOINT_PARAM_PREFIX = "param/"
+
+
+def adapter_q_name(layer: str) -> str:
+    """Array holding the Q factor [d_out, k] of ``layer``'s adapter (ΔW = Q Pᵀ)."""
+    return f"{_ADAPTER_PREFIX['q']}{layer}"
+
+
+def adapter_p_name(layer: str) -> str:
+    """Array holding the P factor [d_in, k] of ``layer``'s adapter (ΔW = Q Pᵀ)."""
+    return f"{_ADAPTER_PREFIX['p']}{layer}"
+
+
+def parse_adapter_name(key: str) -> tuple[str, Literal["q", "p"]] | None:
+    """``(layer, "q" | "p")`` for a name made by ``adapter_q_name``/``adapter_p_name``; None for any other array."""
+    for factor, prefix in _ADAPTER_PREFIX.items():
+        if key.startswith(prefix) and len(key) > len(prefix):
+            return key[len(prefix) :], factor  # type: ignore[return-value]
+    return None
+
+
+def checkpoint_param_name(hf_name: str) -> str:
+    """Checkpoint array holding the trained value of the bound parameter ``hf_name`` (methods that change weights)."""
+    return f"{_CHECKPOINT_PARAM_PREFIX}{hf_name}"
+
+
+def parse_checkpoint_param_name(key: str) -> str | None:
+    """The HF key of a name made by ``checkpoint_param_name``; None for any other array."""
+    if key.startswith(_CHECKPOINT_PARAM_PREFIX) and len(key) > len(_CHECKPOINT_PARAM_PREFIX):
+        return key[len(_CHECKPOINT_PARAM_PREFIX) :]
+    return None
+
+
 # --- manifest ----------------------------------------------------------------------------------------------------
-class ManifestError(ValueError):
+class ManifestError(ZoEdgeError, ValueError):
     """A model folder whose manifest is missing, unreadable or from another format version."""
 
 
@@ -141,8 +226,8 @@ class ParamSpec:
 
     name: str  # HF state-dict key; the graph input is param_name(name)
     shape: list[int]
-    kind: str  # "linear" | "bias" | "norm" | "embedding" | "other"
-    layout: str = "hf"  # "in_out" for linear weights stored [d_in, d_out]
+    kind: str  # KIND_*: "linear" | "bias" | "norm" | "embedding" | "lm_head" | "other"
+    layout: str = LAYOUT_HF  # LAYOUT_IN_OUT for targeted linear weights (stored [d_in, d_out]), else LAYOUT_HF
 
 
 @dataclass
@@ -220,14 +305,3 @@ class Manifest:
                 f"{path} has format version {version}, this zo-edge reads {FORMAT_VERSION}; re-export with --force"
             )
         return cls.from_dict(data)
-
-    # -- lookups ----------------------------------------------------------------------------------------------
-    def linear(self, name: str) -> LinearSpec:
-        for spec in self.linears:
-            if spec.name == name:
-                return spec
-        raise KeyError(f"no targeted linear named {name!r}")
-
-    def group_of(self, layer: str) -> GroupSpec:
-        g = self.linear(layer).group
-        return next(x for x in self.groups if x.name == g)
