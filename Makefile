@@ -50,7 +50,7 @@ bench: $(STAMP)
 
 # the long cells (resumable; each skips what benchmarks/results/*.jsonl already holds)
 bench-scaling: $(STAMP)
-	$(BIN)/python benchmarks/run.py --scaling
+	$(BIN)/python benchmarks/scaling.py
 
 bench-alignment: $(STAMP)
 	$(BIN)/python benchmarks/alignment.py

@@ -48,12 +48,22 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_DIR, RESULTS_DIR, ROOT, load_results, run_cell  # noqa: E402
+from common import BENCH_DIR, RESULTS_DIR, ROOT, load_results, method_registry, run_cell  # noqa: E402
 
 BUDGET = 160  # training forward passes per run
-FORWARDS_PER_STEP = {"mezo": 2, "lozo": 2, "subzero": 2, "agzo": 2, "zo-act": 2, "zoop": 3, "torch-fo": 3}
-ZO_METHODS = ("zo-act", "mezo", "lozo", "subzero", "agzo", "zoop")
-INT4_METHODS = ("zo-act", "lozo", "subzero", "agzo")  # the adapter forms; MeZO and Zoop need fp32 weights
+FORWARDS_PER_STEP = {"zoop": 3, "torch-fo": 3}  # training forwards per step where not the usual 2 (the ± pair)
+
+
+def zo_methods() -> list[str]:
+    """Every registered ZO method (``runtime.method.METHODS`` is the one list), ZO-Act, the headline, first."""
+    return sorted(method_registry(), key=lambda m: m != "zo-act")
+
+
+def int4_methods() -> list[str]:
+    """The methods with an adapter form, which train INT4 bases (the registry's ``bases``)."""
+    return [m for m in zo_methods() if "int4" in method_registry()[m]["bases"]]
+
+
 TASKS = {
     "rt": dict(task="rotten-tomatoes", k=64, dev_k=16, batch_size=8, max_len=48),
     "trec": dict(task="trec", k=16, dev_k=4, batch_size=4, max_len=48),
@@ -69,7 +79,7 @@ def cell_spec(task: str, method: str, base: str, seed: int, models: dict[str, st
     spec["run_dir"] = str(ROOT / "runs" / "accuracy" / key.replace("/", "_"))
     if method == "zero-shot":
         return {**spec, "kind": "zero-shot", "method": method}
-    spec["steps"] = BUDGET // FORWARDS_PER_STEP[method]
+    spec["steps"] = BUDGET // FORWARDS_PER_STEP.get(method, 2)
     if method == "torch-fo":
         return {**spec, "kind": "torch-fo", "method": method, "lr": FO_LR}
     spec["overrides"] = {"save_every": COMMON["save_every"]}
@@ -102,9 +112,9 @@ def all_cells(models: dict[str, str], threads: int) -> list[dict]:
     grid = [(task, "zero-shot", base, 0) for task in TASKS for base in models]
     for seed in SEEDS:
         for task in TASKS:
-            grid += [(task, m, "fp32", seed) for m in (*ZO_METHODS, "torch-fo")]
+            grid += [(task, m, "fp32", seed) for m in (*zo_methods(), "torch-fo")]
             if "int4" in models:
-                grid += [(task, m, "int4", seed) for m in INT4_METHODS]
+                grid += [(task, m, "int4", seed) for m in int4_methods()]
     grid.sort(key=lambda c: _priority(*c))
     return [cell_spec(task, m, base, seed, models, threads) for task, m, base, seed in grid]
 
@@ -153,7 +163,7 @@ def report(results: dict[str, dict]) -> str:
     for r in rows:
         task, method, base, _ = r["key"].split("/")
         groups.setdefault((task, method, base), []).append(r)
-    order = ["zero-shot", *ZO_METHODS, "torch-fo"]
+    order = ["zero-shot", *zo_methods(), "torch-fo"]
     lines = [
         f"Held-out test accuracy / macro-F1 (first {COMMON['n_test']} test examples), mean ± std over seeds; "
         f"budget {BUDGET} training forwards.",
@@ -201,7 +211,7 @@ def plot(results: dict[str, dict], out: Path) -> Path | None:
     drew = False
     for col, task in enumerate(TASKS):
         ax, ax_loss = axes[0][col], axes[1][col]
-        for i, m in enumerate([*ZO_METHODS, "torch-fo"]):
+        for i, m in enumerate([*zo_methods(), "torch-fo"]):
             for base, style in (("fp32", "-"), ("int4", "--")):
                 runs = [r for r in results.values() if r.get("key", "").startswith(f"{task}/{m}/{base}/")]
                 runs = [r for r in runs if r.get("dev_curve") and "error" not in r]
@@ -210,12 +220,12 @@ def plot(results: dict[str, dict], out: Path) -> Path | None:
                 label = f"{m} ({base}, {len(runs)} seed{'s' if len(runs) > 1 else ''})"
                 steps = sorted({s for r in runs for s, _ in r["dev_curve"]})
                 ys = [statistics.mean(a for r in runs for s2, a in r["dev_curve"] if s2 == s) for s in steps]
-                xs = [s * FORWARDS_PER_STEP[m] for s in steps]
+                xs = [s * FORWARDS_PER_STEP.get(m, 2) for s in steps]
                 ax.plot(xs, ys, style, marker="o", ms=3, color=f"C{i}", label=label)
                 n = min(len(r.get("losses") or []) for r in runs)
                 if n and m != "zoop":  # Zoop trains the LM loss (~8 nats): another objective, another scale
                     mean = [statistics.mean(r["losses"][t] for r in runs) for t in range(n)]
-                    fx = [(t + 1) * FORWARDS_PER_STEP[m] for t in range(n)]
+                    fx = [(t + 1) * FORWARDS_PER_STEP.get(m, 2) for t in range(n)]
                     ax_loss.plot(fx, _smooth(mean), style, color=f"C{i}", lw=1.5, label=label)
                 drew = True
         zs = [r for r in results.values() if r.get("key", "").startswith(f"{task}/zero-shot/fp32/")]

@@ -122,7 +122,7 @@ def torch_fo(spec: dict) -> dict:
     from export.source import resolve_source
     from runtime.oracle import Oracle
     from runtime.session import GraphSession
-    from zo_edge.tasks import BatchIterator, candidate_batch
+    from zo_edge.batching import BatchIterator, candidate_batch
     from zo_edge.train import Prepared, load_task_data
 
     torch.set_num_threads(spec.get("threads") or os.cpu_count())

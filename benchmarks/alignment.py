@@ -6,7 +6,7 @@
     python benchmarks/alignment.py --draws 2 --batches 1 --methods lozo --out /tmp/a.jsonl --work /tmp/a  # smoke
 
 The AGZO paper's diagnostic (arXiv 2601.17261), on the real model and real Rotten Tomatoes batches. Per method
-and batch, ``ceil(draws / batches)`` single-query estimates ĝ (``zo_edge.alignment.single_query_estimates``: lr = 1
+and batch, ``ceil(draws / batches)`` single-query estimates ĝ (``alignment_lib.single_query_estimates``: lr = 1
 SGD readback, every method over the same 106M linear-weight coordinates, lazy periods of 1, Zoop unnormalised
 over every layer; see its docstring), each compared with ∇L by its cosine (float64 accumulation, layer by layer:
 a draw is never stacked). Also the cosine of the mean of the batch's draws, the norm ratio ‖ĝ‖ / ‖∇L‖, and the
@@ -23,7 +23,7 @@ wall time of each draw's ``method.step``.
   subprocess before any ORT process, is stored as one flat float32 ``.npy`` per batch (HF orientation, manifest
   linear order, 425 MB) under ``--work``, named by a hash of the weights and the batch, and reused. Each method
   cell first checks that its ORT loss matches the torch loss of every batch (relative difference < 1e-3).
-* **Configs**: ``zo_edge.alignment.CONFIGS`` with ZO-Act at its training default rank 8 (the tiny test uses 4);
+* **Configs**: ``alignment_lib.CONFIGS`` with ZO-Act at its training default rank 8 (the tiny test uses 4);
   LOZO and SubZero rank 2, AGZO rank 1 (the export's basis rank) are their training defaults; μ = 1e-3.
 
 Each method is one cell in a fresh subprocess (``common.run_cell``; nothing in it imports torch) that appends one
@@ -52,14 +52,14 @@ from common import (  # noqa: E402
     load_batches,
     load_results,
     machine_info,
+    method_registry,
     reset_peak,
     run_cell,
     save_batches,
     spawn_cell,
 )
 
-METHODS = ("mezo", "lozo", "subzero", "agzo", "zo-act", "zoop")
-#: merged over zo_edge.alignment.CONFIGS: ZO-Act at its training default rank
+#: merged over alignment_lib.CONFIGS: ZO-Act at its training default rank
 OVERRIDES: dict[str, dict] = {"zo-act": {"rank": 8}}
 CALIB_BATCHES = 8  # ZO-Act's training default (ZOActConfig.calib_batches)
 PARITY_RTOL = 1e-3
@@ -176,10 +176,11 @@ def _grad_cell(spec: dict) -> dict:
 
 # --- one method's alignment (child, ORT only) ---------------------------------------------------------------------
 def _method_cell(spec: dict) -> dict:
+    from alignment_lib import CONFIGS, CosineMeter, single_query_estimates, summary
+
     from runtime.batch import Batch
     from runtime.oracle import Oracle
     from runtime.session import GraphSession
-    from zo_edge.alignment import CONFIGS, CosineMeter, single_query_estimates, summary
 
     name, per = spec["method"], spec["draws_per_batch"]
     t0 = time.perf_counter()
@@ -314,7 +315,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=5, help="distinct batches the draws are spread over (default 5)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-len", type=int, default=64)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    methods = list(method_registry())
+    ap.add_argument("--methods", nargs="+", default=methods, choices=methods)
     ap.add_argument("--seed", type=int, default=0, help="data seed (batches) and method seed base")
     ap.add_argument("--model", default=str(ROOT / "artifacts" / "smollm2-fp32"), help="the fp32 export")
     ap.add_argument("--source", default="smollm2-135m", help="what the export was made from (the torch reference)")

@@ -1,5 +1,9 @@
 """Single-query gradient estimates of the ZO methods, read back for the gradient-alignment diagnostic.
 
+A diagnostic, not part of the library: it reads method internals (ZO-Act's C/A state, the dense methods' written
+tensors) that no training code may depend on, so it lives with the benchmarks. Importable as ``alignment_lib`` with
+``benchmarks/`` on ``sys.path``, as the benchmark scripts and ``tests/methods/test_estimators.py`` put it.
+
 The diagnostic (AGZO paper, arXiv 2601.17261): the cosine between one method's single-query gradient estimate ĝ
 and the true gradient ∇L of the same objective at the same point, over many independent draws. Used by
 ``tests/methods/test_estimators.py`` (tiny Llama, against torch autograd) and ``benchmarks/alignment.py``
@@ -50,7 +54,7 @@ from runtime.session import GraphSession
 from zo_edge import optim
 from zo_edge.methods import get_method
 
-__all__ = ["CONFIGS", "DENSE", "CosineMeter", "cosine", "dot64", "make_method", "single_query_estimates", "summary"]
+__all__ = ["CONFIGS", "CosineMeter", "cosine", "dot64", "make_method", "single_query_estimates", "summary"]
 
 #: per-method config of the readback (merged under the caller's ``config``); lazy periods of 1, see above
 CONFIGS: dict[str, dict] = {
@@ -61,8 +65,12 @@ CONFIGS: dict[str, dict] = {
     "zo-act": {"rank": 4},
     "zoop": {"select": "all", "normalize": False},
 }
-#: methods that update the bound weights in place (read back as W_before − W_after, then restored)
-DENSE = ("mezo", "zoop")
+
+
+def _dense(name: str) -> bool:
+    """A method with no adapter form (it trains fp32 bases only) updates the bound weights in place: read back as
+    W_before − W_after, then restored. The others write adapters on an unfolded oracle."""
+    return "int4" not in get_method(name).bases
 
 
 def make_method(name: str, mu: float = 1e-3, config: Mapping | None = None):
@@ -107,10 +115,10 @@ def single_query_estimates(
     linears = session.manifest.linears
     layouts = {p.name: p.layout for p in session.manifest.params}
     method = make_method(name, mu, config)
-    dense = name in DENSE
+    dense = _dense(name)
     oracle = Oracle(session, fold=dense)
     method.init(oracle, seed)
-    if getattr(method, "needs_calibration", False):
+    if method.needs_calibration:
         method.calibrate(oracle, list(calib_batches) if calib_batches is not None else [batch])
     start = {k: oracle.params[k].copy() for k in _written_params(name, method, oracle)} if dense else {}
     out = [np.empty((s.d_out, s.d_in), np.float32) for s in linears]
@@ -132,22 +140,22 @@ def single_query_estimates(
                     oracle.params[k][...] = w  # in place: the buffers stay bound
             elif name == "zo-act":
                 for s, buf in zip(linears, out, strict=True):
-                    c, a = method.state[f"C::{s.name}"], method.state[f"A::{s.group}"]
-                    np.matmul(-c, a.T, out=buf)
-                    c[...] = 0.0  # the adapter shares this array: the next draw starts at the base again
+                    a = oracle.trained.adapters[s.name]
+                    np.matmul(-a.q, a.p.T, out=buf)
+                    a.q[...] = 0.0  # C, stepped in place: the next draw starts at the base again
             else:
                 for s, buf in zip(linears, out, strict=True):
-                    a = oracle.adapters.get(s.name)
+                    a = oracle.trained.adapters.get(s.name)
                     if a is None or not a.rank:
                         buf.fill(0.0)
                     else:
                         np.matmul(-a.q, a.p.T, out=buf)
-                oracle.adapters.clear()
+                oracle.trained.adapters.clear()
             yield out
     finally:
         for k, w in start.items():  # also when the consumer stops early or a draw fails
             oracle.params[k][...] = w
-        oracle.adapters.clear()
+        oracle.trained.adapters.clear()
 
 
 # --- cosines, streamed ----------------------------------------------------------------------------------------------

@@ -29,10 +29,13 @@ __all__ = [
     "ROOT",
     "cell_main",
     "emit",
+    "fmt",
     "load_batches",
     "load_results",
     "machine_info",
+    "make_batches",
     "median",
+    "method_registry",
     "packed_batch",
     "peak_rss_mb",
     "reset_peak",
@@ -40,6 +43,7 @@ __all__ = [
     "run_cell",
     "save_batches",
     "spawn_cell",
+    "step_ratio",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -73,6 +77,19 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
+def fmt(x, spec: str = "{:.3f}") -> str:
+    """A table cell: ``spec`` applied, or "-" for a missing value."""
+    return "-" if x is None else spec.format(x)
+
+
+def step_ratio(x: dict, fwd_cell: float | None) -> float | None:
+    """Step time over the plain forward: the forward timed in the same process between steps when there is one
+    (robust to load drifting between cells), else the inference-only cell's."""
+    t = x.get("step_s")
+    fwd = x.get("forward_inproc_s") or fwd_cell
+    return t / fwd if t and fwd else None
+
+
 def machine_info() -> dict:
     info = {"nproc": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
     try:
@@ -88,11 +105,36 @@ def machine_info() -> dict:
     return info
 
 
+# --- the method registry ---------------------------------------------------------------------------------------
+_REGISTRY_PROBE = (
+    "import json; from runtime.method import METHODS; import zo_edge.methods; "
+    "print(json.dumps({n: {'bases': sorted(c.bases), 'changes_weights': bool(c.changes_weights)} "
+    "for n, c in METHODS.items()}))"
+)
+_REGISTRY: dict[str, dict] = {}
+
+
+def method_registry() -> dict[str, dict]:
+    """name -> {"bases": [...], "changes_weights": bool} of every registered ZO method, in registration order.
+
+    The one method list of the benchmarks (``runtime.method.METHODS``): a new method shows up in every table with no
+    edit here. Read in a subprocess because importing the methods loads onnxruntime, and the parent must stay small
+    (a vfork'ed cell inherits its parent's ru_maxrss floor; see ``__main__`` below)."""
+    if not _REGISTRY:
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        out = subprocess.run(
+            [sys.executable, "-c", _REGISTRY_PROBE], check=True, capture_output=True, text=True, env=env, cwd=ROOT
+        ).stdout
+        _REGISTRY.update(json.loads(out.strip().splitlines()[-1]))
+    return dict(_REGISTRY)
+
+
 # --- batches ----------------------------------------------------------------------------------------------------
 def rt_batches(model_dir: str, batch_size: int, max_len: int, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """``n`` distinct batches of real Rotten Tomatoes prompts + gold label word, as training sees them (lm_batch)."""
+    from zo_edge.batching import lm_batch
     from zo_edge.data import load_tokenizer
-    from zo_edge.tasks import get_task, lm_batch
+    from zo_edge.tasks import get_task
 
     task = get_task("rotten-tomatoes")
     k = max(16, -(-batch_size * n // 2))  # examples per class, enough for n disjoint batches
@@ -123,6 +165,15 @@ def packed_batch(model_dir: str, batch_size: int, seq_len: int, seed: int = 0) -
     loss = np.zeros_like(ids)
     loss[:, -1] = 1
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": loss}
+
+
+def make_batches(kind: str, out: Path, model: str, *nums: int) -> Path:
+    """Tokenize in a subprocess (keeps the parent small; see ``__main__`` below) unless the file is already there."""
+    if not out.is_file():
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [sys.executable, str(BENCH_DIR / "common.py"), kind, str(out), model, *map(str, nums)]
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    return out
 
 
 def save_batches(path: Path, batches: list[dict[str, np.ndarray]]) -> None:

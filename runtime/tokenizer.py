@@ -27,7 +27,7 @@ class TokenizerError(ValueError):
 class Tokenizer:
     """Text <-> token ids for one exported model folder.
 
-    ``encode`` never adds special tokens: batching (zo_edge.tasks.common) prepends BOS itself, so a prompt and its
+    ``encode`` never adds special tokens: batching (zo_edge.batching) prepends BOS itself, so a prompt and its
     label word can be encoded separately and concatenated, the way MeZO scores candidates.
     """
 

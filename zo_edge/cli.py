@@ -3,10 +3,15 @@
     zo-edge demo                                            # export SmolLM2-135M, zero-shot, fine-tune, re-evaluate
     zo-edge export smollm2-135m --out artifacts/smollm2-fp32 [--int4]
     zo-edge train --model artifacts/smollm2-fp32 --task rotten-tomatoes --method zo-act --steps 200 --out runs/rt
-    zo-edge eval artifacts/smollm2-fp32 --run runs/rt --task rotten-tomatoes [--providers cpu,openvino]
+    zo-edge train --model artifacts/smollm2-fp32 --data my.csv --labels 'neg=terrible,pos=great' --out runs/mine
+    zo-edge eval --run runs/rt                              # the run names its model, task and data
+    zo-edge eval artifacts/smollm2-fp32 --task trec --providers cpu,openvino
     zo-edge providers
 
-Every user error is one line on stderr and exit status 2; no traceback from inside onnxruntime.
+The flags of ``train``, ``eval`` and ``demo`` and their help text come from the config dataclasses
+(``zo_edge.config``) and from every registered method's ``Config``: a new method's knobs appear here with no edit.
+A user error (any ``runtime.errors.ZoEdgeError``) is one line on stderr and exit status 2; any other exception is a
+bug in zo-edge and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,27 +21,112 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from runtime.errors import ZoEdgeError
+from zo_edge.config import ConfigError, FieldSpec, field_specs
 
 __all__ = ["main"]
 
 DEFAULT_MODEL = "smollm2-135m"
 
 
-class UserError(Exception):
-    pass
+# --- flags from dataclass fields ---------------------------------------------------------------------------------
+def _show(value: Any) -> str:
+    if value in ("", [], None):
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _listing(spec: FieldSpec) -> str:
+    """The choices a field's help names, from the registries (never a written-out list)."""
+    which = spec.meta.get("choices")
+    if which == "methods":
+        from zo_edge.config import _methods
+
+        return "; one of: " + ", ".join(_methods())
+    if which == "tasks":
+        from zo_edge.tasks import list_tasks
+
+        return "; one of: " + ", ".join(list_tasks())
+    return ""
+
+
+def _default_text(spec: FieldSpec) -> str:
+    attr = spec.meta.get("method_default")
+    if attr:  # a per-method ClassVar (default_lr, default_optimizer), read for every registered method
+        from zo_edge.config import _methods
+
+        return "the method's: " + ", ".join(f"{n} {_show(getattr(c, attr))}" for n, c in _methods().items())
+    if "default:" in spec.help:  # the help already says it (e.g. "default: the task's own")
+        return ""
+    return _show(spec.default)
+
+
+def _help(text: str, default: str) -> str:
+    text = text + (f" (default: {default})" if default else "")
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
+def _add_flag(p: argparse.ArgumentParser, spec: FieldSpec, help_text: str) -> None:
+    kw: dict[str, Any] = dict(dest=spec.name, default=None, help=help_text)
+    if spec.kind is bool:
+        p.add_argument(spec.flag, action=argparse.BooleanOptionalAction, **kw)
+    elif spec.kind is list:
+        p.add_argument(spec.flag, action="append", metavar=spec.name.upper(), **kw)
+    else:
+        typ = spec.kind if spec.kind in (int, float) else str
+        p.add_argument(spec.flag, type=typ, metavar=spec.name.upper(), **kw)
+
+
+def _add_fields(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> list[str]:
+    """One flag per field of the config dataclass ``cls``; returns their names (the keys ``_given`` collects)."""
+    names = []
+    own = list(cls.__annotations__)  # the class's own fields first, then the shared sections it inherits
+    specs = field_specs(cls, skip=skip + ("method_config",))
+    for spec in sorted(specs, key=lambda s: own.index(s.name) if s.name in own else len(own)):
+        _add_flag(p, spec, _help(spec.help + _listing(spec), _default_text(spec)))
+        names.append(spec.name)
+    return names
+
+
+def _add_method_knobs(p: argparse.ArgumentParser, taken: set[str]) -> list[str]:
+    """The union of every registered method's Config fields, each flag's help naming the methods that have it."""
+    from zo_edge.config import method_knobs
+
+    group = p.add_argument_group("method settings (each applies to the methods its help names)")
+    names = []
+    for name, owners in method_knobs().items():
+        assert name not in taken, f"method knob {name!r} ({owners[0][0]}) collides with a train flag: rename it"
+        kinds = {s.kind for _, s in owners}
+        assert len(kinds) == 1, f"methods {[m for m, _ in owners]} declare {name!r} with different types: rename one"
+        helps = [s.help for _, s in owners]
+        spec = next(s for _, s in owners if s.help == max(helps, key=helps.count))  # the most common wording
+        defaults = ", ".join(f"{m} {_show(s.default)}" for m, s in owners)
+        _add_flag(group, spec, _help(spec.help, defaults))
+        names.append(name)
+    return names
+
+
+def _given(a: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    return {k: getattr(a, k) for k in names}
 
 
 # --- export ------------------------------------------------------------------------------------------------------
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="convert a Hugging Face causal LM into a ZO-ported ONNX training graph")
     p.add_argument("model", help=f"a Hugging Face folder, a .gguf file, or the alias {DEFAULT_MODEL!r}")
-    p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --force)")
-    p.add_argument("--int4", action="store_true", help="quantize the base weights to INT4 (MatMulNBits)")
-    p.add_argument("--block-size", type=int, default=32, choices=(32, 64, 128), help="INT4 block size (default 32)")
-    p.add_argument("--targets", default="all", help="linear roles to port, e.g. q,v or all (default all)")
-    p.add_argument("--basis-rank", type=int, default=1, help="directions of the in-graph activation basis (AGZO r)")
-    p.add_argument("--power-iters", type=int, default=3, help="power iterations inside the graph (AGZO K)")
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--out", required=True, help="output folder (required; refused if non-empty, unless --force)")
+    p.add_argument("--int4", action="store_true", help="quantize the base weights to INT4, MatMulNBits (default: off)")
+    p.add_argument("--block-size", type=int, default=32, choices=(32, 64, 128), help="INT4 block size (default: 32)")
+    p.add_argument("--targets", default="all", help="linear roles to port, e.g. q,v or all (default: all)")
+    p.add_argument(
+        "--basis-rank", type=int, default=1, help="directions of the in-graph activation basis, AGZO's r (default: 1)"
+    )
+    p.add_argument("--power-iters", type=int, default=3, help="in-graph power iterations, AGZO's K (default: 3)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder (default: off)")
     p.set_defaults(func=cmd_export)
 
 
@@ -58,78 +148,29 @@ def cmd_export(a) -> int:
 
 
 # --- train -------------------------------------------------------------------------------------------------------
-_TRAIN_HELP = {
-    "model": "exported model folder (zo-edge export)",
-    "task": "rotten-tomatoes | trec | user-data",
-    "method": "zo-act | agzo | subzero | lozo | mezo | zoop",
-    "steps": "training steps",
-    "out": "run folder (checkpoints, metrics.jsonl, loss.png)",
-    "lr": "learning rate (default: the method's)",
-    "mu": "perturbation scale (default: the method's)",
-    "rank": "rank of the low-rank methods / ZO-Act basis",
-    "queries": "perturbations averaged per step",
-    "optimizer": "sgd | adam (adam only where the state is small)",
-    "schedule": "constant | linear | cosine",
-    "warmup": "warm-up steps",
-    "objective": "lm (LM loss on the label tokens) | classification (CE over candidates)",
-    "batch_size": "examples per step",
-    "max_len": "max tokens per sequence (prompts are cut from the left)",
-    "k": "training examples per class (k-shot); 0 = the whole pool",
-    "dev_k": "dev examples per class (best-checkpoint selection)",
-    "eval_examples": "held-out test examples scored before/after (0 = all)",
-    "eval_every": "dev evaluation every N steps (0 = at the end)",
-    "save_every": "checkpoint every N steps",
-    "provider": "execution provider: cpu, cuda, openvino, qnn, dml, coreml, cann or a full ORT name",
-    "threads": "intra-op threads (0 = all cores)",
-    "micro_batch": "rows per onnxruntime pass for loss forwards (0 = whole batch); caps activation memory",
-    "data": "your CSV/JSONL file (task user-data)",
-    "text_field": "text column(s) the template uses (repeatable)",
-    "label_field": "label column",
-    "template": "prompt template naming columns, e.g. 'Review: {text} Sentiment:'",
-    "labels": "verbalizer, e.g. 'neg=terrible,pos=great'",
-    "seed": "run seed (data order, perturbations)",
-}
-
-
-def _add_train_flags(p) -> None:
-    from zo_edge.config import TrainConfig
-
-    p.add_argument("--config", help="TOML file whose keys mirror these flags (flags override it)")
-    bools = {"normalize", "skip_bad_rows"}
-    for f in TrainConfig.__dataclass_fields__.values():
-        flag = "--" + f.name.replace("_", "-")
-        help_ = _TRAIN_HELP.get(f.name, f.name.replace("_", " "))
-        if f.name in bools:
-            p.add_argument(flag, action="store_true", default=None, help=help_)
-        elif f.name == "text_field":
-            p.add_argument(flag, action="append", default=None, help=help_)
-        else:
-            # annotations are strings here ("float | None"); their first word is the flag's type
-            first = str(f.type).split(" ")[0]
-            typ = {"int": int, "float": float}.get(first, str)
-            p.add_argument(flag, type=typ, default=None, help=help_)
-
-
 def _add_train(sub) -> None:
+    from zo_edge.config import OptimConfig, TrainConfig
+
     p = sub.add_parser("train", help="fine-tune an exported model with a ZO method (forward passes only)")
-    _add_train_flags(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.set_defaults(func=cmd_train)
-
-
-def _train_config(a):
-    from zo_edge.config import TrainConfig
-
-    overrides = {k: getattr(a, k, None) for k in TrainConfig.keys()}
-    return TrainConfig.from_sources(a.config, overrides)
+    p.add_argument(
+        "--config", help="TOML file: keys mirror these flags, plus [method] and [optim] tables (default: none)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint (default: off)"
+    )
+    names = _add_fields(p, TrainConfig, skip=("optim",))
+    names += _add_fields(p.add_argument_group("optimizer ([optim] in TOML)"), OptimConfig)
+    names += _add_method_knobs(p, set(names))
+    p.set_defaults(func=cmd_train, _names=names)
 
 
 def cmd_train(a) -> int:
+    from zo_edge.config import TrainConfig
     from zo_edge.train import plot_run, prepare, train_with_progress
 
-    cfg = _train_config(a)
+    cfg = TrainConfig.from_sources(a.config, _given(a, a._names))
     if not cfg.model:
-        raise UserError("--model is required: an exported model folder (zo-edge export MODEL --out DIR)")
+        raise ConfigError("--model is required: an exported model folder (zo-edge export MODEL --out DIR)")
     p = prepare(cfg)
     result = train_with_progress(p, resume=a.resume)
     plot = plot_run(cfg.out)
@@ -142,58 +183,52 @@ def cmd_train(a) -> int:
 
 # --- eval --------------------------------------------------------------------------------------------------------
 def _add_eval(sub) -> None:
+    from zo_edge.config import EvalConfig
+
     p = sub.add_parser("eval", help="accuracy, macro-F1 and confusion matrix of a model (and run) on a task")
-    p.add_argument("model", help="exported model folder")
-    p.add_argument("--run", help="run folder whose trained state to evaluate (zero-shot without)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "latest"), help="which checkpoint of --run")
-    p.add_argument("--task", default="rotten-tomatoes")
-    p.add_argument("--split", default="test", choices=("test", "dev"))
-    p.add_argument("--eval-examples", type=int, default=500, help="examples scored (0 = all)")
-    p.add_argument("--provider", default="cpu")
-    p.add_argument("--providers", help="comma list: run the same evaluation on each available provider and compare")
-    p.add_argument("--max-len", type=int, default=64)
-    p.add_argument("--normalize", action="store_true", help="length-normalised candidate scores")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--micro-batch", type=int, default=0, help="rows per onnxruntime pass (0 = 16 examples' rows)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_eval)
+    model = next(s for s in field_specs(EvalConfig) if s.name == "model")
+    p.add_argument("model", nargs="?", default=None, help=_help(model.help, ""))
+    names = ["model", *_add_fields(p, EvalConfig, skip=("model",))]
+    p.set_defaults(func=cmd_eval, _names=names)
 
 
 def cmd_eval(a) -> int:
-    from runtime.providers import ProviderError, available_providers
-    from zo_edge.config import TrainConfig
+    from runtime.providers import PROVIDER_ALIASES, ProviderError, available_providers
+    from zo_edge.config import EvalConfig
     from zo_edge.data import load_tokenizer
     from zo_edge.evaluate import compare_providers, evaluate
     from zo_edge.train import load_run, load_task_data, make_oracle
 
-    cfg = TrainConfig(task=a.task, seed=a.seed, max_len=a.max_len)
+    cfg = EvalConfig.from_flags(_given(a, a._names))
     task, data = load_task_data(cfg)
-    examples = data.test if a.split == "test" else data.dev
-    examples = examples[: a.eval_examples] if a.eval_examples else examples
-    tok = load_tokenizer(a.model)
-    providers = a.providers.split(",") if a.providers else [a.provider]
+    examples = data.test if cfg.split == "test" else data.dev
+    examples = examples[: cfg.eval_examples] if cfg.eval_examples else examples
+    tok = load_tokenizer(cfg.model)
+    options = cfg.provider_options()
+    providers = cfg.provider_list()
     results, missing = {}, []
     for prov in providers:
         try:
-            oracle = make_oracle(a.model, prov, a.threads, a.micro_batch)
+            oracle = make_oracle(
+                cfg.model, prov, cfg.threads, cfg.micro_batch, options.get(PROVIDER_ALIASES.get(prov.lower(), prov))
+            )
         except ProviderError:
-            if a.providers:
+            if cfg.providers:
                 missing.append(prov)
                 continue
             raise
-        if a.run:
-            load_run(oracle, a.run, a.checkpoint)
-        results[prov] = evaluate(oracle, tok, task, examples, max_len=a.max_len, normalize=a.normalize)
+        if cfg.run:
+            load_run(oracle, cfg.run, cfg.checkpoint)
+        results[prov] = evaluate(oracle, tok, task, examples, max_len=cfg.max_len, normalize=cfg.length_normalize)
     if not results:
-        raise UserError(f"none of the providers {providers} is available here (available: {available_providers()})")
-    if a.json:
+        raise ConfigError(f"none of the providers {providers} is available here (available: {available_providers()})")
+    if cfg.json:
         print(json.dumps({p: r.summary() for p, r in results.items()} | {"missing": missing}))
         return 0
     for prov, r in results.items():
         print(
-            f"[{prov}] {task.name} {a.split} n={r.n}: accuracy {r.accuracy:.4f}  macro-F1 {r.macro_f1:.4f}"
-            + (f"  ({r.truncated} prompts cut to --max-len {a.max_len})" if r.truncated else "")
+            f"[{prov}] {task.name} {cfg.split} n={r.n}: accuracy {r.accuracy:.4f}  macro-F1 {r.macro_f1:.4f}"
+            + (f"  ({r.truncated} prompts cut to --max-len {cfg.max_len})" if r.truncated else "")
         )
         print(f"  confusion (rows gold {task.classes}, cols predicted): {r.confusion}")
     if len(results) > 1:
@@ -211,11 +246,15 @@ def cmd_eval(a) -> int:
 # --- merge / generate ---------------------------------------------------------------------------------------------
 def _add_merge(sub) -> None:
     p = sub.add_parser("merge", help="fold a run's trained state into a deployable model (HF folder + ONNX + adapter)")
-    p.add_argument("run", help="run folder (zo-edge train --out RUN)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
-    p.add_argument("--no-onnx", action="store_true", help="skip the optimum ONNX (KV-cache) export")
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("run", help="run folder (the --out of zo-edge train)")
+    p.add_argument("--out", required=True, help="output folder (required; refused if it exists, unless --force)")
+    p.add_argument(
+        "--checkpoint", default="best", choices=("best", "latest"), help="which checkpoint of RUN (default: best)"
+    )
+    p.add_argument(
+        "--no-onnx", action="store_true", help="skip the optimum ONNX (KV-cache) export (default: off, it is written)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output folder (default: off)")
     p.set_defaults(func=cmd_merge)
 
 
@@ -230,13 +269,13 @@ def cmd_merge(a) -> int:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a merged model (greedy or sampling)")
     p.add_argument("model", help="merged folder (zo-edge merge) or its onnx/ subfolder")
-    p.add_argument("prompt")
-    p.add_argument("--max-new-tokens", type=int, default=30)
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--provider", default="cpu")
+    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate at most (default: 30)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (default: off, greedy)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, with --sample (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (default: 50)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, with --sample (default: 0)")
+    p.add_argument("--provider", default="cpu", help="execution provider, as for train (default: cpu)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -247,7 +286,7 @@ def cmd_generate(a) -> int:
     if (folder / "onnx").is_dir():
         folder = folder / "onnx"
     elif (folder / "adapter.json").is_file():
-        raise UserError(
+        raise ConfigError(
             f"{a.model} holds an adapter for an INT4 base only; generation from INT4 + adapter is not built yet"
         )
     g = Generator(folder, a.provider)
@@ -259,6 +298,10 @@ def cmd_generate(a) -> int:
 
 
 # --- providers ---------------------------------------------------------------------------------------------------
+#: listed by every onnxruntime build, but it forwards requests to an Azure endpoint: it cannot run a local graph
+_NOT_LOCAL = ("AzureExecutionProvider",)
+
+
 def cmd_providers(a) -> int:
     import onnxruntime as ort
 
@@ -267,30 +310,30 @@ def cmd_providers(a) -> int:
     short = {v: k for k, v in PROVIDER_ALIASES.items()}
     print(f"onnxruntime {ort.__version__} ({ort.get_device()}):")
     for p in available_providers():
-        print(f"  {short.get(p, p):<10} {p}")
+        if p not in _NOT_LOCAL:
+            print(f"  {short.get(p, '-'):<10} {p}")
     return 0
 
 
 # --- demo --------------------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
+    from zo_edge.config import DemoConfig
+
     p = sub.add_parser(
         "demo", help="export SmolLM2-135M, evaluate zero-shot, fine-tune on Rotten Tomatoes, re-evaluate"
     )
-    p.add_argument("--artifacts", default="artifacts", help="where the exported model is cached")
-    p.add_argument("--out", default="runs/demo", help="run folder (replaced if it exists)")
-    p.add_argument("--steps", type=int, default=None, help="override the demo's step budget")
-    p.add_argument("--eval-examples", type=int, default=None, help="override the held-out test size")
-    p.add_argument("--int4", action="store_true", help="train on the INT4 export instead of fp32")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, _names=_add_fields(p, DemoConfig))
 
 
 def cmd_demo(a) -> int:
+    from zo_edge.config import DemoConfig
     from zo_edge.demo import run_demo
 
-    return run_demo(a)
+    return run_demo(DemoConfig(**{k: v for k, v in _given(a, a._names).items() if v is not None}))
 
 
-def main(argv: list[str] | None = None) -> int:
+# --- main --------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zo-edge", description="Forward-only (zeroth-order) fine-tuning on onnxruntime"
     )
@@ -302,40 +345,24 @@ def main(argv: list[str] | None = None) -> int:
     _add_generate(sub)
     sub.add_parser("providers", help="list the execution providers this machine has").set_defaults(func=cmd_providers)
     _add_demo(sub)
-    a = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     # Truncation is counted and reported once per command (train/eval summaries), not warned batch by batch.
     import warnings
 
-    from zo_edge.tasks import TruncationWarning
+    from zo_edge.batching import TruncationWarning
 
     warnings.simplefilter("ignore", TruncationWarning)
     try:
         return a.func(a)
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # one line for the user's mistakes; a real bug still shows its traceback
-        if _is_user_error(e):
-            print(f"zo-edge {a.command}: error: {e}", file=sys.stderr)
-            return 2
-        raise
-
-
-def _is_user_error(e: Exception) -> bool:
-    from runtime.batch import BatchError
-    from runtime.contract import ManifestError
-    from runtime.loop import TrainingStopped
-    from runtime.providers import ProviderError
-
-    user = (UserError, ManifestError, ProviderError, BatchError, TrainingStopped, ValueError, FileNotFoundError)
-    try:
-        from export.exporter import ExportError
-        from export.merge import MergeError
-        from export.source import SourceError
-
-        user += (ExportError, SourceError, MergeError)
-    except ImportError:  # device-only install without the export extra
-        pass
-    return isinstance(e, user)
+    except ZoEdgeError as e:  # the user's mistake: one line. Anything else is a bug and keeps its traceback.
+        print(f"zo-edge {a.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

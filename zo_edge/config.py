@@ -1,138 +1,585 @@
-"""TrainConfig: TOML file -> dataclass -> CLI flags override (names mirror the keys) -> checked once, here.
+"""Configs of the commands: TOML file -> dataclass -> CLI flags override (names mirror the keys) -> checked once, here.
 
     zo-edge train --config my.toml --steps 200        # flags win over the file
 
-The resolved config is written to ``RUN/config.json`` and into every checkpoint's meta.
+A training config nests the method's own ``Config`` (``[method]`` table) and the optimizer (``[optim]`` table)::
+
+    model = "artifacts/smollm2-fp32"
+    steps = 200
+    [method]
+    name = "lozo"          # or, without knobs, a top-level  method = "lozo"
+    nu = 20                # LOZO's own knob: defaults live in LOZOConfig, nowhere else
+    [optim]
+    lr = 1e-5              # absent: the method's ``default_lr``
+
+Defaults exist once: in these dataclasses, in each method's ``Config`` and in the method's ``default_lr`` /
+``default_optimizer`` declarations. A registered method therefore needs no row here (nor in ``cli.py``): its
+``Config`` fields become ``[method]`` keys and ``--flags`` with the help text of their ``metadata["help"]``. Every
+rule that spans fields is checked in ``__post_init__`` and fails with one ``ConfigError`` line naming the flag and
+the fix. The resolved config (defaults filled in) is written to ``RUN/config.json`` and into every checkpoint's meta;
+``TrainConfig.from_dict`` reads it back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
-from dataclasses import dataclass, fields
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from zo_edge.data import OBJECTIVES
+from runtime.errors import ZoEdgeError
 
-__all__ = ["DEFAULTS_BY_METHOD", "ConfigError", "TrainConfig"]
+__all__ = [
+    "ConfigError",
+    "DemoConfig",
+    "EvalConfig",
+    "FieldSpec",
+    "OptimConfig",
+    "TrainConfig",
+    "field_specs",
+    "method_knobs",
+    "parse_provider_options",
+]
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(ZoEdgeError):
+    """A flag or config-file value that is missing, of the wrong type, out of range, or contradicts another."""
 
 
-#: per-method defaults where the methods differ (lr, mu, optimizer), tuned on SmolLM2-135M + Rotten Tomatoes
-DEFAULTS_BY_METHOD: dict[str, dict[str, Any]] = {
-    "mezo": {"lr": 1e-5, "mu": 1e-3, "optimizer": "sgd"},
-    "lozo": {"lr": 1e-5, "mu": 1e-3, "optimizer": "sgd", "rank": 2},
-    "subzero": {"lr": 1e-5, "mu": 1e-3, "optimizer": "sgd", "rank": 2},
-    "agzo": {"lr": 1e-4, "mu": 1e-3, "optimizer": "sgd", "rank": 1},
-    "zo-act": {"lr": 2e-3, "mu": 1e-2, "optimizer": "adam", "rank": 8},
-    "zoop": {"lr": 1e-4, "mu": 1e-3, "optimizer": "sgd"},
-}
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with its help text (the CLI's flag help; ``default`` is appended there, not written here)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+# --- field introspection (shared with the CLI) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldSpec:
+    """One config field as the CLI and the type checks see it: ``kind`` is bool | int | float | str | list."""
+
+    name: str
+    kind: type
+    optional: bool
+    default: Any
+    help: str
+    meta: dict[str, Any]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _kind_of(tp: Any) -> tuple[type, bool]:
+    """(base type, accepts None) of an annotation such as ``int``, ``float | None``, ``list[str]``."""
+    optional = False
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0] if len(args) == 1 else Any
+    if typing.get_origin(tp) is list:
+        return list, optional
+    return (tp if isinstance(tp, type) else object), optional
+
+
+def field_specs(cls: type, skip: tuple[str, ...] = ()) -> list[FieldSpec]:
+    """The scalar/list fields of a config dataclass (nested configs and ``skip`` excluded), types resolved."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        kind, optional = _kind_of(hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append(FieldSpec(f.name, kind, optional, default, f.metadata.get("help", ""), dict(f.metadata)))
+    return out
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list of strings"}
+
+
+def _checked(spec: FieldSpec, value: Any, where: str) -> Any:
+    """``value`` if it has the field's type (an int is a valid float; a string a one-item list), else one line."""
+    if value is None and spec.optional:
+        return None
+    k = spec.kind
+    ok = (
+        (k is bool and isinstance(value, bool))
+        or (k is int and isinstance(value, int) and not isinstance(value, bool))
+        or (k is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (k is str and isinstance(value, str))
+        or (
+            k is list
+            and (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)))
+        )
+        or k not in _KIND_NAMES
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where}{spec.name} must be {_KIND_NAMES[k]}, got {value!r} ({type(value).__name__}) (flag {spec.flag})"
+        )
+    if k is float:
+        return float(value)
+    if k is list and isinstance(value, str):
+        return [value]
+    return value
+
+
+def _check_types(obj: Any, where: str = "") -> None:
+    """Type-check (and normalise: int -> float, str -> [str]) every field of a config dataclass instance in place."""
+    for spec in field_specs(type(obj)):
+        setattr(obj, spec.name, _checked(spec, getattr(obj, spec.name), where))
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _finite_positive(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0
+
+
+# --- methods: their knobs, derived from the registry --------------------------------------------------------------
+def _methods() -> dict[str, type]:
+    import zo_edge.methods  # noqa: F401  (registers the methods)
+    from runtime.method import METHODS
+
+    return METHODS
+
+
+def method_knobs() -> dict[str, list[tuple[str, FieldSpec]]]:
+    """knob name -> [(method, its field)] over every registered method's Config: what ``--flags`` they make."""
+    out: dict[str, list[tuple[str, FieldSpec]]] = {}
+    for name, cls in sorted(_methods().items()):
+        for spec in field_specs(cls.Config):
+            out.setdefault(spec.name, []).append((name, spec))
+    return out
+
+
+def _method_config(method: str, cls: type, knobs: dict[str, Any], where: str = "") -> Any:
+    """The method's Config from the knobs given (their types checked before its own __post_init__ runs)."""
+    specs = {s.name: s for s in field_specs(cls.Config)}
+    unknown = sorted(set(knobs) - set(specs))
+    if unknown:
+        flags = ", ".join(specs[n].flag for n in specs) or "none"
+        raise ConfigError(
+            f"{where}{', '.join('--' + u.replace('_', '-') for u in unknown)}: not a setting of method {method} "
+            f"(its settings: {flags})"
+        )
+    values = {k: _checked(specs[k], v, where) for k, v in knobs.items()}
+    for k, v in values.items():
+        if specs[k].kind is float and v is not None:
+            _require(math.isfinite(v), f"{where}{specs[k].flag} must be finite, got {v!r}")
+    # the method's Config checks its own ranges (one line, MethodError) in its __post_init__
+    return cls.Config(**values)
+
+
+# --- shared sections ----------------------------------------------------------------------------------------------
+@dataclass
+class DataFields:
+    """Which task and examples, and how prompts are scored: shared by ``train`` and ``eval``."""
+
+    task: str = _f("", "task name (default: user-data when --data is given, else rotten-tomatoes)", choices="tasks")
+    data: str = _f("", "your CSV/JSONL file; implies --task user-data")
+    text_field: list[str] = _f([], "text column(s) of --data the template uses (repeatable; default: text)")
+    label_field: str = _f("label", "label column of --data")
+    template: str = _f(
+        "", "prompt template naming columns, e.g. 'Review: {text} Sentiment:' (default: the task's own)"
+    )
+    labels: str = _f("", "verbalizer class=word[|word], e.g. 'neg=terrible,pos=great' (default: the task's own)")
+    skip_bad_rows: bool = _f(False, "skip malformed rows of --data (counted) instead of refusing the file")
+    max_len: int = _f(64, "max tokens per sequence (prompts are cut from the left)")
+    length_normalize: bool = _f(False, "score candidates by per-token log-likelihood (not the sum)")
+
+    def _check_data(self) -> None:
+        from zo_edge.tasks import list_tasks
+
+        if not self.task:
+            self.task = "user-data" if self.data else "rotten-tomatoes"
+        _require(self.task in list_tasks(), f"unknown task {self.task!r}: known tasks are {', '.join(list_tasks())}")
+        if self.task == "user-data":
+            _require(bool(self.data), "--task user-data needs --data FILE.csv|FILE.jsonl")
+        else:
+            _require(not self.data, f"--data is for --task user-data, not {self.task}: drop --task or --data")
+            for name, given in (
+                ("--text-field", self.text_field),
+                ("--label-field", self.label_field != "label"),
+                ("--skip-bad-rows", self.skip_bad_rows),
+            ):
+                _require(not given, f"{name} applies to --data (task user-data), not to --task {self.task}")
+        _require(self.max_len >= 8, f"--max-len must be >= 8 tokens, got {self.max_len}")
+
+    def task_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``zo_edge.tasks.get_task(self.task, ...)``: the data file and any overrides."""
+        kw: dict[str, Any] = {}
+        if self.task == "user-data":
+            kw = dict(
+                path=self.data,
+                text_fields=self.text_field,
+                label_field=self.label_field,
+                labels=self.labels,
+                skip_bad_rows=self.skip_bad_rows,
+            )
+        if self.template:
+            kw["template"] = self.template
+        if self.labels and self.task != "user-data":
+            from zo_edge.tasks import Verbalizer, get_task
+
+            template = self.template or get_task(self.task).template
+            kw["verbalizer"] = Verbalizer.parse(self.labels, template).words
+        return kw
 
 
 @dataclass
-class TrainConfig:
-    model: str = ""  # an exported model folder (zo-edge export)
-    task: str = "rotten-tomatoes"
-    method: str = "zo-act"
-    steps: int = 200
-    out: str = "runs/run"
-    seed: int = 0
-    lr: float | None = None  # None: the method's default
-    mu: float | None = None
-    rank: int | None = None
-    queries: int = 1
-    optimizer: str | None = None  # sgd | adam
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | linear | cosine
-    warmup: int = 0
-    objective: str = "lm"  # lm | classification
-    batch_size: int = 16
-    max_len: int = 64
-    k: int = 16  # examples per class for train (MeZO's k-shot); 0 = the whole pool
-    dev_k: int = 16
-    eval_examples: int = 500  # held-out test examples scored (0 = all)
-    eval_every: int = 0
-    save_every: int = 50
-    normalize: bool = False  # length-normalised candidate scores
-    provider: str = "cpu"
-    threads: int = 0  # 0: onnxruntime's default (all cores)
-    micro_batch: int = 0  # rows per onnxruntime pass for loss forwards (0: the whole batch); caps activation memory
-    # user data (task = user-data)
-    data: str = ""
-    text_field: list[str] = dataclasses.field(default_factory=list)
-    label_field: str = "label"
-    template: str = ""
-    labels: str = ""
-    skip_bad_rows: bool = False
-    # method-specific knobs (None: the method's own default)
-    nu: int | None = None
-    refresh: int | None = None
-    calib_batches: int | None = None
-    select: str | None = None
-    subset: int | None = None
-    dist: str | None = None  # mezo: gaussian | rademacher
+class SessionFields:
+    """Where the graph runs: shared by ``train`` and ``eval``."""
+
+    provider: str = _f("cpu", "execution provider: cpu, cuda, openvino, qnn, dml, coreml, cann or a full ORT name")
+    provider_option: list[str] = _f(
+        [], "an execution-provider option [PROVIDER:]KEY=VALUE (repeatable; PROVIDER defaults to --provider)"
+    )
+    threads: int = _f(0, "intra-op threads (0: onnxruntime's default, all cores)")
+    micro_batch: int = _f(
+        0, "rows per onnxruntime pass for loss forwards (0: the whole batch); caps activation memory"
+    )
+
+    def _check_session(self, providers: list[str]) -> None:
+        """``providers``: the ones this command runs on (an option for any other would be silently ignored)."""
+        from runtime.providers import PROVIDER_ALIASES
+
+        _require(self.threads >= 0, f"--threads must be >= 0 (0: all cores), got {self.threads}")
+        _require(self.micro_batch >= 0, f"--micro-batch must be >= 0 (0: whole batch), got {self.micro_batch}")
+        full = {PROVIDER_ALIASES.get(p.lower(), p) for p in [*providers, "cpu"]}
+        for prov in self.provider_options():
+            _require(
+                prov in full,
+                f"--provider-option names {prov}, which this command does not run on ({', '.join(sorted(full))})",
+            )
+
+    def provider_options(self) -> dict[str, dict[str, str]]:
+        """``--provider-option`` as {full ORT provider name: {key: value}} (no PROVIDER: means ``--provider``)."""
+        return parse_provider_options(self.provider_option, self.provider)
+
+
+def parse_provider_options(specs: list[str], default_provider: str) -> dict[str, dict[str, str]]:
+    """``["cuda:device_id=0", "arena_extend_strategy=kSameAsRequested"]`` -> {"CUDAExecutionProvider": {...}, ...}."""
+    from runtime.providers import PROVIDER_ALIASES
+
+    out: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        key, eq, value = spec.partition("=")
+        prov, colon, key = key.rpartition(":")
+        prov = prov.strip() if colon else default_provider
+        key = key.strip()
+        _require(
+            bool(eq) and bool(key) and bool(prov),
+            f"--provider-option {spec!r} is not [PROVIDER:]KEY=VALUE, e.g. cuda:device_id=0 or device_id=0",
+        )
+        out.setdefault(PROVIDER_ALIASES.get(prov.lower(), prov), {})[key] = value.strip()
+    return out
+
+
+# --- train ------------------------------------------------------------------------------------------------------
+@dataclass
+class OptimConfig:
+    """The optimizer section (``[optim]``): the step the optimizer takes along the method's direction."""
+
+    optimizer: str | None = _f(None, "optimizer: sgd | adam | adamw", method_default="default_optimizer")
+    lr: float | None = _f(None, "peak learning rate", method_default="default_lr")
+    momentum: float = _f(0.0, "SGD momentum in [0, 1) (methods that take optimizer state only)")
+    weight_decay: float = _f(0.0, "decoupled weight decay >= 0 (methods that take optimizer state only)")
+    schedule: str = _f("constant", "learning-rate schedule: constant | linear | cosine")
+    warmup: int = _f(0, "linear warm-up steps of the schedule (0..--steps)")
 
     def __post_init__(self) -> None:
-        from zo_edge.methods import METHODS
+        _check_types(self)
 
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(sorted(METHODS))}")
-        for key, value in DEFAULTS_BY_METHOD.get(self.method, {}).items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        if self.steps < 1:
-            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.micro_batch < 0:
-            raise ConfigError(f"--micro-batch must be >= 0 (0: whole batch per pass), got {self.micro_batch}")
-        if self.max_len < 8:
-            raise ConfigError(f"--max-len must be >= 8 tokens, got {self.max_len}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.method == "zoop" and self.objective != "lm":
-            raise ConfigError("zoop needs per-row losses: use --objective lm")
-        if self.task == "user-data" and not self.data:
-            raise ConfigError("--task user-data needs --data FILE.csv|FILE.jsonl")
+
+_NESTED = ("method_config", "optim")
+
+
+@dataclass
+class TrainConfig(DataFields, SessionFields):
+    """``zo-edge train``: the run, its data, the method (nested Config) and the optimizer (nested OptimConfig)."""
+
+    model: str = _f("", "exported model folder (zo-edge export MODEL --out DIR); required")
+    method: str = _f("zo-act", "ZO method", choices="methods")
+    steps: int = _f(200, "training steps")
+    out: str = _f("runs/run", "run folder (config.json, checkpoints, metrics.jsonl, loss.png)")
+    seed: int = _f(0, "run seed (data order, perturbations)")
+    objective: str = _f("lm", "lm (LM loss on the label tokens) | classification (CE over the candidates)")
+    batch_size: int = _f(16, "examples per step")
+    k: int = _f(16, "training examples per class (k-shot); 0: the whole pool")
+    dev_k: int = _f(16, "dev examples per class (best-checkpoint selection)")
+    eval_examples: int = _f(500, "held-out test examples scored before and after training (0: all)")
+    eval_every: int = _f(0, "dev evaluation every N steps (0: at the end only)")
+    save_every: int = _f(50, "checkpoint every N steps")
+    #: the method's own Config: an instance, a dict of its knobs, or None (its defaults); an instance after init
+    method_config: Any = field(default=None, metadata={"help": "the [method] table"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "the [optim] table"})
+
+    def __post_init__(self) -> None:
+        from zo_edge.objectives import OBJECTIVES
+        from zo_edge.optim import SCHEDULES
+
+        _check_types(self)
+        methods = _methods()
+        _require(
+            self.method in methods, f"unknown method {self.method!r}; choose one of: {', '.join(sorted(methods))}"
+        )
+        cls = methods[self.method]
+        mc = self.method_config
+        if mc is None or isinstance(mc, dict):
+            self.method_config = _method_config(self.method, cls, dict(mc or {}))
+        else:
+            _require(
+                isinstance(mc, cls.Config),
+                f"method_config is a {type(mc).__name__}, not {self.method}'s {cls.Config.__name__}",
+            )
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+        self._check_data()
+        self._check_session([self.provider])
+        for name, low in (("steps", 1), ("batch_size", 1), ("save_every", 1), ("k", 0), ("dev_k", 0)):
+            value = getattr(self, name)
+            _require(value >= low, f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+        for name in ("eval_examples", "eval_every", "seed"):
+            value = getattr(self, name)
+            _require(value >= 0, f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        _require(
+            self.objective in OBJECTIVES,
+            f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",
+        )
+        # the optimizer: the method's defaults fill what is not given, then the method's own rules
+        o = self.optim
+        if o.optimizer is None:
+            o.optimizer = cls.default_optimizer
+        if o.lr is None:
+            o.lr = float(cls.default_lr)
+        accepted = ", ".join(sorted(cls.optimizers))
+        _require(
+            o.optimizer in cls.optimizers,
+            f"method {self.method} accepts --optimizer {accepted}, not {o.optimizer!r}",
+        )
+        if cls.direct_sgd:
+            for name, value in (("momentum", o.momentum), ("weight-decay", o.weight_decay)):
+                _require(
+                    value == 0,
+                    f"method {self.method} takes plain SGD only (its rank-r update has no optimizer state): "
+                    f"drop --{name} {value:g}",
+                )
+        _require(_finite_positive(o.lr), f"--lr must be a finite number > 0, got {o.lr!r}")
+        _require(math.isfinite(o.momentum) and 0 <= o.momentum < 1, f"--momentum must be in [0, 1), got {o.momentum}")
+        _require(
+            math.isfinite(o.weight_decay) and o.weight_decay >= 0,
+            f"--weight-decay must be a finite number >= 0, got {o.weight_decay}",
+        )
+        _require(
+            o.schedule in SCHEDULES,
+            f"--schedule must be one of {', '.join(sorted(SCHEDULES))}, got {o.schedule!r}",
+        )
+        _require(0 <= o.warmup <= self.steps, f"--warmup must be in 0..--steps ({self.steps}), got {o.warmup}")
 
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> TrainConfig:
+        """From the nested form (a TOML file, ``RUN/config.json``): top-level keys, ``[method]`` and ``[optim]``.
+
+        ``method`` is a table (``name`` plus the method's knobs) or, without knobs, the method's name.
+        """
+        return cls._build(*cls._split(data, where))
 
     @classmethod
-    def from_sources(cls, toml_path: str | None, overrides: dict[str, Any]) -> TrainConfig:
-        """File values, then every override that is not None (the CLI passes None for flags not given)."""
-        values: dict[str, Any] = {}
-        if toml_path:
-            path = Path(toml_path)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} not found")
-            try:
-                data = tomllib.loads(path.read_text())
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"{path}: invalid TOML ({e})") from None
-            unknown = sorted(set(data) - set(cls.keys()))
-            if unknown:
-                raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys mirror the flags of `zo-edge train`")
-            values.update(data)
-        values.update({k: v for k, v in overrides.items() if v is not None and k in cls.keys()})
-        return cls(**values)
+    def from_sources(cls, toml_path: str | None, flags: dict[str, Any]) -> TrainConfig:
+        """The TOML file's values, then every flag given (the CLI passes None for a flag not given).
+
+        Flags are flat (``--lr``, ``--nu``); each lands in its section: a TrainConfig key, an ``[optim]`` key, or
+        else a knob of the chosen method (refused in one line if that method has no such knob).
+        """
+        data = load_toml(toml_path) if toml_path else {}
+        top, method, knobs, optim = cls._split(data, f"{toml_path}: " if toml_path else "")
+        optim_keys = {s.name for s in field_specs(OptimConfig)}
+        top_keys = set(cls.top_keys())
+        for k, v in flags.items():
+            if v is None:
+                continue
+            if k == "method":
+                method = v
+            elif k in top_keys:
+                top[k] = v
+            elif k in optim_keys:
+                optim[k] = v
+            else:
+                knobs[k] = v
+        return cls._build(top, method, knobs, optim)
+
+    @classmethod
+    def _split(cls, data: dict[str, Any], where: str) -> tuple[dict, str | None, dict, dict]:
+        """(top-level values, method name, method knobs, optim values) of a nested dict, types checked."""
+        data = dict(data)
+        method = data.pop("method", None)
+        knobs: dict[str, Any] = {}
+        if isinstance(method, dict):
+            knobs = dict(method)
+            method = knobs.pop("name", None)
+        _require(
+            method is None or isinstance(method, str),
+            f"{where}method must be a method name or a [method] table with name = ..., got {method!r}",
+        )
+        optim = data.pop("optim", {})
+        _require(isinstance(optim, dict), f"{where}optim must be a table ([optim]), got {optim!r}")
+        top = {s.name: s for s in field_specs(cls, skip=_NESTED)}
+        for key in data:
+            if key not in top:
+                section = _section(key)
+                hint = f"put it under [{section}]" if section else "valid keys mirror the flags of `zo-edge train`"
+                raise ConfigError(f"{where}unknown key {key!r} at the top level: {hint}")
+        all_knobs = method_knobs()
+        for k, v in knobs.items():
+            if k in all_knobs:  # a knob no method has is refused by _build, with the chosen method's list
+                knobs[k] = _checked(all_knobs[k][0][1], v, where)
+        optim_specs = {s.name: s for s in field_specs(OptimConfig)}
+        unknown = sorted(set(optim) - set(optim_specs))
+        _require(not unknown, f"{where}unknown [optim] key(s) {unknown}; valid: {', '.join(optim_specs)}")
+        optim = {k: _checked(optim_specs[k], v, where) for k, v in optim.items()}
+        return {k: _checked(top[k], v, where) for k, v in data.items()}, method, knobs, optim
+
+    @classmethod
+    def _build(cls, top: dict, method: str | None, knobs: dict, optim: dict) -> TrainConfig:
+        if method is not None:
+            top = {**top, "method": method}
+        return cls(**top, method_config=dict(knobs), optim=OptimConfig(**optim))
+
+    @classmethod
+    def top_keys(cls) -> list[str]:
+        return [s.name for s in field_specs(cls, skip=_NESTED)]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The resolved, nested form (what ``RUN/config.json`` holds and ``from_dict`` reads back)."""
+        own = list(TrainConfig.__annotations__)  # this class's fields first, then the shared sections
+        specs = sorted(field_specs(type(self), skip=_NESTED), key=lambda s: own.index(s.name) if s.name in own else 99)
+        out = {s.name: getattr(self, s.name) for s in specs}
+        out["method"] = {"name": self.method, **dataclasses.asdict(self.method_config)}
+        out["optim"] = dataclasses.asdict(self.optim)
+        return json_safe(out)
 
-    def method_config(self):
-        """The method's own Config, from the shared keys that it declares."""
-        from zo_edge.methods import get_method
 
-        cls = get_method(self.method).Config
-        names = {f.name for f in fields(cls)}
-        keys = ("mu", "rank", "queries", "nu", "refresh", "select", "subset", "dist", "calib_batches")
-        kw = {k: getattr(self, k) for k in keys if k in names}
-        return cls(**{k: v for k, v in kw.items() if v is not None})
+def json_safe(obj: Any) -> Any:
+    """Lists copied, tuples as lists: what json.dump writes and reads back identically."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _section(key: str) -> str | None:
+    if key in {s.name for s in field_specs(OptimConfig)}:
+        return "optim"
+    if key in method_knobs():
+        return "method"
+    return None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    _require(path.is_file(), f"config file {path} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+
+
+# --- eval ---------------------------------------------------------------------------------------------------------
+@dataclass
+class EvalConfig(DataFields, SessionFields):
+    """``zo-edge eval``: a model (or a run, which names its model), a task's split, one or several providers."""
+
+    model: str = _f("", "exported model folder (default with --run: the run's model)")
+    run: str = _f("", "run folder whose trained state to evaluate (zero-shot without)")
+    checkpoint: str = _f("best", "which checkpoint of --run: best | latest")
+    split: str = _f("test", "which split to score: test | dev")
+    eval_examples: int = _f(500, "examples scored (0: all)")
+    providers: str = _f("", "comma list: run the same evaluation on each available provider and compare")
+    seed: int = _f(0, "seed of the k-shot train/dev split (the test split is fixed)")
+    k: int = _f(16, "k-shot examples per class of the train split (used to carve the dev split)")
+    dev_k: int = _f(16, "dev examples per class")
+    json: bool = _f(False, "print the result as JSON")
+
+    #: what ``--run`` fills from the run's config.json when not given: the model and how prompts were built
+    FROM_RUN: typing.ClassVar[tuple[str, ...]] = ("model", "max_len", "length_normalize", "seed", "k", "dev_k")
+    #: ... and the run's task with its data, unless --task or --data names another one
+    TASK_FROM_RUN: typing.ClassVar[tuple[str, ...]] = (
+        "task", "data", "text_field", "label_field", "template", "labels", "skip_bad_rows",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(bool(self.model), "eval needs a model folder (or --run RUN, whose config.json names it)")
+        self._check_data()
+        self._check_session(self.provider_list())
+        _require(
+            self.checkpoint in ("best", "latest"), f"--checkpoint must be best or latest, got {self.checkpoint!r}"
+        )
+        _require(self.split in ("test", "dev"), f"--split must be test or dev, got {self.split!r}")
+        for name in ("eval_examples", "seed", "k", "dev_k"):
+            value = getattr(self, name)
+            _require(value >= 0, f"--{name.replace('_', '-')} must be >= 0, got {value}")
+
+    def provider_list(self) -> list[str]:
+        return [p.strip() for p in self.providers.split(",") if p.strip()] if self.providers else [self.provider]
+
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> EvalConfig:
+        """The flags given; with ``--run``, every data/model setting not given comes from the run's config.json."""
+        given = {k: v for k, v in flags.items() if v is not None and k in {f.name for f in fields(cls)}}
+        if given.get("run"):
+            run_cfg = read_run_config(given["run"])
+            keys = cls.FROM_RUN + (() if "task" in given or "data" in given else cls.TASK_FROM_RUN)
+            for k in keys:
+                if k not in given and k in run_cfg:
+                    given[k] = run_cfg[k]
+        return cls(**given)
+
+
+def read_run_config(run: str | Path) -> dict[str, Any]:
+    """A run's resolved config (``RUN/config.json``) as a dict; the old flat form reads the same for eval's keys."""
+    import json
+
+    path = Path(run) / "config.json"
+    _require(path.is_file(), f"{run} is not a zo-edge run folder (no config.json): pass the --out of zo-edge train")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); the run folder is damaged") from None
+    _require(isinstance(data, dict), f"{path}: not a config object; the run folder is damaged")
+    if "normalize" in data and "length_normalize" not in data:  # written before the rename
+        data["length_normalize"] = data.pop("normalize")
+    return data
+
+
+# --- demo ---------------------------------------------------------------------------------------------------------
+@dataclass
+class DemoConfig:
+    """``zo-edge demo``: where the export is cached, where the run goes, and the few overrides of its recipe."""
+
+    artifacts: str = _f("artifacts", "where the exported model is cached")
+    out: str = _f("runs/demo", "run folder; an existing one is replaced only if it is an earlier demo run or --force")
+    force: bool = _f(
+        False, "replace a non-empty --out that is not an earlier demo run (built aside, swapped at the end)"
+    )
+    steps: int = _f(0, "training steps (0: the recipe's 200)")
+    eval_examples: int = _f(0, "held-out test sentences scored before and after (0: the recipe's 300)")
+    int4: bool = _f(False, "train on the INT4 export instead of fp32")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.steps >= 0, f"--steps must be >= 0 (0: the recipe's), got {self.steps}")
+        _require(self.eval_examples >= 0, f"--eval-examples must be >= 0 (0: the recipe's), got {self.eval_examples}")

@@ -1,8 +1,7 @@
-"""Tasks -> training batches: the runtime loop's BatchSource, and the two training objectives.
+"""Tasks -> training batches: the runtime loop's BatchSource over a task's training examples.
 
-``--objective lm``: LM loss on the gold label tokens (one row per example; per-sample loss = token-mean NLL).
-``--objective classification``: cross-entropy over the candidates' log-likelihoods (one row per example and label
-word; per-sample loss = -log softmax(-NLL_candidates)[gold]), the objective MeZO's prompt-based fine-tuning uses.
+The objectives themselves (``lm``, ``classification``) and how a batch of examples becomes a graph batch plus a
+per-sample loss live in ``zo_edge/objectives.py``; the example order in ``zo_edge/batching.py``.
 """
 
 from __future__ import annotations
@@ -10,17 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from runtime.batch import Batch
 from runtime.contract import Manifest
-from runtime.oracle import Objective, lm_objective
+from runtime.oracle import Objective
 from runtime.tokenizer import Tokenizer
-from zo_edge.tasks import BatchIterator, Example, Task, candidate_batch, classification_loss, lm_batch
+from zo_edge.batching import BatchIterator, lm_batch
+from zo_edge.objectives import OBJECTIVES, encode
+from zo_edge.tasks import Example, Task, TaskError
 
-__all__ = ["OBJECTIVES", "TaskBatches", "load_tokenizer"]
-
-OBJECTIVES = ("lm", "classification")
+__all__ = ["TaskBatches", "load_tokenizer"]
 
 
 def load_tokenizer(model_dir: str | Path) -> Tokenizer:
@@ -42,27 +39,14 @@ class TaskBatches:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+            raise TaskError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
         if not self.examples:
-            raise ValueError("the training set is empty: give more data or a larger k")
+            raise TaskError("the training set is empty: give more data or a larger k")
         self.iterator = BatchIterator(self.examples, self.batch_size, self.seed)
         self.stats: dict = {}
 
     def encode(self, examples: list[Example]) -> tuple[Batch, Objective]:
-        if self.objective == "lm":
-            return Batch.from_dict(lm_batch(self.tokenizer, examples, self.task, self.max_len, stats=self.stats)), (
-                lm_objective
-            )
-        feeds, row_example, row_class = candidate_batch(
-            self.tokenizer, examples, self.task, self.max_len, stats=self.stats
-        )
-        labels = np.array([self.task.class_index(e.label) for e in examples])
-        n_classes = len(self.task.classes)
-
-        def objective(row_nll: np.ndarray, row_count: np.ndarray) -> np.ndarray:
-            return classification_loss(row_nll, row_count, row_example, row_class, labels, n_classes)[1]
-
-        return Batch.from_dict(feeds), objective
+        return encode(self.tokenizer, self.task, examples, self.objective, self.max_len, stats=self.stats)
 
     def next(self) -> tuple[Batch, Objective]:
         return self.encode(next(self.iterator))

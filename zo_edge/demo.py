@@ -10,13 +10,25 @@ The defaults (DEMO below) were tuned on this machine so that the held-out gain i
 
 from __future__ import annotations
 
-import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+from runtime.atomic import atomic_folder, atomic_write_json, check_replaceable
 from runtime.contract import MANIFEST_FILE
+from runtime.errors import ZoEdgeError
+from zo_edge.config import DemoConfig
 
-__all__ = ["DEMO", "run_demo"]
+__all__ = ["DEMO", "DEMO_MARKER", "DemoError", "run_demo"]
+
+#: written into every demo run folder: only a folder holding it is replaced without --force
+DEMO_MARKER = ".zo-edge-demo"
+
+
+class DemoError(ZoEdgeError):
+    """A step of the demo failed for a reason its own message (printed above) explains."""
+
 
 #: the demo's recipe: ZO-Act (the headline method), cross-entropy over the two candidates' log-likelihoods (the LM
 #: loss on the label word fell 9 -> 3 nats in 200 steps but did not move held-out accuracy: it mostly learns to say
@@ -38,51 +50,67 @@ DEMO = dict(
 
 
 def ensure_export(artifacts: Path, int4: bool) -> Path:
-    from export.config import ExportConfig
-    from export.exporter import export_source
-
+    """The cached export, else ``zo-edge export`` in a child process: torch and the export's buffers never stay
+    resident in the demo's own process, so the peak RSS it reports is the training's."""
     out = artifacts / ("smollm2-int4" if int4 else "smollm2-fp32")
     if (out / MANIFEST_FILE).is_file():
         print(f"[1/4] using the exported model in {out}")
         return out
     print(f"[1/4] exporting SmolLM2-135M-Instruct to {out} (once; about a minute) ...", flush=True)
     t0 = time.time()
-    export_source("smollm2-135m", out, ExportConfig(int4=int4), force=True)
+    cmd = [sys.executable, "-m", "zo_edge.cli", "export", "smollm2-135m", "--out", str(out)] + (["--int4"] * int4)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        raise DemoError(f"exporting to {out} failed (exit {rc}, message above); fix it or pass another --artifacts")
     print(f"      done in {time.time() - t0:.0f} s")
     return out
 
 
-def run_demo(a) -> int:
+def run_demo(a: DemoConfig) -> int:
     from zo_edge.config import TrainConfig
     from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress
 
+    final = Path(a.out)
+    # an earlier demo run is ours to replace; anything else non-empty is the user's and needs --force
+    replace = a.force or (final / DEMO_MARKER).is_file()
+    check_replaceable(final, force=replace)  # before the export and the model load: fail in a second
     model_dir = ensure_export(Path(a.artifacts), a.int4)
     recipe = dict(DEMO)
     if a.steps:
         recipe["steps"] = a.steps
     if a.eval_examples:
         recipe["eval_examples"] = a.eval_examples
-    cfg = TrainConfig(model=str(model_dir), out=a.out, **recipe)
-    if Path(a.out).exists():
-        shutil.rmtree(a.out)
-    p = prepare(cfg)
-    n = cfg.eval_examples
-    print(f"[2/4] zero-shot on {n} held-out {cfg.task} test sentences ...", flush=True)
-    t0 = time.time()
-    before = evaluate_on(p, p.data.test, n)
-    print(f"      accuracy {before.accuracy:.3f}  macro-F1 {before.macro_f1:.3f}  ({time.time() - t0:.0f} s)")
-    print(
-        f"[3/4] fine-tuning with {cfg.method} for {cfg.steps} steps (batch {cfg.batch_size}, "
-        f"{len(p.data.train)} training examples, lr {cfg.lr}, mu {cfg.mu}, rank {cfg.rank}) ...",
-        flush=True,
-    )
-    t1 = time.time()
-    result = train_with_progress(p, resume=False)
-    train_s = time.time() - t1
-    load_run(p.oracle, cfg.out, "best")
-    print(f"[4/4] re-scoring the same {n} test sentences with the best dev checkpoint ...", flush=True)
-    after = evaluate_on(p, p.data.test, n)
-    plot = plot_run(cfg.out)
+    # the run is built in a hidden sibling and swapped in at the end: a failed or interrupted demo leaves --out as
+    # it was (the old run, or the user's folder under --force)
+    with atomic_folder(final, force=replace) as tmp:
+        (tmp / DEMO_MARKER).write_text("a zo-edge demo run: `zo-edge demo` replaces this folder without --force\n")
+        cfg = TrainConfig(model=str(model_dir), out=str(tmp), **recipe)
+        p = prepare(cfg)
+        n = cfg.eval_examples
+        print(f"[2/4] zero-shot on {n} held-out {cfg.task} test sentences ...", flush=True)
+        t0 = time.time()
+        before = evaluate_on(p, p.data.test, n)
+        print(f"      accuracy {before.accuracy:.3f}  macro-F1 {before.macro_f1:.3f}  ({time.time() - t0:.0f} s)")
+        mc = cfg.method_config
+        print(
+            f"[3/4] fine-tuning with {cfg.method} for {cfg.steps} steps (batch {cfg.batch_size}, "
+            f"{len(p.data.train)} training examples, {cfg.optim.optimizer} lr {cfg.optim.lr:g}, mu {mc.mu:g}, "
+            f"rank {mc.rank}) ...",
+            flush=True,
+        )
+        t1 = time.time()
+        result = train_with_progress(p, resume=False)
+        train_s = time.time() - t1
+        load_run(p.oracle, tmp, "best")
+        print(f"[4/4] re-scoring the same {n} test sentences with the best dev checkpoint ...", flush=True)
+        after = evaluate_on(p, p.data.test, n)
+        plot_run(tmp)
+        atomic_write_json(tmp / "config.json", {**cfg.to_dict(), "out": str(final)})
+        atomic_write_json(
+            tmp / "demo.json",
+            {"before": before.summary(), "after": after.summary(), "train_s": train_s, **result},
+        )
+    plot = final / "loss.png"
     print()
     print(f"  {cfg.task} held-out test (n={n})      accuracy   macro-F1")
     print(f"  before (zero-shot)                  {before.accuracy:8.3f}   {before.macro_f1:8.3f}")
@@ -92,7 +120,7 @@ def run_demo(a) -> int:
         f"{after.macro_f1 - before.macro_f1:+8.3f}"
     )
     print(
-        f"  training {train_s / 60:.1f} min, peak RSS {result['peak_rss_mb']:.0f} MiB; run folder {cfg.out}"
-        + (f"; plot {plot}" if plot else "")
+        f"  training {train_s / 60:.1f} min, peak RSS {result['peak_rss_mb']:.0f} MiB (this process; the export ran "
+        f"in its own); run folder {final}" + (f"; plot {plot}" if plot.is_file() else "")
     )
     return 0

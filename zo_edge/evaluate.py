@@ -19,7 +19,10 @@ import numpy as np
 from runtime.batch import Batch
 from runtime.oracle import Oracle
 from runtime.tokenizer import Tokenizer
-from zo_edge.tasks.common import Example, Task, accuracy, candidate_batch, class_scores, confusion_matrix, macro_f1
+from zo_edge.batching import candidate_batch
+from zo_edge.metrics import accuracy, confusion_matrix, macro_f1
+from zo_edge.objectives import class_scores
+from zo_edge.tasks import Example, Task
 
 __all__ = ["EvalResult", "compare_providers", "evaluate"]
 

@@ -15,7 +15,7 @@ from runtime.loop import LoopConfig, load_trained, train
 from runtime.oracle import Oracle
 from runtime.session import GraphSession
 from zo_edge import optim
-from zo_edge.config import TrainConfig
+from zo_edge.config import DataFields, TrainConfig
 from zo_edge.data import TaskBatches, load_tokenizer
 from zo_edge.evaluate import EvalResult, evaluate
 from zo_edge.methods import get_method
@@ -42,49 +42,50 @@ class Prepared:
     data: TaskData
 
 
-def load_task_data(cfg: TrainConfig):
-    kw = {}
-    if cfg.task == "user-data":
-        kw = dict(
-            path=cfg.data,
-            text_fields=cfg.text_field,
-            label_field=cfg.label_field,
-            template=cfg.template,
-            labels=cfg.labels,
-            skip_bad_rows=cfg.skip_bad_rows,
-        )
-    task = get_task(cfg.task, **kw)
+def load_task_data(cfg: DataFields):
+    """The task (with the config's data file and template/labels overrides) and its train/dev/test split.
+
+    ``cfg`` is a TrainConfig or an EvalConfig: both carry the data fields and ``seed``, ``k``, ``dev_k``."""
+    task = get_task(cfg.task, **cfg.task_kwargs())
     data = task.load(seed=cfg.seed, k=cfg.k or None, dev_k=cfg.dev_k)
     return task, data
 
 
-def make_oracle(model_dir: str, provider: str, threads: int, micro_batch: int = 0) -> Oracle:
-    return Oracle(GraphSession(model_dir, provider, threads=threads or None), micro_batch=micro_batch)
+def make_oracle(
+    model_dir: str, provider: str, threads: int, micro_batch: int = 0, provider_options: dict[str, str] | None = None
+) -> Oracle:
+    """``provider_options``: the options of ``provider`` (``--provider-option``), passed to onnxruntime as given."""
+    session = GraphSession(model_dir, provider, threads=threads or None, provider_options=provider_options or None)
+    return Oracle(session, micro_batch=micro_batch)
 
 
 def build_method(cfg: TrainConfig):
+    """The method of ``cfg`` from its nested Config and the optimizer section (defaults already resolved)."""
     cls = get_method(cfg.method)
-    schedule = optim.make_schedule(cfg.schedule, cfg.lr, cfg.steps, cfg.warmup)
-    opt = optim.make_optimizer(cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return cls(cfg.method_config(), opt, schedule)
+    o = cfg.optim
+    schedule = optim.make_schedule(o.schedule, o.lr, cfg.steps, o.warmup)
+    opt = optim.make_optimizer(o.optimizer, schedule, momentum=o.momentum, weight_decay=o.weight_decay)
+    return cls(cfg.method_config, opt, schedule)
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
-    oracle = make_oracle(cfg.model, cfg.provider, cfg.threads, cfg.micro_batch)
+    from runtime.providers import PROVIDER_ALIASES
+
+    options = cfg.provider_options().get(PROVIDER_ALIASES.get(cfg.provider.lower(), cfg.provider))
+    oracle = make_oracle(cfg.model, cfg.provider, cfg.threads, cfg.micro_batch, options)
     task, data = load_task_data(cfg)
     return Prepared(cfg, oracle, load_tokenizer(cfg.model), task, data)
 
 
 def evaluate_on(p: Prepared, examples, limit: int) -> EvalResult:
     subset = examples[:limit] if limit else examples
-    return evaluate(p.oracle, p.tokenizer, p.task, subset, max_len=p.cfg.max_len, normalize=p.cfg.normalize)
+    return evaluate(p.oracle, p.tokenizer, p.task, subset, max_len=p.cfg.max_len, normalize=p.cfg.length_normalize)
 
 
 def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
     cfg = p.cfg
     method = build_method(cfg)
     batches = TaskBatches(p.task, p.data.train, p.tokenizer, cfg.batch_size, cfg.max_len, cfg.seed, cfg.objective)
-    calib_n = getattr(method.config, "calib_batches", 0)
 
     def dev_eval(oracle: Oracle) -> dict[str, float]:
         return evaluate_on(p, p.data.dev, 0).summary()
@@ -106,7 +107,8 @@ def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
         resume=resume,
         eval_fn=dev_eval if p.data.dev else None,
         on_step=on_step,
-        calibration=lambda: batches.calibration(calib_n),
+        # drawn only for a method with needs_calibration, whose Config then has calib_batches (CONTRIBUTING.md)
+        calibration=lambda: batches.calibration(method.config.calib_batches),
     )
     result["truncated"] = batches.stats.get("truncated", 0)
     result["encoded"] = batches.stats.get("examples", 0)

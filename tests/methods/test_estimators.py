@@ -6,10 +6,10 @@ Marked slow: about 15 s of CPU (6 x 64 method steps + 2 x 64), 30-45 s of wall t
 
 The reference gradient is torch autograd on the untouched HF model that was exported (tests/conftest.py
 ``tiny_export``), of the same objective the methods minimise: the mean over rows of each row's token-mean NLL
-(``runtime.oracle.lm_objective``) on the same left-padded batch. A method's estimates are read back by
-``zo_edge.alignment.single_query_estimates`` (one step with learning rate 1 and plain SGD per query, from the same
-weights every time; MeZO on the linear weights only, lazy periods of 1, Zoop unnormalised over every layer; its
-docstring gives the details), which ``benchmarks/alignment.py`` also runs on SmolLM2-135M.
+(``runtime.oracle.lm_objective``) on the same left-padded batch. A method's estimates are read
+back by ``single_query_estimates`` of ``benchmarks/alignment_lib.py`` (one step with learning rate 1 and plain SGD
+per query, from the same weights every time; MeZO on the linear weights only, lazy periods of 1, Zoop unnormalised
+over every layer; its docstring gives the details), which ``benchmarks/alignment.py`` also runs on SmolLM2-135M.
 
 Checks, with 64 single-query estimates per batch and method (every method on one batch, AGZO and MeZO on two):
 the mean of k estimates has positive cosine with the true gradient, rising with k (1 vs 16 vs 64); on the same
@@ -20,13 +20,19 @@ estimator in D ≫ k dimensions), where a biased one would saturate.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from runtime.oracle import Oracle
 from runtime.session import GraphSession
-from zo_edge.alignment import CONFIGS, cosine, single_query_estimates
+
+# the readback is a benchmark diagnostic, not library code: import it the way the benchmark scripts do
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from alignment_lib import CONFIGS, cosine, single_query_estimates  # noqa: E402
 
 QUERIES = 64
 MU = 1e-3

@@ -14,10 +14,11 @@ from runtime.batch import Batch
 from runtime.oracle import Oracle, lm_objective
 from runtime.session import GraphSession
 from zo_edge import optim
+from zo_edge.batching import lm_batch
 from zo_edge.config import DEFAULTS_BY_METHOD
 from zo_edge.data import load_tokenizer
 from zo_edge.methods import METHODS, get_method
-from zo_edge.tasks import get_task, lm_batch
+from zo_edge.tasks import get_task
 
 pytestmark = pytest.mark.slow
 

@@ -36,7 +36,7 @@ def test_train_writes_run_folder_and_eval_reads_it(tiny_lm_dirs, tmp_path, capsy
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 7))
     assert any("eval_accuracy" in r for r in rows)
-    assert json.loads((run / "config.json").read_text())["method"] == "lozo"
+    assert json.loads((run / "config.json").read_text())["method"]["name"] == "lozo"
     capsys.readouterr()
     assert main(["eval", str(tiny_lm_dirs["fp32"]), "--run", str(run), "--eval-examples", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -45,11 +45,14 @@ def test_train_writes_run_folder_and_eval_reads_it(tiny_lm_dirs, tmp_path, capsy
 
 def test_toml_config_and_flag_override(tiny_lm_dirs, tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'model = "{tiny_lm_dirs["fp32"]}"\nmethod = "subzero"\nsteps = 99\nlr = 0.5\n')
+    cfg.write_text(
+        f'model = "{tiny_lm_dirs["fp32"]}"\nsteps = 99\n[method]\nname = "subzero"\nrefresh = 7\n[optim]\nlr = 0.5\n'
+    )
     run = tmp_path / "run"
-    assert main(["train", "--config", str(cfg), "--steps", "2", "--out", str(run), *TRAIN]) == 0
+    assert main(["train", "--config", str(cfg), "--steps", "2", "--rank", "3", "--out", str(run), *TRAIN]) == 0
     written = json.loads((run / "config.json").read_text())
-    assert written["method"] == "subzero" and written["steps"] == 2 and written["lr"] == 0.5
+    assert written["steps"] == 2 and written["optim"]["lr"] == 0.5
+    assert written["method"] == {**written["method"], "name": "subzero", "refresh": 7, "rank": 3}
 
 
 def test_resume_via_cli_is_bit_identical(tiny_lm_dirs, tmp_path):
@@ -158,7 +161,7 @@ def test_merge_matches_training_graph_and_generates(base, tiny_lm_dirs, tmp_path
     assert (merged / "adapter.safetensors").is_file() and (merged / "adapter.json").is_file()
     oracle = Oracle(GraphSession(tiny_lm_dirs[base]))
     load_trained(oracle, checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run))[0])
-    assert any(np.abs(a.q).max() > 0 for a in oracle.adapters.values()), "training changed nothing"
+    assert any(np.abs(a.q).max() > 0 for a in oracle.trained.adapters.values()), "training changed nothing"
     rng = np.random.default_rng(0)
     ids = rng.integers(3, 1000, (3, 9))
     attn = np.ones_like(ids)

@@ -16,23 +16,11 @@ import warnings
 import numpy as np
 import pytest
 
-from zo_edge.tasks import (
-    BatchIterator,
-    Example,
-    Task,
-    TaskError,
-    TruncationWarning,
-    accuracy,
-    candidate_batch,
-    classification_loss,
-    confusion_matrix,
-    get_task,
-    list_tasks,
-    lm_batch,
-    macro_f1,
-    predict,
-)
-from zo_edge.tasks.common import dedup, template_fields
+from zo_edge.batching import BatchIterator, TruncationWarning, candidate_batch, lm_batch
+from zo_edge.metrics import accuracy, confusion_matrix, macro_f1
+from zo_edge.objectives import classification_loss, predict
+from zo_edge.tasks import Example, Task, TaskError, get_task, list_tasks
+from zo_edge.tasks.base import dedup, template_fields
 
 # name -> (unique examples, class counts after dedup, test size). Every registered task needs a row (or an entry in
 # OTHER_TESTED naming the file that covers it): test_every_task_has_a_row fails otherwise.

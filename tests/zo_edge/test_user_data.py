@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from zo_edge.tasks import Example, TaskError, get_task, lm_batch
+from zo_edge.batching import lm_batch
+from zo_edge.tasks import Example, TaskError, get_task
 from zo_edge.tasks.user_data import UserData
 
 

@@ -14,7 +14,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zo_edge.tasks.common import Example, Task, TaskError, dedup, package_data, register_task
+from zo_edge.tasks.base import Example, Task, TaskError, dedup, package_data, register_task
 
 __all__ = ["RottenTomatoes", "data_path"]
 

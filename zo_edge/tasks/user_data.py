@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zo_edge.tasks.common import Example, Task, TaskError, Verbalizer, dedup, register_task, template_fields
+from zo_edge.tasks.base import Example, Task, TaskError, Verbalizer, dedup, register_task, template_fields
 
 __all__ = ["UserData", "default_template", "read_rows"]
 
