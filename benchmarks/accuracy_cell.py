@@ -38,7 +38,7 @@ def _config(spec: dict, method: str) -> TrainConfig:
     keys = ("model", "task", "steps", "seed", "batch_size", "max_len", "k", "dev_k", "objective", "threads")
     kw = {k: spec[k] for k in keys if k in spec}
     kw.update(spec.get("overrides", {}))
-    return TrainConfig(method=method, out=spec["run_dir"], eval_every=spec.get("eval_every", 0), **kw)
+    return TrainConfig.from_flat(dict(method=method, out=spec["run_dir"], eval_every=spec.get("eval_every", 0), **kw))
 
 
 def _scores(p, n_test: int) -> tuple[dict, float]:

@@ -78,7 +78,9 @@ def method_cell(spec: dict) -> dict:
     oracle = Oracle(session, micro_batch=spec.get("micro_batch", 0))
     rss_loaded = _rss_now_mb()
     reset_peak()
-    cfg = TrainConfig(model=spec["model"], method=spec["method"], steps=10_000, **spec.get("overrides", {}))
+    cfg = TrainConfig.from_flat(
+        dict(model=spec["model"], method=spec["method"], steps=10_000, **spec.get("overrides", {}))
+    )
     method = build_method(cfg)
     method.init(oracle, seed=0)
     out: dict = {"threads": threads, "shape": list(batch.input_ids.shape), "load_s": round(t_load, 2)}

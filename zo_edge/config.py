@@ -421,6 +421,12 @@ class TrainConfig(DataFields, SessionFields):
         return cls._build(top, method, knobs, optim)
 
     @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> TrainConfig:
+        """From flat keys as the flags name them (``lr``, ``nu`` next to ``steps``): what scripts and benchmarks
+        pass; each key lands in its section as in ``from_sources``."""
+        return cls.from_sources(None, values)
+
+    @classmethod
     def _split(cls, data: dict[str, Any], where: str) -> tuple[dict, str | None, dict, dict]:
         """(top-level values, method name, method knobs, optim values) of a nested dict, types checked."""
         data = dict(data)
