@@ -85,7 +85,7 @@ def method_cell(spec: dict) -> dict:
     method.init(oracle, seed=0)
     out: dict = {"threads": threads, "shape": list(batch.input_ids.shape), "load_s": round(t_load, 2)}
     out["rss_loaded_mb"] = round(rss_loaded, 1)
-    if getattr(method, "needs_calibration", False):
+    if method.needs_calibration:
         n = method.config.calib_batches
         calib = [batches[1 + i % (len(batches) - 1)] for i in range(n)] if len(batches) > 1 else [batch] * n
         t0 = time.perf_counter()

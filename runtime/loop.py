@@ -1,15 +1,28 @@
 """The training loop: steps, non-finite guard, periodic evaluation, atomic checkpoints, exact resume, Ctrl-C.
 
-Everything needed to resume lives in the checkpoint: the weights the method changed (or its adapters), the method's
-state (bases, coefficients, optimizer moments), the data iterator's position and the step. Randomness is
-regenerated from (seed, step, layer), so a resumed run is bit-identical to an uninterrupted one
-(tests/methods/test_common.py checks it, including a kill during a save).
+Everything needed to resume lives in the checkpoint: the trained state (the weights the method changed, or its
+adapters: runtime.trained_state), the method's state (bases, optimizer moments, counters), the data iterator's
+position and the step. Randomness is regenerated from (seed, step, layer), so a resumed run is bit-identical to an
+uninterrupted one (tests/methods/test_common.py checks it, including a kill during a save).
+
+Two guarantees beyond that:
+
+* **No non-finite value is ever saved.** Before every save the trained state and the method state are checked; a
+  run whose state went non-finite stops with a message and leaves the previous checkpoint as the latest.
+* **Ctrl-C is exact.** SIGINT is deferred while a step is in flight (a full-space method may be holding θ ± μz at
+  that moment, and the step's batch is already drawn); the step finishes, is logged and saved, and then the run
+  stops. A second Ctrl-C stops at once without saving (the previous checkpoint stays whole).
+
+Each checkpoint's meta records the checkpoint format version and the base's ``weights_sha256``; resume refuses a
+run folder made on another base or by an incompatible writer.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,16 +32,18 @@ from typing import Any, Protocol
 import numpy as np
 import psutil
 
-from runtime import checkpoint
+from runtime import checkpoint, contract
 from runtime.batch import Batch
+from runtime.errors import ZoEdgeError
 from runtime.method import StepReport, ZOMethod
 from runtime.oracle import Objective, Oracle
+from runtime.trained_state import NonFiniteState
 
-__all__ = ["BatchSource", "LoopConfig", "TrainingStopped", "load_trained", "peak_rss_mb", "train"]
+__all__ = ["BatchSource", "LoopConfig", "TrainingStopped", "check_run_meta", "load_trained", "peak_rss_mb", "train"]
 
 
-class TrainingStopped(RuntimeError):
-    pass
+class TrainingStopped(ZoEdgeError):
+    """The run cannot go on (or cannot start) as asked; the message says why and what to do."""
 
 
 class BatchSource(Protocol):
@@ -61,25 +76,51 @@ def peak_rss_mb() -> float:
 
 def _arrays(oracle: Oracle, method: ZOMethod, weights_changed: bool) -> dict[str, np.ndarray]:
     arrays = {f"method/{k}": v for k, v in method.state_dict().items()}
-    arrays.update(oracle.adapter_arrays())
-    if weights_changed:
-        arrays.update({f"param/{k}": v for k, v in oracle.params.items()})
+    arrays.update(oracle.trained.arrays(include_params=weights_changed))
     return arrays
 
 
+def _check_finite(arrays: dict[str, np.ndarray]) -> None:
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise NonFiniteState(
+                f"{name} holds NaN/inf, so it was not saved (the last checkpoint is kept); lower the learning "
+                "rate or mu and --resume"
+            )
+
+
+def _meta_base(oracle: Oracle) -> dict[str, Any]:
+    return {
+        contract.META_FORMAT_VERSION: contract.CHECKPOINT_FORMAT_VERSION,
+        contract.META_WEIGHTS_SHA256: oracle.manifest.weights_sha256,
+    }
+
+
+def check_run_meta(meta: dict[str, Any], oracle: Oracle, where: str | Path) -> None:
+    """Refuse a checkpoint written by another format version, or trained on another base model."""
+    version = meta.get(contract.META_FORMAT_VERSION)
+    if version != contract.CHECKPOINT_FORMAT_VERSION:
+        raise TrainingStopped(
+            f"{where}: checkpoint format {version}, this zo-edge reads {contract.CHECKPOINT_FORMAT_VERSION}; "
+            "retrain the run with this version"
+        )
+    sha = meta.get(contract.META_WEIGHTS_SHA256)
+    if sha != oracle.manifest.weights_sha256:
+        raise TrainingStopped(
+            f"{where} was trained on another base model (weights {str(sha)[:12]}..., this model "
+            f"{oracle.manifest.weights_sha256[:12]}...); pass the model folder the run was trained on"
+        )
+
+
 def load_trained(oracle: Oracle, arrays: dict[str, np.ndarray]) -> None:
-    """Put a checkpoint's trained weights (folded params and/or adapters) into ``oracle``: enough to evaluate."""
-    for k, v in arrays.items():
-        if k.startswith("param/"):
-            oracle.params[k.removeprefix("param/")][...] = v  # in place: the bound buffers stay bound
-    oracle.load_adapter_arrays({k: v for k, v in arrays.items() if k.startswith("adapter.")})
+    """Put a checkpoint's trained state (folded params and/or adapters) into ``oracle``: enough to evaluate."""
+    _check_finite(arrays)
+    oracle.trained.load_arrays(arrays)
 
 
 def _restore(oracle: Oracle, method: ZOMethod, arrays: dict[str, np.ndarray]) -> None:
     load_trained(oracle, arrays)
     method.load_state_dict({k.removeprefix("method/"): v for k, v in arrays.items() if k.startswith("method/")})
-    if hasattr(method, "link"):
-        method.link(oracle)
 
 
 def train(
@@ -101,7 +142,7 @@ def train(
     method.init(oracle, cfg.seed)
     # Methods that write into the bound weights (in place) must checkpoint them, at every save, the step-0 `best`
     # included: evaluating `best` later in the same process must put the base weights back.
-    weights_changed = getattr(method, "changes_weights", True) and bool(oracle.params)
+    weights_changed = method.changes_weights and bool(oracle.params)
     start = 0
     best = -np.inf
     latest = checkpoint.latest_checkpoint(run_dir) if resume else None
@@ -109,12 +150,18 @@ def train(
         raise TrainingStopped(f"--resume: {run_dir} has no complete checkpoint; drop --resume to start afresh")
     if latest is not None:
         arrays, meta = checkpoint.load_checkpoint(latest)
+        check_run_meta(meta, oracle, latest)
         if meta.get("method") != method.name:
             raise TrainingStopped(
                 f"{run_dir} holds a {meta.get('method')} run, not {method.name}: resume it with --method "
                 f"{meta.get('method')} or choose another --out"
             )
-        _restore(oracle, method, arrays)
+        try:
+            _restore(oracle, method, arrays)
+        except NonFiniteState as e:
+            raise TrainingStopped(
+                f"--resume: {latest}: {e}; delete that checkpoint folder to resume from an older one"
+            ) from None
         data.load_state_dict(meta["data"])
         start = int(meta["step"])
         best = float(meta.get("best", -np.inf))
@@ -125,7 +172,7 @@ def train(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
             )
         metrics_path.unlink(missing_ok=True)
-        if getattr(method, "needs_calibration", False):
+        if method.needs_calibration:
             t0 = time.perf_counter()
             method.calibrate(oracle, calibration() if calibration else [])
             _log(metrics_path, {"step": 0, "calibration_s": round(time.perf_counter() - t0, 3)})
@@ -135,16 +182,26 @@ def train(
         best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, 0, best, weights_changed)
 
     def save(step: int) -> None:
+        arrays = _arrays(oracle, method, weights_changed)
+        try:
+            _check_finite(arrays)
+        except NonFiniteState as e:
+            raise TrainingStopped(f"step {step}: {e}") from None
         meta = {"data": data.state_dict(), "config": cfg.config, "best": best, "method": method.name}
-        checkpoint.save_checkpoint(run_dir, step, _arrays(oracle, method, weights_changed), meta, keep=cfg.keep)
+        meta.update(_meta_base(oracle))
+        checkpoint.save_checkpoint(run_dir, step, arrays, meta, keep=cfg.keep)
 
     bad = 0
     step = start
     proc = psutil.Process(os.getpid())
+    interrupted = _DeferredInterrupt()
     try:
         while step < cfg.steps:
+            if interrupted.pending:
+                raise KeyboardInterrupt
             batch, objective = data.next()
-            report = method.step(oracle, batch, objective, step)
+            with interrupted:
+                report = method.step(oracle, batch, objective, step)
             step += 1
             bad = bad + 1 if report.skipped else 0
             row = {"step": step, **{k: v for k, v in asdict(report).items() if k != "extra"}, **report.extra}
@@ -163,8 +220,11 @@ def train(
             if step % cfg.save_every == 0 and step < cfg.steps:
                 save(step)
     except KeyboardInterrupt:
+        interrupted.restore()
         save(step)
         raise
+    finally:
+        interrupted.restore()
     if eval_fn:
         best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, weights_changed)
     save(step)
@@ -176,9 +236,44 @@ def _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, w
     _log(metrics_path, {"step": step, **{f"eval_{k}": v for k, v in result.items()}})
     if cfg.best_metric and result.get(cfg.best_metric, -np.inf) > best:
         best = float(result[cfg.best_metric])
+        arrays = _arrays(oracle, method, weights_changed)
+        _check_finite(arrays)
         meta = {"step": step, "config": cfg.config, cfg.best_metric: best, "method": method.name}
-        checkpoint.save_named(run_dir, "best", _arrays(oracle, method, weights_changed), meta)
+        meta.update(_meta_base(oracle))
+        checkpoint.save_named(run_dir, "best", arrays, meta)
     return best
+
+
+class _DeferredInterrupt:
+    """Defers SIGINT while a step runs: the first Ctrl-C is remembered and acted on between steps (so the step in
+    flight finishes and its state is consistent); a second one interrupts at once. Main thread only (elsewhere
+    Python delivers no signals to us anyway)."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._active = False
+        self._installed = threading.current_thread() is threading.main_thread()
+        self._previous = signal.getsignal(signal.SIGINT) if self._installed else None
+        if self._installed:
+            signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        if self.pending or not self._active:
+            self.restore()
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def __enter__(self) -> _DeferredInterrupt:
+        self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._active = False
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
 
 
 def _log(path: Path, row: dict) -> None:
@@ -187,8 +282,16 @@ def _log(path: Path, row: dict) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after the resumed checkpoint, so the log reads as one uninterrupted run."""
+    """Drop metric lines after the resumed checkpoint, so the log reads as one uninterrupted run. A torn line (the
+    process died mid-append) is dropped too: metrics are a log, the checkpoint is the truth."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            rows.append(line)
     checkpoint.atomic_write_text(path, "".join(r + "\n" for r in rows))

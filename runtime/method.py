@@ -1,31 +1,49 @@
-"""The ZO method interface and its registry (the interfaces live at the bottom of the stack, as in optax's base.py).
+"""The ZO method and optimizer interfaces and the method registry (interfaces live at the bottom, as in optax).
 
 A method owns the *direction*: which perturbation to probe, how to turn losses into a projected gradient, and the
-update it implies; the optimizer (zo_edge/optim.py) owns the *step*. A method talks only to the Oracle (losses,
-probes, updates), never to onnxruntime. Its state is a flat ``dict[str, np.ndarray]`` mutated in place (numpy
-moments and bases must not be re-allocated every step on a memory-bound device), so a checkpoint is exactly
-``state_dict()`` plus, for full-parameter methods, the bound weights.
+update it implies; the optimizer owns the *step* (learning rate, schedule, momentum, decay). A method talks only to
+the Oracle (losses and probes) and to the TrainedState (where updates land), never to onnxruntime. The loop calls
+every member below directly: no ``getattr``/``hasattr`` probing, so a method that lacks one fails at import.
 
 Interface (one file per method in zo_edge/methods/, registered where defined with ``@register_method``)::
 
-    method = METHOD(config, optimizer)
+    method = METHOD(METHOD.Config(...), optimizer, schedule)
     method.init(oracle, seed)                          # allocate state (bases, factors, moments)
+    method.calibrate(oracle, batches)                  # once before step 0 (no-op unless needs_calibration)
     report = method.step(oracle, batch, objective, t)  # one ZO step at step index t (0-based)
-    method.trainable(oracle)                           # the coordinates the optimizer updates
+    method.trainable(oracle)                           # the coordinates the optimizer updates ({} if none)
     method.state_dict() / method.load_state_dict(arrays)
+
+Class-level declarations (read by the CLI, the config, the benchmarks and the tests; never a written-out list):
+
+* ``Config``: the method's own knobs, a dataclass whose fields carry ``metadata={"help": ...}``; the CLI derives
+  ``--flag`` names and help text from it and TOML's ``[method]`` table fills it.
+* ``bases``: which exported bases it trains ({"fp32"} for full-weight methods, {"fp32", "int4"} for adapter ones).
+* ``changes_weights``: whether it writes into the bound weights (then checkpoints hold them).
+* ``needs_calibration``: whether ``calibrate`` needs calibration batches (the loop draws them only then).
+* ``default_lr`` / ``default_optimizer``: the tuned optimizer defaults (SmolLM2-135M + Rotten Tomatoes).
+* ``optimizers``: the optimizer names it accepts; any other is refused with one line (methods whose update is a
+  rank-r step written straight into W accept plain SGD only: a stateful optimizer there needs model-sized state).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from runtime.oracle import Objective, Oracle
-from runtime.session import Batch
+from runtime.errors import ZoEdgeError
 
-__all__ = ["METHODS", "StepReport", "ZOMethod", "get_method", "register_method"]
+if TYPE_CHECKING:
+    from runtime.batch import Batch
+    from runtime.oracle import Objective, Oracle
+
+__all__ = ["METHODS", "MethodError", "Optimizer", "StepReport", "ZOMethod", "get_method", "register_method"]
+
+
+class MethodError(ZoEdgeError, ValueError):
+    """A method asked for something it cannot do (a base, an optimizer, a knob's value)."""
 
 
 @dataclass
@@ -36,19 +54,33 @@ class StepReport:
     t_forward: float = 0.0
     t_update: float = 0.0
     t_sample: float = 0.0
-    skipped: bool = False  # a non-finite loss: no update was applied
+    skipped: bool = False  # a non-finite loss or update: nothing was applied
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Optimizer(Protocol):
+    """An optax-style gradient transformation (zo_edge/optim.py builds them): ``deltas`` are what to ADD."""
+
+    def init(self, params: dict[str, np.ndarray]) -> Any: ...
+
+    def update(
+        self, updates: dict[str, np.ndarray], state: Any, params: dict[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, np.ndarray], Any]: ...
 
 
 class ZOMethod(Protocol):
     name: ClassVar[str]
-    #: which bases the method can train: {"fp32"}, or {"fp32", "int4"} for adapter-form methods
+    Config: ClassVar[type]
     bases: ClassVar[frozenset[str]]
-    #: False for methods that never touch the bound weights (ZO-Act trains only its coefficients), so checkpoints
-    #: need not hold a copy of the model
     changes_weights: ClassVar[bool]
+    needs_calibration: ClassVar[bool]
+    default_lr: ClassVar[float]
+    default_optimizer: ClassVar[str]
+    optimizers: ClassVar[frozenset[str]]
 
     def init(self, oracle: Oracle, seed: int) -> None: ...
+
+    def calibrate(self, oracle: Oracle, batches: list[Batch]) -> None: ...
 
     def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int) -> StepReport: ...
 
@@ -61,9 +93,19 @@ class ZOMethod(Protocol):
 
 METHODS: dict[str, type] = {}
 
+_REQUIRED = (
+    "Config", "bases", "changes_weights", "needs_calibration", "default_lr", "default_optimizer", "optimizers",
+    "init", "calibrate", "step", "trainable", "state_dict", "load_state_dict",
+)  # fmt: skip
+
 
 def register_method(name: str):
+    """Class decorator: registers a complete ZOMethod under ``name`` (a missing member fails here, at import)."""
+
     def wrap(cls):
+        missing = [m for m in _REQUIRED if not hasattr(cls, m)]
+        assert not missing, f"method {name!r} ({cls.__name__}) lacks {missing}"
+        assert cls.default_optimizer in cls.optimizers, f"{name}: default optimizer not in its optimizers"
         cls.name = name
         METHODS[name] = cls
         return cls
@@ -73,5 +115,5 @@ def register_method(name: str):
 
 def get_method(name: str) -> type:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+        raise MethodError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name]

@@ -44,10 +44,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from runtime.errors import ZoEdgeError
+
 __all__ = [
     "SCHEDULES",
     "STATE_BYTES_PER_PARAM",
     "EmptyState",
+    "OptimizerError",
     "ScaleByAdamState",
     "ScaleByScheduleState",
     "Schedule",
@@ -72,6 +75,11 @@ __all__ = [
     "state_to_arrays",
     "trace",
 ]
+
+
+class OptimizerError(ZoEdgeError, ValueError):
+    """An optimizer or schedule setting the user chose is invalid or unaffordable (one line, names the fix)."""
+
 
 Params = dict[str, np.ndarray]
 Updates = dict[str, np.ndarray]
@@ -420,21 +428,21 @@ def make_optimizer(
         return sgd(learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if name in ("adam", "adamw"):
         return adam(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of: adam, adamw, sgd")
+    raise OptimizerError(f"unknown optimizer {name!r}; choose one of: adam, adamw, sgd")
 
 
 # --- schedules ----------------------------------------------------------------------------------------------------
 
 
 def _check_schedule(lr: float, total_steps: int, warmup_steps: int, final_fraction: float) -> None:
-    if lr < 0:
-        raise ValueError(f"learning rate must be >= 0, got {lr}")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise OptimizerError(f"learning rate must be finite and >= 0, got {lr}")
     if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        raise OptimizerError(f"total_steps must be >= 1, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+        raise OptimizerError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
     if not 0.0 <= final_fraction <= 1.0:
-        raise ValueError(f"final_fraction must be in [0, 1], got {final_fraction}")
+        raise OptimizerError(f"final_fraction must be in [0, 1], got {final_fraction}")
 
 
 def _progress(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -497,7 +505,7 @@ def make_schedule(
 ) -> Schedule:
     """The schedule ``name`` (constant, cosine, linear); ``constant`` ignores ``total_steps``/``final_fraction``."""
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(sorted(SCHEDULES))}")
+        raise OptimizerError(f"unknown schedule {name!r}; choose one of: {', '.join(sorted(SCHEDULES))}")
     if name == "constant":
         _check_schedule(lr, total_steps, warmup_steps, final_fraction)
         return constant(lr, warmup_steps=warmup_steps)
@@ -599,7 +607,7 @@ def check_state_budget(optimizer_name: str, n_params: int, bytes_per_param_state
     """
     need = int(n_params) * int(bytes_per_param_state)
     if need > limit_bytes:
-        raise ValueError(
+        raise OptimizerError(
             f"{optimizer_name} needs {_fmt_bytes(need)} of optimizer state ({bytes_per_param_state} B x {n_params:,} "
             f"trainable values), over the {_fmt_bytes(limit_bytes)} limit: use sgd (no state) or a low-rank method "
             f"(lozo, subzero) whose trainable coordinates are small"

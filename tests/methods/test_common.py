@@ -112,7 +112,7 @@ class CyclingData:
 def snapshot(oracle: Oracle, method) -> dict[str, np.ndarray]:
     """Copies of everything a run changes: bound params, adapters, method + optimizer state."""
     out = {f"param/{k}": v.copy() for k, v in oracle.params.items()}
-    out.update({k: np.array(v, copy=True) for k, v in oracle.adapter_arrays().items()})
+    out.update({k: np.array(v, copy=True) for k, v in oracle.trained.arrays(include_params=False).items()})
     out.update({f"method/{k}": np.array(v, copy=True) for k, v in method.state_dict().items()})
     return out
 
@@ -141,7 +141,7 @@ def fresh(case: MethodCase, model_dir, seed: int = 0):
     oracle = Oracle(GraphSession(model_dir))
     method = case.build()
     method.init(oracle, seed)
-    if getattr(method, "needs_calibration", False):
+    if method.needs_calibration:
         method.calibrate(oracle, BATCHES)
     return oracle, method
 
@@ -178,7 +178,7 @@ def test_every_method_has_a_case():
 def test_loss_falls_on_memorisation(case, base, models):
     batch = BATCHES[0]
     oracle, method = fresh(case, models[base])
-    assert oracle.fold == (base == "fp32"), "INT4 bases must train in adapter form"
+    assert oracle.trained.fold == (base == "fp32"), "INT4 bases must train in adapter form"
     before = float(np.mean(oracle.sample_losses(batch)))
     for t in range(150):
         report = method.step(oracle, batch, lm_objective, t)
@@ -186,7 +186,7 @@ def test_loss_falls_on_memorisation(case, base, models):
     after = float(np.mean(oracle.sample_losses(batch)))
     assert after < before - 0.25, f"{case.name} on {base}: loss {before:.3f} -> {after:.3f} after 150 steps"
     if base == "int4" and case.name != "zo-act":
-        assert oracle.adapters, "an INT4 run must have accumulated adapters"
+        assert oracle.trained.adapters, "an INT4 run must have accumulated adapters"
 
 
 # --- (b) bit-exact resume ----------------------------------------------------------------------------------------
@@ -347,9 +347,9 @@ def test_loop_stops_after_max_bad_steps(case, models, monkeypatch, tmp_path):
     for k, v in oracle.params.items():
         np.testing.assert_allclose(v, initial[k], rtol=0, atol=1e-6, err_msg=k)
     if case.name == "zo-act":
-        assert not any(np.any(v) for k, v in method.state.items() if k.startswith("C::")), "C moved"
+        assert not any(np.any(a.q) for a in oracle.trained.adapters.values()), "C moved"
     else:
-        assert not oracle.adapter_arrays(), "a skipped step left an adapter"
+        assert not oracle.trained.adapters, "a skipped step left an adapter"
 
 
 # --- (h) MeZO's refusals ---------------------------------------------------------------------------------------------

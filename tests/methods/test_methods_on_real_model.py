@@ -15,7 +15,6 @@ from runtime.oracle import Oracle, lm_objective
 from runtime.session import GraphSession
 from zo_edge import optim
 from zo_edge.batching import lm_batch
-from zo_edge.config import DEFAULTS_BY_METHOD
 from zo_edge.data import load_tokenizer
 from zo_edge.methods import METHODS, get_method
 from zo_edge.tasks import get_task
@@ -33,14 +32,11 @@ def _batches(model_dir, n: int, size: int = 8):
 
 
 def _method(name: str, oracle: Oracle):
-    d = DEFAULTS_BY_METHOD[name]
+    """The method with its own declared defaults (Config, default_lr, default_optimizer): what `zo-edge train` uses."""
     cls = get_method(name)
-    sched = optim.constant(d["lr"])
-    opt = optim.make_optimizer(d["optimizer"], sched)
-    kw = {"mu": d["mu"]}
-    if "rank" in d:
-        kw["rank"] = d["rank"]
-    return cls(cls.Config(**kw), opt, sched)
+    sched = optim.constant(cls.default_lr)
+    opt = optim.make_optimizer(cls.default_optimizer, sched)
+    return cls(cls.Config(), opt, sched)
 
 
 def _mean_loss(oracle: Oracle, batches) -> float:
@@ -53,7 +49,7 @@ def test_twenty_steps_on_real_model(name, real_model_dirs):
     batches = _batches(real_model_dirs["fp32"]["dir"], 4)
     method = _method(name, oracle)
     method.init(oracle, 0)
-    if getattr(method, "needs_calibration", False):
+    if method.needs_calibration:
         method.calibrate(oracle, batches[:2])
     before = _mean_loss(oracle, batches)
     reports = [method.step(oracle, batches[t % len(batches)], lm_objective, t) for t in range(STEPS)]

@@ -108,11 +108,11 @@ def _mezo_cos(oracle: Oracle, batch: Batch, layer: str, true_hf: np.ndarray, t: 
     """MeZO restricted to one layer: a single SPSA estimate g·z, z ~ N(0, I) over that layer's weight."""
     key = oracle.linears[layer].weight
     z = np.random.default_rng(1000 + t).standard_normal(oracle.params[key].shape).astype(np.float32)
-    oracle.apply_dense(key, mu, z)
+    oracle.trained.apply_dense(key, mu, z)
     f_plus = float(np.mean(oracle.sample_losses(batch)))
-    oracle.apply_dense(key, -2 * mu, z)
+    oracle.trained.apply_dense(key, -2 * mu, z)
     f_minus = float(np.mean(oracle.sample_losses(batch)))
-    oracle.apply_dense(key, mu, z)
+    oracle.trained.apply_dense(key, mu, z)
     return _cos(((f_plus - f_minus) / (2 * mu)) * z.T, true_hf)
 
 

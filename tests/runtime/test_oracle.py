@@ -3,7 +3,7 @@
     python -m pytest tests/runtime/test_oracle.py -q
 
 Checked here: the in-place BLAS updates (``add_lowrank``, ``add_dense``) against numpy and for the absence of copies;
-``LowRankAdapter.compress`` against the exact best rank-k approximation (numpy SVD, Eckart-Young); an adapter fed
+``LowRank.compress`` against the exact best rank-k approximation (numpy SVD, Eckart-Young); an adapter fed
 through the ports of an fp32 graph against the same ΔW folded into its weights; ``rayleigh_ritz`` against
 ``numpy.linalg.eigh``; that an in-place numpy update of a bound param is seen by the next forward and equals a
 fresh session built from the updated values; and that importing the runtime loads neither torch nor transformers.
@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 
 from runtime import contract
-from runtime.oracle import LowRankAdapter, Oracle, lm_objective, rayleigh_ritz
+from runtime.errors import ZoEdgeError
+from runtime.oracle import Oracle, lm_objective, rayleigh_ritz
 from runtime.params import add_dense, add_lowrank, hf_view
 from runtime.session import GraphSession
+from runtime.trained_state import LowRank
 
 
 def _address(a: np.ndarray) -> int:
@@ -86,7 +88,7 @@ def test_compress_is_the_best_rank_k_approximation(d_out, d_in, k, rank):
     q = rng.standard_normal((d_out, k)).astype(np.float32)
     p = rng.standard_normal((d_in, k)).astype(np.float32)
     product = q.astype(np.float64) @ p.T.astype(np.float64)
-    a = LowRankAdapter(q.copy(), p.copy())
+    a = LowRank(q=q.copy(), p=p.copy())
     a.compress(rank)
     assert a.rank == min(rank, d_out, d_in, k), f"rank {a.rank}"
     got = a.q.astype(np.float64) @ a.p.T.astype(np.float64)
@@ -97,12 +99,12 @@ def test_compress_is_the_best_rank_k_approximation(d_out, d_in, k, rank):
 def test_adapter_add_compresses_above_budget():
     rng = np.random.default_rng(3)
     spec = contract.LinearSpec("l", "q", d_in=10, d_out=9, group="g", weight=None)
-    a = LowRankAdapter.empty(spec)
+    a = LowRank.empty(spec)
     total = np.zeros((9, 10))
     for _ in range(4):  # 4 x rank 2 into a budget of 5
         q = rng.standard_normal((9, 2)).astype(np.float32)
         p = rng.standard_normal((10, 2)).astype(np.float32)
-        a.add(q, p, 0.5, max_rank=5)
+        a.add(LowRank(q=q, p=p), 0.5, max_rank=5)
         total = _best_rank_k(total + 0.5 * q.astype(np.float64) @ p.T.astype(np.float64), 5)
         assert a.rank <= 5
         np.testing.assert_allclose(a.q.astype(np.float64) @ a.p.T, total, atol=1e-4)
@@ -124,10 +126,10 @@ def test_adapter_equals_folded_weights(fp32, tiny):
         for _ in range(2):  # two updates per layer: the adapter concatenates them
             q = rng.standard_normal((spec.d_out, 2)).astype(np.float32)
             p = rng.standard_normal((spec.d_in, 2)).astype(np.float32)
-            adapted.apply_lowrank(spec.name, q, p, 0.05)
-            folded.apply_lowrank(spec.name, q, p, 0.05)
-    assert adapted.adapters, "fold=False must accumulate adapters"
-    assert not folded.adapters, "fold=True must write into the weights"
+            adapted.trained.apply_lowrank(spec.name, LowRank(q=q, p=p), 0.05)
+            folded.trained.apply_lowrank(spec.name, LowRank(q=q, p=p), 0.05)
+    assert adapted.trained.adapters, "fold=False must accumulate adapters"
+    assert not folded.trained.adapters, "fold=True must write into the weights"
     a, f = adapted.sample_losses(batch), folded.sample_losses(batch)
     assert np.abs(f - base_loss).max() > 1e-3, "the update should change the loss"
     np.testing.assert_allclose(a, f, rtol=1e-5, atol=1e-5)
@@ -157,9 +159,9 @@ def test_micro_batches_match_torch_and_the_whole_batch(fp32, tiny, micro_batch):
     rng = np.random.default_rng(0)
     spec = fp32.manifest.linears[0]
     lowrank = {
-        spec.name: (
-            rng.standard_normal((spec.d_in, 2)).astype(np.float32),
-            rng.standard_normal((spec.d_out, 2)).astype(np.float32),
+        spec.name: LowRank(
+            q=rng.standard_normal((spec.d_out, 2)).astype(np.float32),
+            p=rng.standard_normal((spec.d_in, 2)).astype(np.float32),
         )
     }
     lw, lm = whole.sample_losses(batch, lowrank=lowrank), micro.sample_losses(batch, lowrank=lowrank)
@@ -171,7 +173,7 @@ def test_micro_batches_match_torch_and_the_whole_batch(fp32, tiny, micro_batch):
 
 
 def test_micro_batch_must_not_be_negative(fp32):
-    with pytest.raises(ValueError, match="micro_batch must be >= 0"):
+    with pytest.raises(ZoEdgeError, match="micro_batch must be >= 0"):
         Oracle(GraphSession(fp32.dir), micro_batch=-1)
 
 

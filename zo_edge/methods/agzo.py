@@ -21,32 +21,40 @@ exploit, and MeZO-style Gaussian perturbation of them would add its full-space v
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from runtime import rng
 from runtime.batch import Batch
-from runtime.method import register_method
+from runtime.method import MethodError, register_method
 from runtime.oracle import Objective, Oracle
-from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
+from runtime.trained_state import LowRank
+from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
 
 __all__ = ["AGZO", "AGZOConfig"]
 
 
 @dataclass
 class AGZOConfig(BaseConfig):
-    rank: int = 1
+    # One name for AGZO's rank: the graph's power-iteration basis rank (export --basis-rank) decides it.
+    rank: int = knob(0, "rank of the activation basis; 0 = the exported graph's --basis-rank (the only one it has)")
+    min_rank: ClassVar[int] = 0
 
 
 @register_method("agzo")
 class AGZO(ZOBase):
     Config = AGZOConfig
     bases = frozenset({"fp32", "int4"})
+    default_lr = 1e-4
+    direct_sgd = True
 
     def init(self, oracle: Oracle, seed: int) -> None:
         self.check_base(oracle)
+        if self.config.rank == 0:
+            self.config.rank = oracle.manifest.basis_rank
         if oracle.manifest.basis_rank != self.config.rank:
-            raise ValueError(
+            raise MethodError(
                 f"agzo rank {self.config.rank} differs from the graph's basis rank {oracle.manifest.basis_rank}; "
                 f"re-export with --basis-rank {self.config.rank} or pass --rank {oracle.manifest.basis_rank}"
             )
@@ -56,11 +64,12 @@ class AGZO(ZOBase):
             f"omega::{g.name}": rng.gaussian(seed, (g.d_in, self.config.rank), "agzo-omega", g.name)
             for g in oracle.manifest.groups
         }
+        self._init_direct_sgd()
 
     def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int):
         c = self.config
         timer = Timer()
-        lr = self.optimizer_lr(t)
+        lr = self.direct_lr()
         omega = {g.name: self.state[f"omega::{g.name}"] for g in oracle.manifest.groups}
         with timer("forward"):
             losses0, bases = oracle.losses_and_bases(batch, omega, objective)
@@ -74,21 +83,22 @@ class AGZO(ZOBase):
         for k in range(c.queries):
             with timer("sample"):
                 pert = {
-                    spec.name: (
-                        bases[spec.group],
-                        rng.gaussian(self.seed, (spec.d_out, c.rank), "agzo-R", t, k, spec.name),
+                    spec.name: LowRank(
+                        q=rng.gaussian(self.seed, (spec.d_out, c.rank), "agzo-R", t, k, spec.name),
+                        p=bases[spec.group],
                     )
                     for spec in oracle.manifest.linears
                 }
             with timer("forward"):
-                scaled = {n: (a, c.mu * r) for n, (a, r) in pert.items()}
+                scaled = {n: d.scaled(c.mu) for n, d in pert.items()}
                 f_plus = float(np.mean(oracle.sample_losses(batch, objective, scaled)))
-            if not finite(f_plus):
+            if not finite(f_plus, lr * (f_plus - f0) / c.mu):
                 return timer.report(f0, np.nan, 2 + k, skipped=True)
             gs.append((f_plus - f0) / c.mu)
             perts.append(pert)
         with timer("update"):
             for g, pert in zip(gs, perts, strict=True):
-                for layer, (a, r) in pert.items():
-                    oracle.apply_lowrank(layer, r, a, -lr * g / c.queries)
+                for layer, delta in pert.items():
+                    oracle.trained.apply_lowrank(layer, delta, -lr * g / c.queries)
+        self.count_applied()
         return timer.report(f0, np.mean(gs), 1 + c.queries)

@@ -1,39 +1,53 @@
-"""What every ZO method shares: the common config, timing, and the non-finite guard.
+"""What every ZO method shares: the common config, timing, the non-finite guard, and the rank-r SGD step.
 
-A step whose losses are not finite applies no update (full-space methods still undo their in-place perturbation)
-and reports ``skipped``; the training loop stops after ``max_bad_steps`` in a row with a clear message.
+A step whose losses (or whose update scale) are not finite applies no update (full-space methods still undo their
+in-place perturbation) and reports ``skipped``; the training loop stops after ``max_bad_steps`` in a row with a
+clear message.
+
+The learning-rate schedule runs on ONE clock for every method: the number of updates applied so far. The optimizer
+chain counts them per key (zo_edge/optim.py); the rank-r SGD methods (LOZO, SubZero, AGZO), whose update is written
+straight into W (no optimizer state can be afforded there), count them in ``state["applied"]``, checkpointed with
+the rest of their state. A skipped step advances neither.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.method import StepReport
+from runtime.method import MethodError, StepReport
 from runtime.oracle import Oracle
+from runtime.trained_state import LowRank
 from zo_edge import optim
 
-__all__ = ["BaseConfig", "LowRankSPSA", "Timer", "ZOBase", "finite", "lowrank_spsa"]
+__all__ = ["BaseConfig", "LowRankSPSA", "Timer", "ZOBase", "finite", "knob", "lowrank_spsa"]
+
+
+def knob(default: Any, help: str, **kw: Any) -> Any:
+    """A config field with its help text (the CLI derives ``--flag`` and its help from it)."""
+    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
 class BaseConfig:
-    #: perturbation scale μ. float32 matters: with unit-scale perturbation entries 1e-4..1e-3 gave the most
-    #: accurate central difference on a 100M model; 1e-2 is dominated by curvature.
-    mu: float = 1e-3
-    #: perturbations averaged per step (q >= 1); each costs two forwards (one for AGZO)
-    queries: int = 1
-    rank: int = 2
+    # float32 matters for μ: with unit-scale perturbation entries 1e-4..1e-3 gave the most accurate central
+    # difference on a 100M model; 1e-2 is dominated by curvature.
+    mu: float = knob(1e-3, "perturbation scale μ of the finite difference")
+    queries: int = knob(1, "perturbations averaged per step (q >= 1); each costs two forwards (one for AGZO)")
+    rank: int = knob(2, "rank r of each layer's perturbation")
+    #: the smallest valid rank (AGZO's 0 means "the graph's basis rank")
+    min_rank: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        if not self.mu > 0:
-            raise ValueError(f"mu must be > 0, got {self.mu}")
+        if not (np.isfinite(self.mu) and self.mu > 0):
+            raise MethodError(f"--mu must be finite and > 0, got {self.mu}")
         if self.queries < 1:
-            raise ValueError(f"queries must be >= 1, got {self.queries}")
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+            raise MethodError(f"--queries must be >= 1, got {self.queries}")
+        if self.rank < self.min_rank:
+            raise MethodError(f"--rank must be >= {self.min_rank}, got {self.rank}")
 
 
 def finite(*values: np.ndarray | float) -> bool:
@@ -73,17 +87,27 @@ class Timer:
 
 
 class ZOBase:
-    """Holds config, optimizer and seed; subclasses implement init/step and list their state arrays."""
+    """Holds config, optimizer and seed; subclasses implement init/step and list their state arrays.
 
-    name = "base"
-    bases = frozenset({"fp32"})
-    changes_weights = True
+    The class-level declarations are the protocol's (runtime/method.py); a subclass overrides what differs."""
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type] = BaseConfig
+    bases: ClassVar[frozenset[str]] = frozenset({"fp32"})
+    changes_weights: ClassVar[bool] = True
+    needs_calibration: ClassVar[bool] = False
+    default_lr: ClassVar[float] = 1e-5
+    default_optimizer: ClassVar[str] = "sgd"
+    optimizers: ClassVar[frozenset[str]] = frozenset({"sgd"})
+    #: True for methods whose update is a rank-r SGD step written straight into W: plain SGD only (no momentum,
+    #: no weight decay: their state would be model-sized), learning rate from the schedule
+    direct_sgd: ClassVar[bool] = False
 
     def __init__(self, config: BaseConfig, optimizer: optim.Transform, schedule: optim.Schedule) -> None:
         self.config = config
-        #: used by methods whose trainable coordinates are explicit arrays (MeZO's weights, ZO-Act's C)
+        #: steps the trainable arrays (MeZO's weights, ZO-Act's C, Zoop's layers)
         self.optimizer = optimizer
-        #: used by the low-rank methods, whose update is a rank-r SGD step written straight into W
+        #: the learning rate of the direct-SGD methods, read at the count of applied updates
         self.schedule = schedule
         self.seed = 0
         self.opt_state = None
@@ -92,16 +116,30 @@ class ZOBase:
     def check_base(self, oracle: Oracle) -> None:
         dtype = oracle.manifest.dtype
         if dtype not in self.bases:
-            raise ValueError(
+            adapters = sorted(n for n, m in _methods().items() if dtype in m.bases)
+            raise MethodError(
                 f"{self.name} cannot train an {dtype} base (it updates full weights); "
-                f"use zo-act, lozo, subzero or agzo, which train a low-rank adapter on {dtype}"
+                f"use {', '.join(adapters)}, which train a low-rank adapter on {dtype}"
             )
 
-    def optimizer_lr(self, t: int) -> float:
-        return float(self.schedule(t))
+    def calibrate(self, oracle: Oracle, batches: list) -> None:
+        """Nothing to calibrate (methods with ``needs_calibration`` override this)."""
 
     def trainable(self, oracle: Oracle) -> dict[str, np.ndarray]:
-        return self.state
+        """The arrays training changes: the targeted weights when updates fold in place, else the adapters."""
+        if oracle.trained.fold:
+            return {s.weight: oracle.params[s.weight] for s in oracle.manifest.linears}
+        return {f"{k}.q": a.q for k, a in oracle.trained.adapters.items()}
+
+    # --- direct SGD (one clock: applied updates) -------------------------------------------------------------
+    def _init_direct_sgd(self) -> None:
+        self.state["applied"] = np.zeros((), np.int64)
+
+    def direct_lr(self) -> float:
+        return float(self.schedule(int(self.state["applied"])))
+
+    def count_applied(self) -> None:
+        self.state["applied"] += 1
 
     # --- state ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -124,43 +162,57 @@ class ZOBase:
             )
 
 
-def lowrank_spsa(oracle: Oracle, batch, objective, pert: dict, mu: float, timer: Timer) -> tuple[float, float, float]:
-    """Central difference along ΔW = Q Pᵀ per layer (``pert``: layer -> (P, Q)); returns (f+, f-, g)."""
+def _methods() -> dict[str, type]:
+    from runtime.method import METHODS
+
+    return METHODS
+
+
+def lowrank_spsa(
+    oracle: Oracle, batch, objective, pert: dict[str, LowRank], mu: float, timer: Timer
+) -> tuple[float, float, float]:
+    """Central difference along ΔW = Q Pᵀ per layer (``pert``: layer -> LowRank); returns (f+, f-, g)."""
     with timer("forward"):
-        plus = {k: (p, mu * q) for k, (p, q) in pert.items()}
-        f_plus = float(np.mean(oracle.sample_losses(batch, objective, plus)))
-        minus = {k: (p, -mu * q) for k, (p, q) in pert.items()}
-        f_minus = float(np.mean(oracle.sample_losses(batch, objective, minus)))
+        f_plus = float(np.mean(oracle.sample_losses(batch, objective, {k: d.scaled(mu) for k, d in pert.items()})))
+        f_minus = float(np.mean(oracle.sample_losses(batch, objective, {k: d.scaled(-mu) for k, d in pert.items()})))
     return f_plus, f_minus, (f_plus - f_minus) / (2 * mu)
 
 
 class LowRankSPSA(ZOBase):
     """The step shared by LOZO and SubZero: per query, a central difference along ``perturbation(...)`` and a
-    rank-r SGD update W -= η g ΔW (in place, or into the INT4 adapter). Subclasses define only the perturbation."""
+    rank-r SGD update W -= η g ΔW (in place, or into the INT4 adapter). Subclasses define only the perturbation.
+
+    All q queries are probed first and applied together, so a non-finite loss in any query skips the whole step
+    (nothing half-applied)."""
 
     bases = frozenset({"fp32", "int4"})
+    direct_sgd = True
 
     def init(self, oracle: Oracle, seed: int) -> None:
         self.check_base(oracle)
         self.seed = seed
+        self._init_direct_sgd()
 
-    def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, LowRank]:
         raise NotImplementedError
 
     def step(self, oracle: Oracle, batch, objective, t: int):
         c = self.config
         timer = Timer()
-        lr = self.optimizer_lr(t)
-        gs, losses = [], []
+        lr = self.direct_lr()
+        probes, gs, losses = [], [], []
         for k in range(c.queries):
             with timer("sample"):
                 pert = self.perturbation(oracle, t, k)
             f_plus, f_minus, g = lowrank_spsa(oracle, batch, objective, pert, c.mu, timer)
-            if not finite(f_plus, f_minus):
+            if not finite(f_plus, f_minus, lr * g):
                 return timer.report(np.nan, np.nan, 2 * (k + 1), skipped=True)
-            with timer("update"):
-                for layer, (p, q) in pert.items():
-                    oracle.apply_lowrank(layer, q, p, -lr * g / c.queries)
+            probes.append((pert, g))
             gs.append(g)
             losses.append(0.5 * (f_plus + f_minus))
+        with timer("update"):
+            for pert, g in probes:
+                for layer, delta in pert.items():
+                    oracle.trained.apply_lowrank(layer, delta, -lr * g / c.queries)
+        self.count_applied()
         return timer.report(np.mean(losses), np.mean(gs), 2 * c.queries)

@@ -20,28 +20,33 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime import rng
-from runtime.method import register_method
+from runtime.method import MethodError, register_method
 from runtime.oracle import Oracle
-from zo_edge.methods.base import BaseConfig, LowRankSPSA
+from runtime.trained_state import LowRank
+from zo_edge.methods.base import BaseConfig, LowRankSPSA, knob
 
 __all__ = ["LOZO", "LOZOConfig"]
 
 
 @dataclass
 class LOZOConfig(BaseConfig):
-    #: steps between redraws of V (the paper's ν)
-    nu: int = 50
+    nu: int = knob(50, "steps between redraws of the shared factor V (the paper's ν)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.nu < 1:
+            raise MethodError(f"--nu must be >= 1, got {self.nu}")
 
 
 @register_method("lozo")
 class LOZO(LowRankSPSA):
     Config = LOZOConfig
 
-    def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, LowRank]:
         c = self.config
         pert = {}
         for spec in oracle.manifest.linears:
             v = rng.gaussian(self.seed, (spec.d_in, c.rank), "lozo-V", t // c.nu, spec.name)
             u = rng.gaussian(self.seed, (spec.d_out, c.rank), "lozo-U", t, k, spec.name)
-            pert[spec.name] = (v, u / np.float32(np.sqrt(c.rank)))
+            pert[spec.name] = LowRank(q=u / np.float32(np.sqrt(c.rank)), p=v)
         return pert

@@ -22,26 +22,27 @@ import numpy as np
 
 from runtime import rng
 from runtime.batch import Batch
-from runtime.method import register_method
+from runtime.method import MethodError, register_method
 from runtime.oracle import Objective, Oracle
 from zo_edge import optim
-from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
+from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
 
 __all__ = ["MeZO", "MeZOConfig"]
 
 
 @dataclass
 class MeZOConfig(BaseConfig):
-    #: which parameter kinds are perturbed: linear weights, biases, norms, embeddings ("all" = every bound tensor)
-    kinds: str = "all"
-    #: z's distribution: "gaussian" (the paper's) or "rademacher" (±1, classic SPSA: same E[z zᵀ] = I, lower
-    #: estimator variance, and about 5x cheaper to draw, which matters because drawing z dominates a MeZO step)
-    dist: str = "gaussian"
+    kinds: str = knob(
+        "all", 'parameter kinds perturbed, comma-separated (linear, bias, norm, embedding; "all" = every bound tensor)'
+    )
+    # Rademacher (±1, classic SPSA) has the same E[z zᵀ] = I, lower estimator variance, and is about 5x cheaper to
+    # draw, which matters because drawing z dominates a MeZO step.
+    dist: str = knob("gaussian", 'distribution of z: "gaussian" (the paper\'s) or "rademacher" (±1, ~5x cheaper)')
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dist not in ("gaussian", "rademacher"):
-            raise ValueError(f"mezo dist must be gaussian or rademacher, got {self.dist!r}")
+            raise MethodError(f"--dist must be gaussian or rademacher, got {self.dist!r}")
 
 
 @register_method("mezo")
@@ -53,6 +54,11 @@ class MeZO(ZOBase):
         self.seed = seed
         kinds = {p.name: p.kind for p in oracle.manifest.params}
         wanted = None if self.config.kinds == "all" else set(self.config.kinds.split(","))
+        if wanted is not None and not wanted & set(kinds.values()):
+            raise MethodError(
+                f"--kinds {self.config.kinds!r} names none of this model's parameter kinds "
+                f"({', '.join(sorted(set(kinds.values())))})"
+            )
         self.names = [k for k in oracle.params if wanted is None or kinds[k] in wanted]
         # Probe the optimizer's state size on one value before allocating it for the whole model: momentum (4 B per
         # value, 1x the model) is allowed, Adam (8 B, 2x) is refused with its cost named.
@@ -61,6 +67,9 @@ class MeZO(ZOBase):
         optim.check_state_budget("full-space optimizer state", n_values, per_value, 4 * n_values)
         self.opt_state = self.optimizer.init({k: oracle.params[k] for k in self.names})
         self._scratch: np.ndarray | None = None
+
+    def trainable(self, oracle: Oracle) -> dict[str, np.ndarray]:
+        return {k: oracle.params[k] for k in self.names}
 
     def _z(self, t: int, k: int, name: str, shape) -> np.ndarray:
         """z for one tensor, regenerated from (seed, t, k, name); filled in parallel chunks (runtime.rng.fill).
@@ -78,7 +87,7 @@ class MeZO(ZOBase):
             with timer("sample"):
                 z = self._z(t, k, name, oracle.params[name].shape)
             with timer("update"):
-                oracle.apply_dense(name, scale, z)
+                oracle.trained.apply_dense(name, scale, z)
 
     def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int) -> object:
         mu, q = self.config.mu, self.config.queries
@@ -99,11 +108,11 @@ class MeZO(ZOBase):
                 with timer("sample"):
                     z = self._z(t, k, name, oracle.params[name].shape)
                 with timer("update"):
-                    oracle.apply_dense(name, mu, z)
+                    oracle.trained.apply_dense(name, mu, z)
                     if ok:
                         z *= np.float32(g / q)
                         deltas, self.opt_state = self.optimizer.update({name: z}, self.opt_state, oracle.params)
-                        oracle.apply_dense(name, 1.0, deltas[name])
+                        oracle.trained.apply_dense(name, 1.0, deltas[name])
             gs.append(g)
             losses.append(0.5 * (f_plus + f_minus))
         return timer.report(np.mean(losses), np.mean(gs) if not skipped else np.nan, 2 * q, skipped)

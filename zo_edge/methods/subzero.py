@@ -18,17 +18,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime import rng
-from runtime.method import register_method
+from runtime.method import MethodError, register_method
 from runtime.oracle import Oracle
-from zo_edge.methods.base import BaseConfig, LowRankSPSA
+from runtime.trained_state import LowRank
+from zo_edge.methods.base import BaseConfig, LowRankSPSA, knob
 
 __all__ = ["SubZero", "SubZeroConfig"]
 
 
 @dataclass
 class SubZeroConfig(BaseConfig):
-    #: steps between refreshes of the subspace (the paper's F)
-    refresh: int = 1000
+    refresh: int = knob(1000, "steps between refreshes of the orthonormal subspace U, V (the paper's F)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.refresh < 1:
+            raise MethodError(f"--refresh must be >= 1, got {self.refresh}")
 
 
 @register_method("subzero")
@@ -53,7 +58,7 @@ class SubZero(LowRankSPSA):
             self._cached = (epoch, uv)
         return self._cached[1]
 
-    def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, LowRank]:
         c = self.config
         uv = self._subspace(oracle, t // c.refresh)
         pert = {}
@@ -61,5 +66,5 @@ class SubZero(LowRankSPSA):
             u, v = uv[spec.name]
             z = rng.gaussian(self.seed, (c.rank, c.rank), "subzero-Z", t, k, spec.name)
             scale = np.float32(np.sqrt(spec.d_in * spec.d_out) / c.rank)
-            pert[spec.name] = (v, scale * (u @ z))
+            pert[spec.name] = LowRank(q=scale * (u @ z), p=v)
         return pert

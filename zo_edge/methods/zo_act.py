@@ -15,7 +15,12 @@ model starts exactly at its base. Only C is perturbed::
 The perturbation dimension is Σ d_out·r (1.2M for SmolLM2 at r = 8), not the model size, and Adam's moments are
 as small, which is what makes Adam affordable here. Base weights are never touched, so the same code runs on fp32
 and on INT4 (MatMulNBits) graphs; ``zo-edge merge`` folds C Aᵀ into fp32 weights or ships it as an adapter.
-Defaults: r = 8, M = 8 calibration batches, μ 1e-3, Adam lr 1e-3 (ours; coefficients start at 0 and are tiny).
+Defaults: r = 8, M = 8 calibration batches, μ 1e-2, Adam lr 2e-3 (ours, tuned on SmolLM2-135M + Rotten Tomatoes:
+coefficients start at 0 and are tiny, so the finite difference tolerates a larger μ than full-weight methods).
+
+State: C and A live in the runtime's TrainedState as each layer's adapter (q = C_l, p = A_g), stepped in place
+by Adam, so every later pass (evaluation included) sees them and checkpoints hold them once. The method's own
+state is Adam's moments.
 """
 
 from __future__ import annotations
@@ -26,22 +31,30 @@ import numpy as np
 
 from runtime import rng
 from runtime.batch import Batch
-from runtime.method import register_method
-from runtime.oracle import LowRankAdapter, Objective, Oracle
+from runtime.method import MethodError, register_method
+from runtime.oracle import Objective, Oracle
+from runtime.trained_state import LowRank
 from zo_edge import optim
-from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
+from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
 
 __all__ = ["ZOAct", "ZOActConfig", "calibrate_bases"]
 
 
 @dataclass
 class ZOActConfig(BaseConfig):
-    rank: int = 8
-    #: calibration batches (drawn from the training data before step 0)
-    calib_batches: int = 8
-    #: block power-iteration rounds over the calibration set
-    calib_rounds: int = 2
-    oversample: int = 4
+    mu: float = knob(1e-2, "perturbation scale μ of the coefficients C")
+    rank: int = knob(8, "directions r of each activation basis A_g (ΔW = C Aᵀ has rank r)")
+    calib_batches: int = knob(8, "calibration batches drawn from the training data before step 0")
+    calib_rounds: int = knob(2, "block power-iteration rounds over the calibration set")
+    oversample: int = knob(4, "extra power-iteration columns beyond r (accuracy of the top-r subspace)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("calib_batches", "calib_rounds"):
+            if getattr(self, name) < 1:
+                raise MethodError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.oversample < 0:
+            raise MethodError(f"--oversample must be >= 0, got {self.oversample}")
 
 
 def calibrate_bases(
@@ -79,32 +92,34 @@ class ZOAct(ZOBase):
     bases = frozenset({"fp32", "int4"})
     needs_calibration = True
     changes_weights = False
+    default_lr = 2e-3
+    default_optimizer = "adam"
+    optimizers = frozenset({"sgd", "adam"})
 
     def init(self, oracle: Oracle, seed: int) -> None:
         self.check_base(oracle)
         self.seed = seed
         r = self.config.rank
-        self.state = {f"C::{s.name}": np.zeros((s.d_out, r), np.float32) for s in oracle.manifest.linears}
-        self.state.update({f"A::{g.name}": np.zeros((g.d_in, r), np.float32) for g in oracle.manifest.groups})
+        # C_l = 0, A_g = 0 until calibration: ΔW = 0, the model starts exactly at its base. Layers of one group
+        # share their A array in this process.
+        bases = {g.name: np.zeros((g.d_in, r), np.float32) for g in oracle.manifest.groups}
+        for s in oracle.manifest.linears:
+            oracle.trained.set_adapter(s.name, LowRank(q=np.zeros((s.d_out, r), np.float32), p=bases[s.group]))
         self.opt_state = self.optimizer.init(self.trainable(oracle))
-        self.link(oracle)
 
     def calibrate(self, oracle: Oracle, batches: list[Batch]) -> None:
+        if not batches:
+            raise MethodError("zo-act needs calibration batches (its activation bases come from the data)")
         c = self.config
         bases = calibrate_bases(
             oracle, batches, c.rank, rounds=c.calib_rounds, oversample=c.oversample, seed=self.seed
         )
-        for g, a in bases.items():
-            self.state[f"A::{g}"][...] = a
+        for s in oracle.manifest.linears:
+            oracle.trained.adapters[s.name].p[...] = bases[s.group]
 
     def trainable(self, oracle: Oracle) -> dict[str, np.ndarray]:
-        return {k: v for k, v in self.state.items() if k.startswith("C::")}
-
-    def link(self, oracle: Oracle) -> None:
-        """Make C_l A_gᵀ the oracle's adapter of each layer (the same arrays: Adam's in-place steps are seen by
-        every later pass, evaluation included; the perturbation is then fed beside it as (A_g, ±μ Z_l))."""
-        for s in oracle.manifest.linears:
-            oracle.adapters[s.name] = LowRankAdapter(self.state[f"C::{s.name}"], self.state[f"A::{s.group}"])
+        """The coefficients C_l (the adapters' q), stepped in place by the optimizer."""
+        return {s.name: oracle.trained.adapters[s.name].q for s in oracle.manifest.linears}
 
     def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int):
         c = self.config
@@ -118,18 +133,18 @@ class ZOAct(ZOBase):
                     for s in oracle.manifest.linears
                 }
             with timer("forward"):
-                pert = {s.name: (self.state[f"A::{s.group}"], z[s.name]) for s in oracle.manifest.linears}
+                adapters = oracle.trained.adapters
+                pert = {n: LowRank(q=v, p=adapters[n].p) for n, v in z.items()}
                 f_plus = float(
-                    np.mean(oracle.sample_losses(batch, objective, {n: (a, c.mu * v) for n, (a, v) in pert.items()}))
+                    np.mean(oracle.sample_losses(batch, objective, {n: d.scaled(c.mu) for n, d in pert.items()}))
                 )
                 f_minus = float(
-                    np.mean(oracle.sample_losses(batch, objective, {n: (a, -c.mu * v) for n, (a, v) in pert.items()}))
+                    np.mean(oracle.sample_losses(batch, objective, {n: d.scaled(-c.mu) for n, d in pert.items()}))
                 )
             if not finite(f_plus, f_minus):
                 return timer.report(np.nan, np.nan, 2 * (k + 1), skipped=True)
             g = (f_plus - f_minus) / (2 * c.mu)
-            for name, v in z.items():
-                key = f"C::{name}"
+            for key, v in z.items():
                 if key in grads:
                     grads[key] += (g / c.queries) * v
                 else:
@@ -137,6 +152,9 @@ class ZOAct(ZOBase):
             gs.append(g)
             losses.append(0.5 * (f_plus + f_minus))
         with timer("update"):
-            deltas, self.opt_state = self.optimizer.update(grads, self.opt_state, self.trainable(oracle))
-            optim.apply_updates(self.state, deltas)
+            params = self.trainable(oracle)
+            deltas, self.opt_state = self.optimizer.update(grads, self.opt_state, params)
+            if not all(finite(d) for d in deltas.values()):
+                return timer.report(np.mean(losses), np.nan, 2 * c.queries, skipped=True)
+            optim.apply_updates(params, deltas)
         return timer.report(np.mean(losses), np.mean(gs), 2 * c.queries)

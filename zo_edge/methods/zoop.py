@@ -24,7 +24,7 @@ Per step t, for the selected layers S_t (see ``select``) and each query k::
     α_i   = (L_i(+) − L_i(−)) / 2ε                             (one scalar per sample: the objective's per-row loss)
     G_l   = (1/B) Σ_i α_i Σ_t ξ_{l,i,t} x_{i,t}ᵀ  = (1/B) (α ⊙ ξ_l)ᵀ X_g     [d_out, d_in], one sgemm
     g_b   = (1/B) Σ_i α_i Σ_t ξ_{l,i,t}                                          (a bound bias, if any)
-    (G_l, g_b) ← (G_l, g_b) / ‖(G_l, g_b)‖                    (per-layer normalisation, Algorithm 1; ``normalize``)
+    (G_l, g_b) ← (G_l, g_b) / ‖(G_l, g_b)‖          (per-layer normalisation, Algorithm 1; ``layer_normalize``)
     W_l ← optimizer(W_l, G_l)                                  SGD, or Adam ("Zoop-Adam")
 
 with B the batch size (the batch loss is the mean of the per-row losses; rows without targets contribute α = 0).
@@ -36,7 +36,7 @@ Arguments (the paper's hyperparameters are not restated here; these defaults are
 ``mu`` = ε 1e-3 (output entries are O(1); 1e-3 keeps the float32 central difference accurate), ``queries`` 1
 (noise draws per step, each 2 more forwards, averaged), ``select`` "cycle" (one transformer block per step, in
 order), ``subset`` 4 (layers per step for "random"), ``blocks`` "" (which blocks are trained at all, e.g.
-"0-3,10"; empty = every targeted linear), ``bias`` True, ``normalize`` True. Learning rate: with normalisation
+"0-3,10"; empty = every targeted linear), ``bias`` True, ``layer_normalize`` True. Learning rate: with normalisation
 SGD moves each layer by exactly η in Frobenius norm per update (the tiny-model tests use 3e-2; no value tuned on a
 real model yet).
 
@@ -74,10 +74,10 @@ import numpy as np
 from runtime import contract, rng
 from runtime.batch import Batch
 from runtime.contract import LinearSpec
-from runtime.method import register_method
+from runtime.method import MethodError, register_method
 from runtime.oracle import Objective, Oracle
 from zo_edge import optim
-from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite
+from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
 
 __all__ = ["Zoop", "ZoopConfig", "live_positions"]
 
@@ -86,24 +86,23 @@ _SELECT = ("all", "cycle", "random")
 
 @dataclass
 class ZoopConfig(BaseConfig):
-    #: which targeted layers are perturbed (and updated) each step: "all", one block per step in turn ("cycle"),
-    #: or ``subset`` random layers ("random")
-    select: str = "cycle"
-    #: layers per step for select = "random"
-    subset: int = 4
-    #: transformer blocks trained at all, e.g. "0-3,10" (empty = every targeted linear); bounds Adam's state
-    blocks: str = ""
-    #: also train bound biases of the perturbed layers (g_b = (1/B) Σ_i α_i Σ_t ξ_{i,t})
-    bias: bool = True
-    #: per-layer normalisation g / ‖g‖ (the paper's Algorithm 1)
-    normalize: bool = True
+    select: str = knob(
+        "cycle",
+        'layers perturbed (and updated) per step: "all", one block per step in turn ("cycle"), or '
+        '--subset random layers ("random")',
+        choices=_SELECT,
+    )
+    subset: int = knob(4, "layers per step for --select random")
+    blocks: str = knob("", 'transformer blocks trained at all, e.g. "0-3,10" (empty: every targeted linear)')
+    bias: bool = knob(True, "also train the bound biases of the perturbed layers")
+    layer_normalize: bool = knob(True, "per-layer normalisation g / ‖g‖ (the paper's Algorithm 1)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.select not in _SELECT:
-            raise ValueError(f"zoop select must be one of {', '.join(_SELECT)}, got {self.select!r}")
+            raise MethodError(f"--select must be one of {', '.join(_SELECT)}, got {self.select!r}")
         if self.subset < 1:
-            raise ValueError(f"zoop subset must be >= 1, got {self.subset}")
+            raise MethodError(f"--subset must be >= 1, got {self.subset}")
         _parse_blocks(self.blocks)  # one-line error on a malformed spec
 
 
@@ -115,7 +114,7 @@ def _parse_blocks(spec: str) -> set[int] | None:
         part = part.strip()
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
-            raise ValueError(f"zoop blocks must look like '0-3,10', got {spec!r}")
+            raise MethodError(f"zoop blocks must look like '0-3,10', got {spec!r}")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         out.update(range(lo, hi + 1))
     return out
@@ -146,11 +145,13 @@ def live_positions(batch: Batch) -> np.ndarray:
 @register_method("zoop")
 class Zoop(ZOBase):
     Config = ZoopConfig
+    default_lr = 1e-4
+    optimizers = frozenset({"sgd", "adam"})
     bases = frozenset({"fp32"})
 
     def init(self, oracle: Oracle, seed: int) -> None:
         if oracle.manifest.dtype not in self.bases:
-            raise ValueError(
+            raise MethodError(
                 f"zoop cannot train an {oracle.manifest.dtype} base: its dense d_out x d_in update needs fp32 "
                 "weights; export without --int4, or use zo-act, lozo, subzero or agzo (adapter form)"
             )
@@ -160,10 +161,10 @@ class Zoop(ZOBase):
             s for s in oracle.manifest.linears if wanted is None or block_of(s.name) in wanted
         ]
         if not self.layers:
-            raise ValueError(f"zoop blocks {self.config.blocks!r} select none of the model's targeted linears")
+            raise MethodError(f"zoop blocks {self.config.blocks!r} select none of the model's targeted linears")
         missing = [s.name for s in self.layers if s.weight is None or s.weight not in oracle.params]
         if missing:
-            raise ValueError(f"zoop needs bound fp32 weights; {missing[0]} has none (re-export without --int4)")
+            raise MethodError(f"zoop needs bound fp32 weights; {missing[0]} has none (re-export without --int4)")
         self.block_ids = sorted({block_of(s.name) for s in self.layers})
         names = self.param_names(self.layers)
         per_value = optim.state_nbytes(self.optimizer.init({"probe": np.zeros(1024, np.float32)})) // 1024
@@ -295,12 +296,12 @@ class Zoop(ZOBase):
             for s in layers:  # one layer-sized gradient at a time
                 grads = self.layer_grads(s, acts, acc)
                 del acc[s.name]
-                if c.normalize:
+                if c.layer_normalize:
                     norm = np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
                     if norm > 0:
                         for g in grads.values():
                             g *= np.float32(1.0 / norm)
                 deltas, self.opt_state = self.optimizer.update(grads, self.opt_state, oracle.params)
                 for k, d in deltas.items():
-                    oracle.apply_dense(k, 1.0, d)
+                    oracle.trained.apply_dense(k, 1.0, d)
         return timer.report(loss, np.mean(alphas), forwards, layers=len(layers))
