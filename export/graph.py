@@ -27,8 +27,13 @@ __all__ = ["PortLayout", "TrainingForward", "install_ports", "position_ids_from_
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Left padding: the first real token gets position 0 (what HF generate does)."""
-    return (torch.cumsum(attention_mask, dim=1) - 1).clamp(min=0)
+    """Left padding: the first real token gets position 0 (what HF generate does); padding gets 0.
+
+    Not ``.clamp(min=0)``: that traces to an int64 ``Clip`` with no max, which OpenVINO's execution provider
+    (onnxruntime-openvino 1.24) evaluates as clip to [0, 0], so every position was 0 and RoPE was off there (issue
+    #17). Masking by multiplication uses only CumSum/Sub/Mul, which every provider computes exactly.
+    """
+    return (torch.cumsum(attention_mask, dim=1) - 1) * attention_mask
 
 
 def row_losses(
