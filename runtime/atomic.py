@@ -68,8 +68,8 @@ Data = bytes | list[bytes | memoryview]
 _LEFTOVER_RE = re.compile(r"^\.(?:tmp|trash)-(.*)-(\d+)-[0-9a-f]+$")
 
 
-class FolderExistsError(ZoEdgeError):
-    """The output folder already holds something and ``--force`` was not given."""
+class FolderExistsError(ZoEdgeError, FileExistsError):
+    """The output folder already holds something and ``--force`` was not given (or it is a file)."""
 
 
 # --- files ----------------------------------------------------------------------------------------------------------

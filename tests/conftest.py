@@ -3,10 +3,12 @@
     python -m pytest tests/export -q              # everything (slow tests included, as CI runs them)
     python -m pytest tests/export -q -m "not slow"  # skip the real SmolLM2-135M tests
 
-``tiny_export(model_type, ...)`` builds a tiny model with a fixed seed, perturbs *every* parameter (fresh tiny models
-have all-ones norms and zero biases, which would hide wrong wiring), keeps an untouched deep copy as the torch
-reference and exports the original (which the exporter modifies in place). Exports are cached per session by their
-settings, so fp32 and INT4 exports of one model type share the very same weights. Nothing touches the network.
+``tiny_export(case, ...)`` builds a tiny model (``case``: a registered model type, or a tiny variant such as the
+untied-head ``llama-untied``, see ``export.architectures.tiny_cases``) with a fixed seed, perturbs *every*
+parameter (fresh tiny models have all-ones norms and zero biases, which would hide wrong wiring), keeps an
+untouched deep copy as the torch reference and exports the original (which the exporter modifies in place).
+Exports are cached per session by their settings, so fp32 and INT4 exports of one case share the very same
+weights. Nothing touches the network.
 """
 
 from __future__ import annotations
@@ -46,22 +48,31 @@ def registered_model_types() -> list[str]:
     return sorted(registered_architectures())
 
 
-def tiny_config(model_type: str) -> Any:
-    """The architecture's tiny config of exactly this ``model_type`` (each registered type tests its own HF class)."""
-    from export.architectures import get_architecture
+def tiny_cases() -> list[str]:
+    """Every registered model type, then the architectures' tiny variants: what the parity suite runs over."""
+    from export.architectures import tiny_cases as cases
 
-    cfg = get_architecture(model_type).tiny_config(model_type)
-    assert cfg.model_type == model_type, f"tiny config for {model_type} has model_type {cfg.model_type}"
+    return list(cases())
+
+
+def tiny_config(case: str) -> Any:
+    """The architecture's tiny config of exactly this model type (each registered type tests its own HF class), or
+    of a tiny variant (``Architecture.tiny_variants``, e.g. the untied-head "llama-untied")."""
+    from export.architectures import get_architecture, tiny_cases
+
+    model_type, overrides = tiny_cases()[case]
+    cfg = get_architecture(model_type).tiny_config(model_type, **overrides)
+    assert cfg.model_type == model_type, f"tiny config for {case} has model_type {cfg.model_type}"
     return cfg
 
 
-def build_tiny_model(model_type: str, seed: int = SEED) -> torch.nn.Module:
+def build_tiny_model(case: str, seed: int = SEED) -> torch.nn.Module:
     """Tiny random float32 model with every parameter perturbed (norms, biases and embeddings included)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="eager")
+    model = AutoModelForCausalLM.from_config(tiny_config(case), attn_implementation="eager")
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
@@ -71,7 +82,7 @@ def build_tiny_model(model_type: str, seed: int = SEED) -> torch.nn.Module:
 
 @dataclass
 class TinyExport:
-    model_type: str
+    model_type: str  # the tiny case (a model type, or a TINY_VARIANTS name)
     dir: Path
     reference: torch.nn.Module  # untouched HF model with the exported weights (float32)
     manifest: contract.Manifest
@@ -80,10 +91,10 @@ class TinyExport:
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
-    """Factory ``tiny_export(model_type, **ExportConfig kwargs) -> TinyExport``, cached per session."""
+    """Factory ``tiny_export(case, **ExportConfig kwargs) -> TinyExport``, cached per session."""
     cache: dict[tuple, TinyExport] = {}
 
-    def make(model_type: str, **cfg_kwargs) -> TinyExport:
+    def make(model_type: str, **cfg_kwargs) -> TinyExport:  # model_type: any tiny case
         key = (model_type, tuple(sorted(cfg_kwargs.items())))
         if key not in cache:
             from export.config import ExportConfig
@@ -173,6 +184,7 @@ def tiny():
     """The helpers of this file, for test modules (``import conftest`` is ambiguous with several conftest files)."""
     return types.SimpleNamespace(
         VOCAB=TINY_VOCAB,
+        tiny_cases=tiny_cases,
         tiny_config=tiny_config,
         build_tiny_model=build_tiny_model,
         make_batch=make_batch,

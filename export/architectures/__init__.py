@@ -7,6 +7,7 @@ from export.architectures.base import (
     get_architecture,
     register_architecture,
     registered_architectures,
+    tiny_cases,
 )
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "get_architecture",
     "register_architecture",
     "registered_architectures",
+    "tiny_cases",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from export.architectures.base import Architecture, register_architecture
+from runtime import contract
 
 
 @register_architecture("llama", "qwen2", "qwen3", "mistral")
@@ -19,13 +20,23 @@ class Llama(Architecture):
         "down": "mlp.down_proj",
     }
     groups = {"attn_in": ("q", "k", "v"), "attn_out": ("o",), "mlp_in": ("gate", "up"), "mlp_out": ("down",)}
-    weight_layout = "out_in"
+    weight_layout = contract.LAYOUT_OUT_IN
     embed_path = "model.embed_tokens"
     lm_head_path = "lm_head"
+    param_kinds = (
+        ("model.embed_tokens.weight", contract.KIND_EMBEDDING),
+        ("lm_head.weight", contract.KIND_LM_HEAD),
+        ("*.bias", contract.KIND_BIAS),  # Qwen2's q/k/v biases
+        ("*norm.weight", contract.KIND_NORM),  # input/post_attention_layernorm, model.norm, Qwen3 q/k_norm
+    )
+    constant_buffers = ("*rotary_emb.inv_freq",)
+    # SmolLM2 and the tiny configs tie their head; Llama-3-8B, Mistral-7B and Qwen2-7B do not: test that path too
+    tiny_variants = {"llama-untied": ("llama", {"tie_word_embeddings": False})}
 
-    def tiny_config(self, model_type: str = "llama"):
+    def tiny_config(self, model_type: str = "llama", **overrides):
         """Tiny random configs of each registered type, with its real HF class (Qwen2's q/k/v biases, Qwen3's q/k
-        norms and explicit head_dim, Mistral's sliding window off), so the parity suite tests each family."""
+        norms and explicit head_dim, Mistral's sliding window off), so the parity suite tests each family.
+        ``overrides`` replace config fields (the suite's untied-head case: ``tie_word_embeddings=False``)."""
         from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
         common = dict(
@@ -39,6 +50,7 @@ class Llama(Architecture):
             tie_word_embeddings=True,
             rms_norm_eps=1e-5,
         )
+        common.update(overrides)
         configs = {
             "llama": lambda: LlamaConfig(**common),
             "qwen2": lambda: Qwen2Config(**common, use_sliding_window=False),

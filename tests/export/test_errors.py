@@ -14,9 +14,10 @@ import export.exporter
 import export.source
 from export.architectures import UnsupportedArchitectureError
 from export.config import ExportConfig
-from export.exporter import ExportError, export_model, export_source
+from export.exporter import export_model, export_source
 from export.source import SourceError
 from runtime import contract
+from runtime.errors import ZoEdgeError
 
 
 def one_line(excinfo) -> str:
@@ -26,8 +27,11 @@ def one_line(excinfo) -> str:
 
 
 def leftovers(parent, name: str) -> list[str]:
-    """Anything in ``parent`` that belongs to an export to ``parent/name`` (the folder or a temp/old sibling)."""
-    return sorted(p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}."))
+    """Anything in ``parent`` that belongs to an export to ``parent/name``: the folder, or a hidden temp/trash
+    sibling of runtime.atomic (``.tmp-<name>-<pid>-<hex>``, ``.trash-<name>-...``)."""
+    return sorted(
+        p.name for p in parent.iterdir() if p.name == name or p.name.startswith((f".tmp-{name}-", f".trash-{name}-"))
+    )
 
 
 def tiny_causal(config) -> torch.nn.Module:
@@ -140,7 +144,7 @@ def test_existing_output_without_force(tmp_path, tiny):
         lambda: export_model(tiny.build_tiny_model("llama"), None, out, ExportConfig()),
         lambda: export_source(str(tmp_path / "whatever"), out),  # checked before the source is even resolved
     ):
-        with pytest.raises(ExportError) as e:
+        with pytest.raises(ZoEdgeError) as e:  # one line at the CLI
             call()
         assert "--force" in one_line(e)
     assert (out / "keep.txt").read_text() == "mine"
@@ -172,3 +176,15 @@ def test_failure_with_force_keeps_the_old_folder(tmp_path, tiny, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == before
     assert (out / contract.MANIFEST_FILE).read_text() == manifest, "the previous export was touched"
     assert leftovers(tmp_path, "out") == ["out"]
+
+
+def test_every_export_error_is_a_user_error():
+    """The CLI prints ZoEdgeError subclasses as one line (exit 2); anything else is a bug with its traceback."""
+    from export.config import ExportConfigError
+    from export.exporter import ExportError
+    from export.merge import MergeError
+    from runtime.atomic import FolderExistsError
+
+    for cls in (SourceError, UnsupportedArchitectureError, ExportConfigError, ExportError, MergeError):
+        assert issubclass(cls, ZoEdgeError), cls
+    assert issubclass(FolderExistsError, ZoEdgeError) and issubclass(contract.ManifestError, ZoEdgeError)

@@ -1,11 +1,13 @@
-"""ORT training graph vs independent torch references, for every registered model type (tiny random models).
+"""ORT training graph vs independent torch references, for every tiny case (tiny random models): each registered
+model type, plus the architectures' tiny variants (the untied-head "llama-untied").
 
     python -m pytest tests/export/test_parity.py -q
 
 Every batch is left padded (ragged) with some loss targets switched off. Checks: per-row loss and counts against
 the HF model's own logits; the P/Q ports' directional derivative against torch autograd and a float64 finite
 difference; the in-graph power-iteration basis against an exact SVD and a numpy re-implementation; the sketch and
-activation ports; switched-off ports; and a coverage test that every registered type has a tiny config.
+activation ports; switched-off ports; the untied head; and coverage tests that every registered type has a tiny
+config and that every parameter of every tiny model has a declared kind.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from export.architectures import get_architecture, registered_architectures
+from export.architectures import get_architecture, registered_architectures, tiny_cases
 from export.graph import position_ids_from_mask
 from runtime import contract
 from runtime.batch import Batch
 from runtime.session import GraphSession
 
 MODEL_TYPES = sorted(registered_architectures())
+CASES = list(tiny_cases())  # model types first, then variants such as "llama-untied"
 
 # Directional derivative through the P/Q ports, summed over rows, with every targeted layer perturbed at once
 # (P ~ N(0, 1/d_in), Q ~ N(0, 1/r), r = 2). Measured on these tiny models (3 batch/direction seeds, |dL| ~ 0.2-15):
@@ -119,7 +122,7 @@ def _rayleigh_ritz(basis: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.
 
 
 # --- (1) loss ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", CASES)
 def test_row_loss_matches_torch(tiny_export, tiny, model_type):
     exp, sess = _session(tiny_export, model_type)
     for seed in (0, 1):
@@ -140,10 +143,10 @@ def test_row_loss_matches_torch(tiny_export, tiny, model_type):
 
 
 # --- (2) directional derivative through the P/Q ports --------------------------------------------------------
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", CASES)
 def test_directional_derivative(tiny_export, tiny, model_type):
     exp, sess = _session(tiny_export, model_type)
-    arch = get_architecture(model_type)
+    arch = get_architecture(exp.manifest.model_type)
     batch = tiny.make_batch(tiny.VOCAB, seed=3)
     pq = _random_pq(exp.manifest, rank=2, seed=4)
 
@@ -194,7 +197,7 @@ def test_directional_derivative(tiny_export, tiny, model_type):
 
 
 # --- (2b) output-noise port (Zoop) ----------------------------------------------------------------------------
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", CASES)
 def test_noise_port_matches_torch_hook(tiny_export, tiny, model_type):
     """Noise on one layer's output, per token [B, T, d_out] and broadcast [1, 1, d_out], vs a torch forward hook."""
     exp, sess = _session(tiny_export, model_type)
@@ -234,7 +237,7 @@ def _omegas(manifest: contract.Manifest, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", CASES)
 def test_basis_matches_svd(tiny_export, tiny, model_type):
     exp, sess = _session(tiny_export, model_type, basis_rank=2, power_iters=20)
     batch = tiny.make_batch(tiny.VOCAB, seed=5, batch=4, seq=12)
@@ -267,7 +270,7 @@ def test_basis_matches_svd(tiny_export, tiny, model_type):
     assert checked >= len(exp.manifest.groups), f"{model_type}: only {checked} directions had a clear gap"
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", CASES)
 def test_basis_matches_numpy_power_iteration(tiny_export, tiny, model_type):
     exp, sess = _session(tiny_export, model_type)  # defaults: basis_rank=1, power_iters=3
     batch = tiny.make_batch(tiny.VOCAB, seed=7, batch=4, seq=12)
@@ -284,7 +287,7 @@ def test_basis_matches_numpy_power_iteration(tiny_export, tiny, model_type):
 
 
 # --- (4) sketch and activation ports -------------------------------------------------------------------------
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", CASES)
 def test_sketch_and_act_ports(tiny_export, tiny, model_type):
     exp, sess = _session(tiny_export, model_type)
     batch = tiny.make_batch(tiny.VOCAB, seed=9, batch=4, seq=10)
@@ -310,7 +313,7 @@ def test_sketch_and_act_ports(tiny_export, tiny, model_type):
 
 
 # --- (5) switched-off ports ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", CASES)
 def test_ports_off_equal_no_ports(tiny_export, tiny, model_type):
     exp, sess = _session(tiny_export, model_type)
     batch = tiny.make_batch(tiny.VOCAB, seed=11)
@@ -346,6 +349,50 @@ def test_ports_off_equal_no_ports(tiny_export, tiny, model_type):
 def test_every_architecture_has_a_tiny_config(tiny, model_type):
     cfg = tiny.tiny_config(model_type)  # raises (fails) for an architecture without one
     assert cfg.vocab_size == tiny.VOCAB, f"{model_type}: tiny configs share vocab {tiny.VOCAB} (got {cfg.vocab_size})"
+
+
+@pytest.mark.parametrize("model_type", CASES)
+def test_every_parameter_has_a_declared_kind(tiny_export, model_type):
+    """Kinds come from the architecture's declaration (MeZO's ``kinds`` selects by them): none may be "other", the
+    targeted linear weights are "linear" stored [d_in, d_out], everything else keeps its HF layout."""
+    exp = tiny_export(model_type)
+    specs = {p.name: p for p in exp.manifest.params}
+    hf_params = dict(exp.reference.named_parameters())  # tied weights appear once, under the embedding's name
+    assert set(specs) == set(hf_params), f"bound params {sorted(set(specs) ^ set(hf_params))[:4]} differ from HF"
+    linear_weights = {lin.weight for lin in exp.manifest.linears}
+    hf_in_out = get_architecture(exp.manifest.model_type).weight_layout == contract.LAYOUT_IN_OUT
+    for name, spec in specs.items():
+        assert spec.kind != contract.KIND_OTHER, f"{model_type}: {name} has no declared kind (param_kinds)"
+        if name in linear_weights:
+            assert (spec.kind, spec.layout) == (contract.KIND_LINEAR, contract.LAYOUT_IN_OUT), name
+            hf_shape = list(hf_params[name].shape)
+            want = hf_shape if hf_in_out else hf_shape[::-1]  # [d_in, d_out] storage
+            assert spec.shape == want, f"{name}: stored {spec.shape}, HF {hf_shape}"
+        else:
+            assert spec.layout == contract.LAYOUT_HF and spec.shape == list(hf_params[name].shape), name
+
+
+def test_untied_head_is_its_own_parameter(tiny_export, tiny):
+    """The untied case binds lm_head.weight apart from the embedding, and the loss uses the head (not the tied
+    embedding): changing the head's bound array changes the loss, changing it back restores it."""
+    exp = tiny_export("llama-untied")
+    assert not exp.reference.config.tie_word_embeddings
+    kinds = {p.name: p.kind for p in exp.manifest.params}
+    assert kinds["lm_head.weight"] == contract.KIND_LM_HEAD and kinds["model.embed_tokens.weight"] == "embedding"
+    sess = GraphSession(exp.dir)
+    head, embed = sess.params["lm_head.weight"], sess.params["model.embed_tokens.weight"]
+    assert not np.allclose(head, embed), "the tiny untied model should have distinct head and embedding"
+    np.testing.assert_array_equal(head, exp.reference.lm_head.weight.detach().numpy())
+    batch = tiny.make_batch(tiny.VOCAB, seed=15)
+    base = sess.losses(batch).copy()
+    saved = head.copy()
+    head[...] = 0.5 * head  # in place: the bound buffer
+    try:
+        changed = sess.losses(batch)
+    finally:
+        head[...] = saved
+    assert np.abs(changed - base).max() > 1e-3, "the untied head's weight does not reach the loss"
+    np.testing.assert_array_equal(sess.losses(batch), base)
 
 
 def test_registry_covers_the_documented_families():
