@@ -12,6 +12,10 @@
   the trained low-rank branch y += (x A) Cᵀ added beside each quantized MatMul as float initializers: the function
   that was trained, at INT4 size, with a KV cache. ``hf/`` + ``onnx/`` hold the same function in fp32 (dequantized
   base + ΔW) for tools that want a plain model.
+
+Array names are ``runtime.contract``'s (one scheme for checkpoints and ``adapter.safetensors``); what differs by
+family (HF weight layout, buffers the HF model rebuilds) comes from the ``Architecture`` declaration. The output is
+built by ``runtime.atomic.atomic_folder``: a failed (even forced) merge leaves the previous output untouched.
 """
 
 from __future__ import annotations
@@ -23,22 +27,50 @@ from pathlib import Path
 import numpy as np
 
 from runtime import checkpoint, contract
+from runtime.atomic import atomic_folder, check_replaceable
 from runtime.contract import Manifest
+from runtime.errors import ZoEdgeError
 
 __all__ = ["MergeError", "merge_run"]
 
 
-class MergeError(ValueError):
-    pass
+class MergeError(ZoEdgeError, ValueError):
+    """A run folder or checkpoint that cannot be merged (the message says why and what to do)."""
 
 
 def _adapters(arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """layer -> (Q [d_out, k], P [d_in, k]) of every adapter in a checkpoint's arrays (names: runtime.contract)."""
+    factors: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        parsed = contract.parse_adapter_name(key)
+        if parsed is not None:
+            factors.setdefault(parsed[0], {})[parsed[1]] = value
     out = {}
-    for key, q in arrays.items():
-        if key.startswith("adapter.q::"):
-            layer = key.removeprefix("adapter.q::")
-            out[layer] = (q, arrays[f"adapter.p::{layer}"])
+    for layer, qp in sorted(factors.items()):
+        if set(qp) != {"q", "p"}:
+            raise MergeError(f"the checkpoint holds only the {next(iter(qp))} factor of {layer}'s adapter")
+        out[layer] = (qp["q"], qp["p"])
     return out
+
+
+def _trained_params(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """HF key -> trained value of every parameter a run changed in place (methods that change the weights)."""
+    out = {}
+    for key, value in arrays.items():
+        name = contract.parse_checkpoint_param_name(key)
+        if name is not None:
+            out[name] = value
+    return out
+
+
+def _check_base(meta: dict, manifest: Manifest, ckpt: Path, model_dir: Path) -> None:
+    """A checkpoint that records its base's hash must have been trained on this model folder's base."""
+    recorded = meta.get(contract.META_WEIGHTS_SHA256)
+    if recorded and manifest.weights_sha256 and recorded != manifest.weights_sha256:
+        raise MergeError(
+            f"{ckpt} was trained on another base (weights {recorded[:12]}...) than {model_dir} "
+            f"({manifest.weights_sha256[:12]}...); merge it with the model folder it was trained on"
+        )
 
 
 def merge_run(
@@ -51,26 +83,21 @@ def merge_run(
         raise MergeError(f"{run_dir} is not a zo-edge run folder (no config.json)")
     model_dir = Path(json.loads(cfg_path.read_text())["model"])
     manifest = Manifest.load(model_dir)
-    if out_dir.exists():
-        if not force:
-            raise MergeError(f"{out_dir} already exists; pass --force to replace it")
-        shutil.rmtree(out_dir)
+    check_replaceable(out_dir, force=force)  # before anything is loaded
     arrays, meta, ckpt = checkpoint.load_trained_checkpoint(run_dir, which)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    _check_base(meta, manifest, ckpt, model_dir)
     adapters = _adapters(arrays)
-    _write_adapter(tmp, adapters, manifest, ckpt)
-    hf = tmp / "hf"
-    _write_hf(hf, model_dir, manifest, arrays, adapters)
-    if onnx:
-        _export_onnx(hf, tmp / "onnx")
-    if onnx and manifest.dtype == "int4":
-        base = tmp / ".base"
-        _write_hf(base, model_dir, manifest, arrays, {})
-        _int4_with_adapter(base, tmp / "onnx-int4", manifest, adapters)
-        shutil.rmtree(base)
-    tmp.rename(out_dir)
+    with atomic_folder(out_dir, force=force) as tmp:
+        _write_adapter(tmp, adapters, manifest, ckpt)
+        hf = tmp / "hf"
+        _write_hf(hf, model_dir, manifest, arrays, adapters)
+        if onnx:
+            _export_onnx(hf, tmp / "onnx")
+        if onnx and manifest.dtype == "int4":
+            base = tmp / ".base"
+            _write_hf(base, model_dir, manifest, arrays, {})
+            _int4_with_adapter(base, tmp / "onnx-int4", manifest, adapters)
+            shutil.rmtree(base)
     return out_dir
 
 
@@ -79,19 +106,20 @@ def _write_adapter(out: Path, adapters, manifest: Manifest, ckpt: Path) -> None:
 
     tensors = {}
     for layer, (q, p) in adapters.items():
-        tensors[f"{layer}.Q"] = np.ascontiguousarray(q, np.float32)
-        tensors[f"{layer}.P"] = np.ascontiguousarray(p, np.float32)
+        tensors[contract.adapter_q_name(layer)] = np.ascontiguousarray(q, np.float32)
+        tensors[contract.adapter_p_name(layer)] = np.ascontiguousarray(p, np.float32)
     if tensors:
-        save_file(tensors, str(out / "adapter.safetensors"))
+        save_file(tensors, str(out / contract.ADAPTER_FILE))
     info = {
         "base_weights_sha256": manifest.weights_sha256,
         "base_source": manifest.source,
         "base_dtype": manifest.dtype,
         "checkpoint": str(ckpt),
         "layers": sorted(adapters),
-        "formula": "W_hf[layer] += Q @ P.T  (Q [d_out, r], P [d_in, r])",
+        "names": {"q": contract.adapter_q_name("<layer>"), "p": contract.adapter_p_name("<layer>")},
+        "formula": "W_hf[layer] += Q @ P.T  (Q [d_out, r], P [d_in, r]; HF [d_out, d_in] orientation)",
     }
-    (out / "adapter.json").write_text(json.dumps(info, indent=1))
+    (out / contract.ADAPTER_INFO_FILE).write_text(json.dumps(info, indent=1))
 
 
 def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters) -> None:
@@ -100,14 +128,17 @@ def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters) 
     from safetensors.numpy import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from export.architectures import get_architecture
+
+    arch = get_architecture(manifest.model_type)
     params = load_file(str(model_dir / contract.PARAMS_FILE)) if manifest.dtype == "fp32" else _int4_params(model_dir)
-    for k, v in arrays.items():
-        if k.startswith("param/"):
-            params[k.removeprefix("param/")] = v
-    layout = {f"{s.name}.weight": "in_out" for s in manifest.linears}
+    params.update(_trained_params(arrays))
+    # Targeted linear weights are bound as "[d_in, d_out] storage" (fp32: ParamSpec.layout; INT4 dequantizes to the
+    # same); ΔW = Q Pᵀ is "HF [d_out, d_in]". Work in [d_out, d_in], then store in the family's HF layout.
+    stored_in_out = {f"{s.name}.weight" for s in manifest.linears}
     state = {}
     for key, value in params.items():
-        w = value.T if layout.get(key) == "in_out" else value  # stored [d_in, d_out] -> HF [d_out, d_in]
+        w = value.T if key in stored_in_out else value
         state[key] = np.array(w, dtype=np.float32, copy=True)
     for spec in manifest.linears:
         if spec.name in adapters:
@@ -115,14 +146,15 @@ def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters) 
             state[f"{spec.name}.weight"] += q.astype(np.float64) @ p.astype(np.float64).T
     config = AutoConfig.for_model(**manifest.hf_config)
     model = AutoModelForCausalLM.from_config(config)
-    arch_transposed = manifest.architecture == "gpt2"  # Conv1D keeps [d_in, d_out] in HF too
     torch_state = {}
     for key, value in state.items():
-        if arch_transposed and layout.get(key) == "in_out":
+        if key in stored_in_out and arch.weight_layout == contract.LAYOUT_IN_OUT:  # GPT-2's Conv1D
             value = value.T
         torch_state[key] = torch.from_numpy(np.ascontiguousarray(value))
     missing, unexpected = model.load_state_dict(torch_state, strict=False)
-    missing = [m for m in missing if not m.endswith("lm_head.weight") and "rotary" not in m and "masked_bias" not in m]
+    # What the HF model rebuilds itself: its constant buffers, and a tied head (tie_weights below)
+    tied_head = f"{arch.lm_head_path}.weight" if config.tie_word_embeddings else None
+    missing = [m for m in missing if m != tied_head and not arch.is_constant_buffer(m)]
     if missing or unexpected:
         raise MergeError(f"merged weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.tie_weights()
