@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.checkpoint import load_trained_checkpoint
-from runtime.loop import LoopConfig, load_trained, train
+from runtime.loop import LoopConfig, check_run_meta, load_trained, train
 from runtime.oracle import Oracle
 from runtime.session import GraphSession
 from zo_edge import optim
@@ -140,8 +140,12 @@ def train_with_progress(p: Prepared, resume: bool) -> dict:
 
 
 def load_run(oracle: Oracle, run: str | Path, which: str = "best") -> None:
-    """Put a run's trained state (its ``best`` checkpoint, or ``latest``) into ``oracle`` for evaluation."""
-    load_trained(oracle, load_trained_checkpoint(run, which)[0])
+    """Put a run's trained state (its ``best`` checkpoint, or ``latest``) into ``oracle`` for evaluation.
+
+    Refused in one line if the run was trained on another base model (its meta's weights hash) or format."""
+    arrays, meta, path = load_trained_checkpoint(run, which)
+    check_run_meta(meta, oracle, path)
+    load_trained(oracle, arrays)
 
 
 def plot_run(run_dir: str | Path) -> Path | None:
