@@ -165,18 +165,28 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(a) -> int:
+    from runtime.atomic import atomic_write_json
     from zo_edge.config import TrainConfig
-    from zo_edge.train import plot_run, prepare, train_with_progress
+    from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress
 
     cfg = TrainConfig.from_sources(a.config, _given(a, a._names))
     if not cfg.model:
         raise ConfigError("--model is required: an exported model folder (zo-edge export MODEL --out DIR)")
     p = prepare(cfg)
+    n = cfg.eval_examples
+    before = evaluate_on(p, p.data.test, n)  # the base model, before any checkpoint is loaded (also on --resume)
     result = train_with_progress(p, resume=a.resume)
+    load_run(p.oracle, cfg.out, "best")
+    after = evaluate_on(p, p.data.test, n)
+    atomic_write_json(Path(cfg.out) / "test.json", {"before": before.summary(), "after": after.summary()})
     plot = plot_run(cfg.out)
     print(
         f"run {cfg.out}: {result['step']} steps, best dev accuracy {result['best']:.3f}, "
         f"peak RSS {result['peak_rss_mb']:.0f} MiB" + (f", plot {plot}" if plot else "")
+    )
+    print(
+        f"held-out test (n={before.n}): accuracy {before.accuracy:.3f} -> {after.accuracy:.3f}, "
+        f"macro-F1 {before.macro_f1:.3f} -> {after.macro_f1:.3f} (best checkpoint; {cfg.out}/test.json)"
     )
     return 0
 

@@ -32,7 +32,9 @@ def _train(model: Path, out: Path, method: str, steps: int, *extra: str) -> int:
 def test_train_writes_run_folder_and_eval_reads_it(tiny_lm_dirs, tmp_path, capsys):
     run = tmp_path / "run"
     assert _train(tiny_lm_dirs["fp32"], run, "lozo", 6, "--save-every", "3") == 0
-    assert {"config.json", "metrics.jsonl", "loss.png", "best"} <= {p.name for p in run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "loss.png", "best", "test.json"} <= {p.name for p in run.iterdir()}
+    held_out = json.loads((run / "test.json").read_text())
+    assert held_out["before"]["n"] == held_out["after"]["n"] > 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 7))
     assert any("eval_accuracy" in r for r in rows)
