@@ -318,7 +318,10 @@ class TrainConfig(DataFields, SessionFields):
     batch_size: int = _f(16, "examples per step")
     k: int = _f(16, "training examples per class (k-shot); 0: the whole pool")
     dev_k: int = _f(16, "dev examples per class (best-checkpoint selection)")
-    eval_examples: int = _f(500, "held-out test examples scored before and after training, into RUN/test.json (0: all)")
+    eval_examples: int = _f(
+        500,
+        "held-out test examples scored before and after training, into RUN/test.json (0: all)",
+    )
     eval_every: int = _f(0, "dev evaluation every N steps (0: at the end only)")
     save_every: int = _f(50, "checkpoint every N steps")
     #: the method's own Config: an instance, a dict of its knobs, or None (its defaults); an instance after init
