@@ -53,6 +53,7 @@ from runtime.oracle import Objective, Oracle, lm_objective
 from runtime.session import GraphSession
 from zo_edge import optim
 from zo_edge.methods import get_method
+from zo_edge.methods.zo_act import ZOAct
 
 __all__ = ["CONFIGS", "CosineMeter", "cosine", "dot64", "make_method", "single_query_estimates", "summary"]
 
@@ -63,7 +64,8 @@ CONFIGS: dict[str, dict] = {
     "subzero": {"rank": 2, "refresh": 1},
     "agzo": {"rank": 1},
     "zo-act": {"rank": 4},
-    "zoop": {"select": "all", "normalize": False},
+    "zoop": {"select": "all", "layer_normalize": False},
+    "fzoo": {"rank": 4, "queries": 8},
 }
 
 
@@ -138,7 +140,7 @@ def single_query_estimates(
                     np.subtract(before, after, out=buf)  # lr = 1: the change is −ĝ
                 for k, w in start.items():
                     oracle.params[k][...] = w  # in place: the buffers stay bound
-            elif name == "zo-act":
+            elif isinstance(method, ZOAct):  # FZOO too: C is its trained coordinate
                 for s, buf in zip(linears, out, strict=True):
                     a = oracle.trained.adapters[s.name]
                     np.matmul(-a.q, a.p.T, out=buf)

@@ -65,6 +65,7 @@ METHOD_CASES = [
     MethodCase("subzero", {"mu": 1e-3, "rank": 2, "refresh": 5}, "sgd", 3e-3),
     MethodCase("agzo", {"mu": 1e-3, "rank": 1}, "sgd", 2e-2),
     MethodCase("zo-act", {"mu": 1e-3, "rank": 4}, "adam", 1e-2),
+    MethodCase("fzoo", {"mu": 1e-3, "rank": 4, "queries": 4}, "sgd", 2e-2),
     MethodCase("zoop", {"mu": 1e-3, "select": "cycle"}, "sgd", 0.1),
 ]
 FULL_SPACE = {"mezo", "zoop"}  # trainable coordinates are the weights themselves
@@ -346,10 +347,8 @@ def test_loop_stops_after_max_bad_steps(case, models, monkeypatch, tmp_path):
     assert [r["skipped"] for r in rows if "skipped" in r] == [True] * 3
     for k, v in oracle.params.items():
         np.testing.assert_allclose(v, initial[k], rtol=0, atol=1e-6, err_msg=k)
-    if case.name == "zo-act":
-        assert not any(np.any(a.q) for a in oracle.trained.adapters.values()), "C moved"
-    else:
-        assert not oracle.trained.adapters, "a skipped step left an adapter"
+    # adapter-owning methods (ZO-Act, FZOO) hold zero coefficients from init; the others have no adapter on fp32
+    assert not any(np.any(a.q) for a in oracle.trained.adapters.values()), "a skipped step changed an adapter"
 
 
 # --- (h) MeZO's refusals ---------------------------------------------------------------------------------------------
