@@ -13,7 +13,7 @@ from runtime.batch import Batch
 from runtime.contract import Manifest
 from runtime.oracle import Objective
 from runtime.tokenizer import Tokenizer
-from zo_edge.batching import BatchIterator, lm_batch
+from zo_edge.batching import BatchIterator, lm_batch, make_iterator
 from zo_edge.objectives import OBJECTIVES, encode
 from zo_edge.tasks import Example, Task, TaskError
 
@@ -27,7 +27,11 @@ def load_tokenizer(model_dir: str | Path) -> Tokenizer:
 
 @dataclass
 class TaskBatches:
-    """Endless, seeded, resumable batches of a task's training examples for ``runtime.loop.train``."""
+    """Endless, seeded, resumable batches of a task's training examples for ``runtime.loop.train``.
+
+    ``balance``: "auto" (default) samples class-balanced when the training classes differ by 1.5x or more (a whole
+    user file, ``--k 0``), else the shuffled pool; "on"/"off" force it. ``sampling`` says, in one line, which it is.
+    """
 
     task: Task
     examples: list[Example]
@@ -36,13 +40,14 @@ class TaskBatches:
     max_len: int
     seed: int
     objective: str = "lm"
+    balance: str = "auto"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise TaskError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
         if not self.examples:
             raise TaskError("the training set is empty: give more data or a larger k")
-        self.iterator = BatchIterator(self.examples, self.batch_size, self.seed)
+        self.iterator, self.sampling = make_iterator(self.examples, self.batch_size, self.seed, self.balance)
         self.stats: dict = {}
 
     def encode(self, examples: list[Example]) -> tuple[Batch, Objective]:

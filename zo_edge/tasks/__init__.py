@@ -9,6 +9,26 @@ metrics live beside this package (``zo_edge/{batching,objectives,metrics}.py``).
 """
 
 from zo_edge.tasks import rotten_tomatoes, trec, user_data  # noqa: F401  (registers the tasks)
-from zo_edge.tasks.base import Example, Task, TaskData, TaskError, Verbalizer, get_task, list_tasks, register_task
+from zo_edge.tasks.base import (
+    Example,
+    Prompt,
+    Task,
+    TaskData,
+    TaskError,
+    Verbalizer,
+    get_task,
+    list_tasks,
+    register_task,
+)
 
-__all__ = ["Example", "Task", "TaskData", "TaskError", "Verbalizer", "get_task", "list_tasks", "register_task"]
+__all__ = [
+    "Example",
+    "Prompt",
+    "Task",
+    "TaskData",
+    "TaskError",
+    "Verbalizer",
+    "get_task",
+    "list_tasks",
+    "register_task",
+]

@@ -15,6 +15,7 @@ Only the stdlib: the device side imports this.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import string
@@ -29,10 +30,12 @@ from runtime.errors import ZoEdgeError
 __all__ = [
     "SPLIT_SEED",
     "Example",
+    "Prompt",
     "Task",
     "TaskData",
     "TaskError",
     "Verbalizer",
+    "chatml",
     "dedup",
     "get_task",
     "hash_order",
@@ -139,6 +142,38 @@ class Verbalizer:
         return word if (template[-1:].isspace() or word[:1].isspace()) else " " + word
 
 
+CHATML_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # SmolLM2's default system turn
+
+
+def chatml(instruction: str, body: str, system: str = CHATML_SYSTEM) -> str:
+    """A template in the ChatML chat form (SmolLM2, Qwen): system turn, user turn (instruction + body), and the
+    opening of the assistant turn, after which the label word is scored. ``body`` holds the {field} placeholders;
+    braces in ``instruction`` and ``system`` are escaped. On a model without these special tokens the markers are
+    plain text and the dev-split selection simply ranks the candidate low."""
+    esc = instruction.replace("{", "{{").replace("}", "}}")
+    sys_esc = system.replace("{", "{{").replace("}", "}}")
+    return (
+        f"<|im_start|>system\n{sys_esc}<|im_end|>\n<|im_start|>user\n{esc}\n{body}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One way to ask the model: a template and its label words per class, with a short name for tables and flags.
+
+    Tasks ship a few (``Task.prompt_candidates``); ``zo_edge.prompts.select_prompt`` scores them on the dev split
+    with forwards only, and ``Task.with_prompt`` makes the chosen one the task's."""
+
+    name: str
+    template: str
+    verbalizer: dict[str, list[str]]
+
+    def describe(self) -> str:
+        """``template`` -> words, on one line (newlines shown as \\n)."""
+        words = " / ".join("|".join(ws) for ws in self.verbalizer.values())
+        return f"{self.template!r} -> {words!r}"
+
+
 @dataclass
 class Task:
     """A prompt template plus verbalizer over a data source; subclasses implement ``load_examples``.
@@ -154,6 +189,10 @@ class Task:
     test_size: int = 1000  # examples held out by the fixed split seed (MeZO evaluates on 1000 test examples)
 
     def __post_init__(self) -> None:
+        self.check_prompt()
+
+    def check_prompt(self) -> None:
+        """The template names only text fields, and every class has a non-empty label word."""
         used = template_fields(self.template)
         missing = [f for f in used if f not in self.text_fields]
         if missing:
@@ -186,6 +225,48 @@ class Task:
             raise TaskError(
                 f"template {self.template!r} needs field {e.args[0]!r}; example has {list(example.fields)}"
             ) from None
+
+    @property
+    def prompt(self) -> Prompt:
+        """The task's current template and verbalizer."""
+        return Prompt("current", self.template, {c: list(ws) for c, ws in self.verbalizer.items()})
+
+    def prompt_candidates(self) -> list[Prompt]:
+        """Prompts worth scoring for this task, the current one first (built-in tasks override this with a set
+        suited to instruct models)."""
+        return [Prompt("default", self.template, {c: list(ws) for c, ws in self.verbalizer.items()})]
+
+    def with_prompt(
+        self, template: str | Prompt | None = None, verbalizer: dict[str, list[str]] | str | None = None
+    ) -> Task:
+        """A copy of this task asking with another template and/or label words; the data and splits are the same.
+
+        ``template``: a str.format template over the task's text fields, or a ``Prompt`` (then ``verbalizer`` must be
+        None). ``verbalizer``: class -> words, or a spec string ``"rotten=terrible,fresh=great|good"``
+        (``Verbalizer.parse``). It must name exactly the task's classes; they keep the task's order, so class
+        index i means the same class under every prompt.
+        """
+        if isinstance(template, Prompt):
+            if verbalizer is not None:
+                raise TaskError("with_prompt got a Prompt and a verbalizer: the Prompt already carries its words")
+            template, verbalizer = template.template, template.verbalizer
+        new_template = self.template if template is None else template
+        if verbalizer is None:
+            words = {c: list(ws) for c, ws in self.verbalizer.items()}
+        elif isinstance(verbalizer, str):
+            words = Verbalizer.parse(verbalizer, new_template).words
+        else:
+            words = {c: [Verbalizer.space(w, new_template) for w in ws] for c, ws in verbalizer.items()}
+        if set(words) != set(self.verbalizer):
+            raise TaskError(
+                f"labels for {self.name!r} name classes {sorted(words)}; the task's classes are "
+                f"{sorted(self.verbalizer)}: give one entry per class"
+            )
+        out = copy.copy(self)
+        out.template = new_template
+        out.verbalizer = {c: words[c] for c in self.verbalizer}
+        out.check_prompt()
+        return out
 
     def load_examples(self) -> list[Example]:
         """The whole deduplicated labelled pool; the split into train/dev/test is ``load``'s job."""

@@ -14,7 +14,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zo_edge.tasks.base import Example, Task, TaskError, dedup, package_data, register_task
+from zo_edge.tasks.base import Example, Prompt, Task, TaskError, chatml, dedup, package_data, register_task
 
 __all__ = ["RottenTomatoes", "data_path"]
 
@@ -33,6 +33,24 @@ class RottenTomatoes(Task):
     verbalizer: dict[str, list[str]] = field(default_factory=lambda: {"rotten": [" terrible"], "fresh": [" great"]})
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     test_size: int = 1000
+
+    def prompt_candidates(self) -> list[Prompt]:
+        """LM-BFF's prompt (the task default), and prompts an instruct model reads as a sentiment question.
+
+        SmolLM2-135M-Instruct on the demo's 300 test sentences: the default 0.570, "Review: ... Sentiment:" with
+        negative/positive 0.663 (bad/good 0.637); ``benchmarks/prompts.py`` measures them all on dev and test."""
+        neg_pos = {"rotten": [" negative"], "fresh": [" positive"]}
+        return [
+            *super().prompt_candidates(),
+            Prompt("review-sentiment", "Review: {text}\nSentiment:", neg_pos),
+            Prompt("review-good-bad", "Review: {text}\nSentiment:", {"rotten": [" bad"], "fresh": [" good"]}),
+            Prompt("movie-review-is", "Movie review: {text}\nThis review is", neg_pos),
+            Prompt(
+                "chat",
+                chatml("Is this movie review positive or negative? Answer with one word.", "{text}"),
+                {"rotten": ["negative"], "fresh": ["positive"]},
+            ),
+        ]
 
     def load_examples(self) -> list[Example]:
         path = data_path()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zo_edge.tasks.base import Example, Task, TaskError, dedup, package_data, register_task
+from zo_edge.tasks.base import Example, Prompt, Task, TaskError, chatml, dedup, package_data, register_task
 
 __all__ = ["Trec", "data_path"]
 
@@ -43,6 +43,37 @@ class Trec(Task):
     verbalizer: dict[str, list[str]] = field(default_factory=_words)
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     test_size: int = 500  # the size of the original TREC test set
+
+    def prompt_candidates(self) -> list[Prompt]:
+        """LM-BFF's prompt (the task default), and prompts that ask for the answer type in plain words.
+
+        Words are single tokens in SmolLM2's vocabulary where possible (a class's score sums its tokens' NLL, so a
+        multi-token word is handicapped): " abbreviation", " description", " entity", " person", " place"/
+        " location", " number"."""
+        plain = {
+            "ABBR": [" abbreviation"],
+            "DESC": [" description"],
+            "ENTY": [" entity"],
+            "HUM": [" person"],
+            "LOC": [" place"],
+            "NUM": [" number"],
+        }
+        bare = {c: [w.strip() for w in ws] for c, ws in plain.items()}
+        bare["HUM"], bare["LOC"] = ["human"], ["location"]
+        return [
+            *super().prompt_candidates(),
+            Prompt("question-type", "Question: {text}\nAnswer type:", plain),
+            Prompt("answer-is-a", "Question: {text}\nThe answer to this question is a", plain),
+            Prompt(
+                "chat",
+                chatml(
+                    "What type of answer does this question ask for: abbreviation, description, entity, human, "
+                    "location or number? Answer with one word.",
+                    "{text}",
+                ),
+                bare,
+            ),
+        ]
 
     def load_examples(self) -> list[Example]:
         path = data_path()

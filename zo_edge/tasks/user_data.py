@@ -18,7 +18,17 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zo_edge.tasks.base import Example, Task, TaskError, Verbalizer, dedup, register_task, template_fields
+from zo_edge.tasks.base import (
+    Example,
+    Prompt,
+    Task,
+    TaskError,
+    Verbalizer,
+    chatml,
+    dedup,
+    register_task,
+    template_fields,
+)
 
 __all__ = ["UserData", "default_template", "read_rows"]
 
@@ -163,6 +173,21 @@ class UserData(Task):
         if not self.test_size:
             self.test_size = max(1, min(1000, len(self._rows) // 5))
         super().__post_init__()
+
+    def prompt_candidates(self) -> list[Prompt]:
+        """The file's template first, then generic alternatives over the same fields and label words: a
+        "Category:" cue and the ChatML chat form that names the classes (for instruct models)."""
+        fields = self.text_fields
+        body = "{" + fields[0] + "}" if len(fields) == 1 else "\n".join(f"{f}: {{{f}}}" for f in fields)
+        words = {c: list(ws) for c, ws in self.verbalizer.items()}
+        bare = {c: [w.strip() for w in ws] for c, ws in words.items()}
+        names = [ws[0] for ws in bare.values()]
+        ask = f"Classify this text as {', '.join(names[:-1])} or {names[-1]}. Answer with one word."
+        return [
+            *super().prompt_candidates(),
+            Prompt("category", body + "\nCategory:", words),
+            Prompt("chat", chatml(ask, body), bare),
+        ]
 
     def load_examples(self) -> list[Example]:
         return list(self._rows)
