@@ -9,7 +9,8 @@ the bound fp32 weights in place on CPU, or a per-layer adapter fed through the s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,18 +18,40 @@ from runtime import contract
 from runtime.batch import Batch
 from runtime.contract import Manifest
 from runtime.errors import ZoEdgeError
+from runtime.layers import restrict_manifest
 from runtime.session import GraphSession
 from runtime.trained_state import LowRank, TrainedState
 
-__all__ = ["Objective", "Oracle", "lm_objective", "rayleigh_ritz"]
-
-#: maps the graph's (row_nll, row_count) to per-sample losses; the batch loss is their mean
-Objective = Callable[[np.ndarray, np.ndarray], np.ndarray]
+__all__ = ["ForwardOutputs", "Objective", "Oracle", "lm_objective", "rayleigh_ritz"]
 
 
-def lm_objective(row_nll: np.ndarray, row_count: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class ForwardOutputs:
+    """What an objective reads from one loss pass: the graph's per-row outputs.
+
+    ``candidate_logp`` [B, C] is there when the batch carried ``candidate_ids`` (the contract's candidate scoring:
+    a one-row classification batch), else None.
+    """
+
+    row_nll: np.ndarray  # [B] summed NLL over each row's loss positions
+    row_count: np.ndarray  # [B] number of loss positions
+    candidate_logp: np.ndarray | None = None  # [B, C] summed log p(candidate) over each row's loss positions
+
+    @classmethod
+    def from_run(cls, out: Mapping[str, np.ndarray]) -> ForwardOutputs:
+        """From the dict ``Oracle.run`` / ``GraphSession.forward`` return."""
+        return cls(
+            out[contract.OUTPUT_ROW_NLL], out[contract.OUTPUT_ROW_COUNT], out.get(contract.OUTPUT_ROW_CANDIDATE_LOGP)
+        )
+
+
+#: maps one pass's outputs to per-sample losses; the batch loss is their mean
+Objective = Callable[[ForwardOutputs], np.ndarray]
+
+
+def lm_objective(out: ForwardOutputs) -> np.ndarray:
     """Token-mean NLL of each row (rows without targets count 0)."""
-    return np.asarray(row_nll, np.float64) / np.maximum(np.asarray(row_count, np.float64), 1.0)
+    return np.asarray(out.row_nll, np.float64) / np.maximum(np.asarray(out.row_count, np.float64), 1.0)
 
 
 def rayleigh_ritz(basis: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +71,13 @@ class Oracle:
     """Losses and probes of one GraphSession, plus where updates go (in place, or an adapter)."""
 
     def __init__(
-        self, session: GraphSession, *, fold: bool | None = None, adapter_rank: int = 64, micro_batch: int = 0
+        self,
+        session: GraphSession,
+        *,
+        fold: bool | None = None,
+        adapter_rank: int = 64,
+        micro_batch: int = 0,
+        blocks: list[int] | None = None,
     ) -> None:
         if micro_batch < 0:
             raise ZoEdgeError(f"micro_batch must be >= 0 (0: whole batch per pass), got {micro_batch}")
@@ -60,7 +89,9 @@ class Oracle:
         #: Passes that fetch probes (bases, sketches, activation rows) or feed per-token noise run whole: their
         #: outputs are sums over the batch's tokens or indexed by flat token position.
         self.micro_batch = micro_batch
-        self.manifest: Manifest = session.manifest
+        #: what methods see: the whole model, or the view of the trained blocks only (runtime.layers, ``--layers``)
+        self.manifest: Manifest = restrict_manifest(session.manifest, blocks)
+        self.blocks = blocks
         self.params = session.params
         self.linears = {s.name: s for s in self.manifest.linears}
         fold = (self.manifest.dtype == "fp32" and session.device == "cpu") if fold is None else fold
@@ -90,7 +121,8 @@ class Oracle:
         feeds = self._feeds(lowrank, noise)
         feeds.update(extra or {})
         self.forwards += 1
-        outputs = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *fetch)
+        scored = (contract.OUTPUT_ROW_CANDIDATE_LOGP,) if batch.candidate_ids is not None else ()
+        outputs = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *scored, *fetch)
         mb = self.micro_batch
         if not mb or batch.size <= mb or fetch or noise or extra:
             return self.session.forward(batch, feeds, outputs)
@@ -107,8 +139,7 @@ class Oracle:
         lowrank: dict[str, LowRank] | None = None,
         noise: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
-        out = self.run(batch, lowrank, noise)
-        return objective(out[contract.OUTPUT_ROW_NLL], out[contract.OUTPUT_ROW_COUNT])
+        return objective(ForwardOutputs.from_run(self.run(batch, lowrank, noise)))
 
     # --- probes -------------------------------------------------------------------------------------------
     def losses_and_bases(
@@ -124,7 +155,7 @@ class Oracle:
         fetch = tuple(n for g in omega for n in (contract.probe_basis(g), contract.probe_gram(g)))
         out = self.run(batch, lowrank, extra=extra, fetch=fetch)
         bases = {g: rayleigh_ritz(out[contract.probe_basis(g)], out[contract.probe_gram(g)])[0] for g in omega}
-        return objective(out[contract.OUTPUT_ROW_NLL], out[contract.OUTPUT_ROW_COUNT]), bases
+        return objective(ForwardOutputs.from_run(out)), bases
 
     def sketches(self, batch: Batch, omega: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Xᵀ (X Ω_g) per group over the batch's real tokens (ZO-Act calibration sums these over batches)."""

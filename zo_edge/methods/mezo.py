@@ -59,7 +59,8 @@ class MeZO(ZOBase):
                 f"--kinds {self.config.kinds!r} names none of this model's parameter kinds "
                 f"({', '.join(sorted(set(kinds.values())))})"
             )
-        self.names = [k for k in oracle.params if wanted is None or kinds[k] in wanted]
+        # the manifest the oracle shows: every param, or only the trained blocks' (--layers)
+        self.names = [p.name for p in oracle.manifest.params if wanted is None or p.kind in wanted]
         # Probe the optimizer's state size on one value before allocating it for the whole model: momentum (4 B per
         # value, 1x the model) is allowed, Adam (8 B, 2x) is refused with its cost named.
         per_value = optim.state_nbytes(self.optimizer.init({"probe": np.zeros(1024, np.float32)})) // 1024

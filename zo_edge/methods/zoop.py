@@ -71,11 +71,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import contract, rng
+from runtime import rng
 from runtime.batch import Batch
 from runtime.contract import LinearSpec
+from runtime.layers import block_of
 from runtime.method import MethodError, register_method
-from runtime.oracle import Objective, Oracle
+from runtime.oracle import ForwardOutputs, Objective, Oracle
 from zo_edge import optim
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
 
@@ -118,12 +119,6 @@ def _parse_blocks(spec: str) -> set[int] | None:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         out.update(range(lo, hi + 1))
     return out
-
-
-def block_of(layer: str) -> int:
-    """The transformer block index of a layer id: its first integer path component (model.layers.3.…, h.3.…)."""
-    m = re.search(r"\.(\d+)\.", f".{layer}.")
-    return int(m.group(1)) if m else -1
 
 
 def live_positions(batch: Batch) -> np.ndarray:
@@ -221,7 +216,7 @@ class Zoop(ZOBase):
         groups = sorted({s.group for s in layers})
         with timer("forward"):
             out, acts = oracle.activations(batch, {g: rows for g in groups})
-        f0 = objective(out[contract.OUTPUT_ROW_NLL], out[contract.OUTPUT_ROW_COUNT])
+        f0 = objective(ForwardOutputs.from_run(out))
         acc: dict[str, np.ndarray] = {}
         alphas: list[float] = []
         if not finite(f0):
