@@ -48,41 +48,44 @@ def run(args) -> None:
     session = GraphSession(args.model, threads=args.threads)
     oracle = Oracle(session)
     tok = load_tokenizer(args.model)
+    plans = []  # (task name, prompt, variant, max_len, {split: examples})
     for name in args.tasks:
         task = get_task(name)
         data = task.load(seed=0, k=16)
         splits = {"dev": data.dev, "test": data.test[: TEST_N.get(name, len(data.test))]}
         for prompt in task.prompt_candidates():
             variant = task.with_prompt(prompt)
-            max_len = choose_max_len(tok, variant, data.train + data.dev)
-            for split, examples in splits.items():
-                key = cell_key(name, prompt.name, split)
-                if key in done and not args.force:
-                    continue
-                t0 = time.perf_counter()
-                # shortest first: a batch pads to its longest row, so length-sorted batches waste little (the
-                # accuracy does not depend on the order)
-                lengths = prompt_lengths(tok, variant, examples)
-                ordered = [examples[i] for i in np.argsort(lengths, kind="stable")]
-                r = evaluate(oracle, tok, variant, ordered, max_len=max_len)
-                row = {
-                    "key": key,
-                    "task": name,
-                    "prompt": prompt.name,
-                    "describe": prompt.describe(),
-                    "split": split,
-                    "accuracy": r.accuracy,
-                    "macro_f1": r.macro_f1,
-                    "n": r.n,
-                    "truncated": r.truncated,
-                    "max_len": max_len,
-                    "seconds": round(time.perf_counter() - t0, 1),
-                    "threads": args.threads,
-                }
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(f"  {key}: {r.accuracy:.3f} (n={r.n}, max_len {max_len}, {row['seconds']} s)", flush=True)
+            plans.append((name, prompt, variant, choose_max_len(tok, variant, data.train + data.dev), splits))
+    for split in ("dev", "test"):  # every dev cell first: the selection is known early, the test cells follow
+        for name, prompt, variant, max_len, splits in plans:
+            examples = splits[split]
+            key = cell_key(name, prompt.name, split)
+            if key in done and not args.force:
+                continue
+            t0 = time.perf_counter()
+            # shortest first: a batch pads to its longest row, so length-sorted batches waste little (the
+            # accuracy does not depend on the order)
+            lengths = prompt_lengths(tok, variant, examples)
+            ordered = [examples[i] for i in np.argsort(lengths, kind="stable")]
+            r = evaluate(oracle, tok, variant, ordered, max_len=max_len)
+            row = {
+                "key": key,
+                "task": name,
+                "prompt": prompt.name,
+                "describe": prompt.describe(),
+                "split": split,
+                "accuracy": r.accuracy,
+                "macro_f1": r.macro_f1,
+                "n": r.n,
+                "truncated": r.truncated,
+                "max_len": max_len,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "threads": args.threads,
+            }
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with args.out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"  {key}: {r.accuracy:.3f} (n={r.n}, max_len {max_len}, {row['seconds']} s)", flush=True)
 
 
 def report(results: dict[str, dict], tasks: list[str]) -> str:
@@ -94,6 +97,7 @@ def report(results: dict[str, dict], tasks: list[str]) -> str:
         if not prompts:
             continue
         cell = {(r["prompt"], r["split"]): r for r in rows}
+        describe = {p.name: p.describe() for p in get_task(name).prompt_candidates()}
         pick = None
         if all((p, "dev") in cell for p in prompts):  # select_prompt's rule on a balanced dev split
             dev = [cell[(p, "dev")] for p in prompts]
@@ -118,8 +122,9 @@ def report(results: dict[str, dict], tasks: list[str]) -> str:
             test_acc = acc(t)
             if p == best_test:
                 test_acc = f"**{test_acc}**"
+            shown = describe.get(p, any_row["describe"]).replace("|", "&#124;")
             out.append(
-                f"| {'*' if p == pick else ''} | {p} | {any_row['describe'].replace('|', '&#124;')} | "
+                f"| {'*' if p == pick else ''} | {p} | {shown} | "
                 f"{any_row['max_len']} | {acc(d)} | {f1(d)} | {test_acc} | {f1(t)} |"
             )
         out.append("")

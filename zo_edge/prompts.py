@@ -6,7 +6,7 @@ Instruct scores 0.570 on the demo's Rotten Tomatoes sentences with LM-BFF's "{te
 of a few candidate prompts, chosen on the dev split (never the test split), and training starts from it. Scoring a
 candidate costs one candidate-scoring pass over the dev examples: exactly what an edge user can afford.
 
-    scores = select_prompt(oracle, tokenizer, task, data.dev, task.prompt_candidates(), max_len=64)
+    scores = select_prompt(oracle, tokenizer, task, data.dev)        # every task.prompt_candidates(), max_len auto
     print(format_prompt_table(scores))
     task = task.with_prompt(chosen(scores).prompt)
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.oracle import Oracle
-from zo_edge.batching import AUTO_BALANCE_RATIO, TokenizerLike, class_ratio, prompt_lengths
+from zo_edge.batching import AUTO_BALANCE_RATIO, TokenizerLike, choose_max_len, class_ratio, prompt_lengths
 from zo_edge.evaluate import evaluate
 from zo_edge.tasks import Example, Prompt, Task, TaskError
 
@@ -40,6 +40,7 @@ class PromptScore:
     macro_f1: float
     n: int
     truncated: int  # dev prompts cut from the left at max_len
+    max_len: int  # the length it was scored at (chosen from the dev lengths when select_prompt's max_len is 0)
     chosen: bool = False
 
     @property
@@ -59,6 +60,7 @@ class PromptScore:
             "macro_f1": self.macro_f1,
             "n": self.n,
             "truncated": self.truncated,
+            "max_len": self.max_len,
             "chosen": self.chosen,
         }
 
@@ -74,13 +76,15 @@ def select_prompt(
     task: Task,
     dev_examples: Sequence[Example],
     candidates: Sequence[Prompt] | None = None,
-    max_len: int = 64,
+    max_len: int = 0,
     *,
     batch_examples: int = 16,
 ) -> list[PromptScore]:
     """Score every candidate prompt zero-shot on ``dev_examples`` (forwards only; the oracle's trained state, if
     any, is used as it is) and mark the best one (see the module docstring). ``candidates`` defaults to
-    ``task.prompt_candidates()``. Returns the scores in candidate order."""
+    ``task.prompt_candidates()``. ``max_len`` 0: each candidate at ``choose_max_len`` of its own dev lengths (a
+    chat-form prompt needs ~40 tokens more than a bare one), reported in ``PromptScore.max_len``. Returns the
+    scores in candidate order."""
     if not dev_examples:
         raise TaskError("prompt selection needs dev examples: the dev split is empty (raise k or dev_k)")
     candidates = list(candidates) if candidates is not None else task.prompt_candidates()
@@ -93,8 +97,9 @@ def select_prompt(
         # depend on the order)
         lengths = prompt_lengths(tokenizer, variant, dev_examples)
         ordered = [dev_examples[i] for i in np.argsort(lengths, kind="stable")]
-        r = evaluate(oracle, tokenizer, variant, ordered, max_len=max_len, batch_examples=batch_examples)
-        scores.append(PromptScore(prompt, r.accuracy, r.macro_f1, r.n, r.truncated))
+        length = max_len or choose_max_len(tokenizer, variant, dev_examples)
+        r = evaluate(oracle, tokenizer, variant, ordered, max_len=length, batch_examples=batch_examples)
+        scores.append(PromptScore(prompt, r.accuracy, r.macro_f1, r.n, r.truncated, length))
     by_f1 = class_ratio(dev_examples) >= AUTO_BALANCE_RATIO
 
     def key(i: int) -> tuple:
@@ -117,12 +122,13 @@ def format_prompt_table(scores: Sequence[PromptScore], title: str = "dev") -> st
     """A Markdown table of a selection: one row per candidate, accuracy ± standard error, macro-F1, the chosen one
     marked with *."""
     lines = [
-        f"| | prompt | template -> label words | {title} accuracy | {title} macro-F1 | n | cut |",
-        "|---|---|---|---|---|---|---|",
+        f"| | prompt | template -> label words | max_len | {title} accuracy | {title} macro-F1 | n | cut |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in scores:
+        shown = s.prompt.describe().replace("|", "&#124;")  # a chat template's <|im_start|> would split the cell
         lines.append(
-            f"| {'*' if s.chosen else ''} | {s.prompt.name} | {s.prompt.describe().replace('|', '&#124;')} | "
+            f"| {'*' if s.chosen else ''} | {s.prompt.name} | {shown} | {s.max_len} | "
             f"{s.accuracy:.3f} ± {standard_error(s.accuracy, s.n):.3f} | {s.macro_f1:.3f} | {s.n} | {s.truncated} |"
         )
     return "\n".join(lines)

@@ -9,6 +9,8 @@ checks the plumbing (each candidate's score equals ``evaluate`` of that prompt).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -87,6 +89,8 @@ class ScriptedOracle:
     """Row NLL 0.1 for the favoured label word, 2.0 for the other: after "Q" " good" is favoured; after "It"
     " bad" is favoured when the text holds "c", else " good"."""
 
+    manifest = SimpleNamespace(has=lambda feature: False)  # no candidate scoring: evaluate() runs one row per word
+
     def run(self, batch):
         nll = []
         for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True):
@@ -123,6 +127,13 @@ def test_balanced_dev_selects_on_accuracy_then_f1_then_order(tiny_tok):
     assert [s.chosen for s in same] == [True, False], "a tie goes to the earlier candidate"
     table = format_prompt_table(scores)
     assert table.count("\n") == 3 and table.count("| * |") == 1 and "0.750 ± 0.153" in table
+
+
+def test_max_len_zero_sizes_each_candidate_from_its_dev_lengths(tiny_tok):
+    long = Prompt("long", "a a a a a a a a a a a a {text} Q", ALWAYS_POS.verbalizer)  # 12 tokens more
+    dev = _dev(2, 2, 4)  # needs 1 (BOS) + 1..4 text + 1 (Q) + 1 (word) tokens: at most 7, rounded up to 8
+    scores = select_prompt(ScriptedOracle(), tiny_tok, TOY, dev, [ALWAYS_POS, long], 0)
+    assert [s.max_len for s in scores] == [8, 24] and [s.truncated for s in scores] == [0, 0]
 
 
 def test_selection_refuses_empty_dev(tiny_tok):

@@ -170,8 +170,8 @@ class Prompt:
 
     def describe(self) -> str:
         """``template`` -> words, on one line (newlines shown as \\n)."""
-        words = " / ".join("|".join(ws) for ws in self.verbalizer.values())
-        return f"{self.template!r} -> {words!r}"
+        words = " / ".join(repr("|".join(ws)) for ws in self.verbalizer.values())
+        return f"{self.template!r} -> {words}"
 
 
 @dataclass
