@@ -32,6 +32,7 @@ from export.config import ExportConfig
 from export.graph import PortLayout, TrainingForward, install_ports
 from export.quantize import quantize_int4
 from export.source import ModelSource, resolve_source
+from export.split import resolve_splits, write_split_graphs
 from runtime import contract
 from runtime.atomic import atomic_folder, check_replaceable
 from runtime.errors import ZoEdgeError
@@ -56,14 +57,17 @@ def _dummy_inputs(model: nn.Module, layout: PortLayout, basis_rank: int) -> tupl
     attn[0, :2] = 0
     loss = torch.ones(batch, seq, dtype=torch.long)
     probe_rows = torch.tensor([2, 3, 6, 7, 8], dtype=torch.long)
-    args: list = [ids, attn, loss, probe_rows]
+    candidate_ids = torch.tensor([1, 4, 9], dtype=torch.long)
+    args: list = [ids, attn, loss, probe_rows, candidate_ids]
     dyn: dict[str, dict[int, str]] = {
         contract.INPUT_IDS: {0: "batch", 1: "seq"},
         contract.INPUT_ATTENTION_MASK: {0: "batch", 1: "seq"},
         contract.INPUT_LOSS_MASK: {0: "batch", 1: "seq"},
         contract.INPUT_PROBE_ROWS: {0: "probe_rows"},
+        contract.INPUT_CANDIDATE_IDS: {0: "candidates"},
         contract.OUTPUT_ROW_NLL: {0: "batch"},
         contract.OUTPUT_ROW_COUNT: {0: "batch"},
+        contract.OUTPUT_ROW_CANDIDATE_LOGP: {0: "batch", 1: "candidates"},
     }
     for i, m in enumerate(layout.linears):
         args += [torch.zeros(m.d_in, 2), torch.zeros(m.d_out, 2), torch.zeros(batch, seq, m.d_out)]
@@ -76,13 +80,24 @@ def _dummy_inputs(model: nn.Module, layout: PortLayout, basis_rank: int) -> tupl
         dyn[contract.probe_act_rows(group)] = {0: f"act_{j}"}
         dyn[contract.probe_sketch(group)] = {1: f"sketch_{j}"}
         dyn[contract.probe_act(group)] = {0: f"act_{j}"}
-    names = [contract.INPUT_IDS, contract.INPUT_ATTENTION_MASK, contract.INPUT_LOSS_MASK, contract.INPUT_PROBE_ROWS]
+    names = [
+        contract.INPUT_IDS,
+        contract.INPUT_ATTENTION_MASK,
+        contract.INPUT_LOSS_MASK,
+        contract.INPUT_PROBE_ROWS,
+        contract.INPUT_CANDIDATE_IDS,
+    ]
     return args, names + layout.input_names(), dyn
 
 
 def _trace(wrapper: TrainingForward, layout: PortLayout, cfg: ExportConfig, path: Path) -> None:
     args, input_names, dyn = _dummy_inputs(wrapper.model, layout, cfg.basis_rank)
-    output_names = [contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *layout.output_names()]
+    output_names = [
+        contract.OUTPUT_ROW_NLL,
+        contract.OUTPUT_ROW_COUNT,
+        contract.OUTPUT_ROW_CANDIDATE_LOGP,
+        *layout.output_names(),
+    ]
     with torch.no_grad(), wrapper.arch.patched_for_tracing(wrapper.model):
         torch.onnx.export(
             wrapper,
@@ -221,6 +236,8 @@ def export_model(
         else:
             save_file(arrays, str(tmp / contract.PARAMS_FILE))
         _save_graph(graph_model, tmp / contract.GRAPH_FILE)
+        splits = resolve_splits(cfg.splits, len(model.get_submodule(arch.layers_path)), arch, cfg.int4)
+        write_split_graphs(wrapper, cfg, tmp, splits)
         tokenizer_files = _save_tokenizer(tokenizer, tmp)
         manifest = contract.Manifest(
             format_version=contract.FORMAT_VERSION,
@@ -256,6 +273,8 @@ def export_model(
                 for g, d in layout.groups.items()
             ],
             export_seconds=round(time.time() - t0, 2),
+            splits=splits,
+            features=list(contract.FEATURES),
         )
         (tmp / contract.MANIFEST_FILE).write_text(manifest.to_json())
     return manifest

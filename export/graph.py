@@ -7,6 +7,16 @@ Per-row loss head, as emitted::
     input_ids[:, 1:] ─▶ Gather(idx) ─▶ targets [N] ──────────────────┴─▶ logsumexp - logit[target] = nll [N]
     idx // (T-1) = row [N] ─▶ ScatterElements(add) ─▶ row_nll [B], row_count [B]
 
+Candidate scoring (``candidate_ids`` [C]; C = 0 gathers no columns and returns [B, 0]), on the same logits and the
+same logsumexp as the NLL::
+
+    logits [N,V] ─▶ Gather(candidate_ids, axis=1) ─▶ [N,C] ─▶ Sub(logsumexp [N,1]) = log p(candidate) [N,C]
+    row [N] ─▶ Unsqueeze ─▶ Expand [N,C] ───────────────────────┴─▶ ScatterElements(add) ─▶ row_candidate_logp [B,C]
+
+One gather of C columns instead of a [N, V] log-softmax: on SmolLM2 (V = 49152) that is nothing next to the head.
+With the one-row layout (prompt + one target token) each row has exactly one loss position, so row b's values are
+the candidates' log-probabilities right after its prompt: a single-token classification example in one row.
+
 ``logits_transform`` is the architecture's hook (identity unless a family declares one, e.g. Gemma-2's soft cap).
 The LM head runs only at the N effective loss positions (on SmolLM2 a full-sequence head is about a fifth of the
 forward). Requiring the predicting position to be real too matters: a row whose query is padding attends to nothing
@@ -46,8 +56,10 @@ def row_losses(
     head_weight: torch.Tensor,
     head_bias: torch.Tensor | None,
     logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row summed NLL and token counts over the effective loss positions (see the module diagram)."""
+    candidate_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Per-row summed NLL and token counts over the effective loss positions (see the module diagram); with
+    ``candidate_ids`` [C] also the per-row summed log-probabilities of those tokens, [B, C]."""
     batch, seq, dim = hidden.shape
     effective = loss_mask[:, 1:] * attention_mask[:, 1:] * attention_mask[:, :-1]
     idx = torch.nonzero(effective.reshape(-1)).reshape(-1)
@@ -56,12 +68,18 @@ def row_losses(
     if logits_transform is not None:
         logits = logits_transform(logits)
     targets = input_ids[:, 1:].reshape(-1).index_select(0, idx)
-    nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    lse = torch.logsumexp(logits, dim=-1)
+    nll = lse - logits.gather(1, targets.unsqueeze(1)).squeeze(1)
     row = torch.div(idx, seq - 1, rounding_mode="floor")
     zeros = torch.zeros(batch, dtype=hidden.dtype)
     row_nll = zeros.scatter_add(0, row, nll)
     row_count = zeros.scatter_add(0, row, torch.ones_like(nll))
-    return row_nll, row_count
+    if candidate_ids is None:
+        return row_nll, row_count
+    cand = logits.index_select(1, candidate_ids) - lse.unsqueeze(1)  # [N, C]
+    per_row = torch.zeros(batch, candidate_ids.shape[0], dtype=hidden.dtype)
+    row_candidate_logp = per_row.scatter_add(0, row.unsqueeze(1).expand_as(cand), cand)
+    return row_nll, row_count, row_candidate_logp
 
 
 @dataclass
@@ -112,7 +130,8 @@ def install_ports(model: nn.Module, arch: Architecture, roles: list[str], basis_
 
 
 class TrainingForward(nn.Module):
-    """What gets traced: (ids, masks, probe rows, ports...) -> (row_nll, row_count, probe outputs...)."""
+    """What gets traced: (ids, masks, probe rows, candidate ids, ports...) -> (row_nll, row_count,
+    row_candidate_logp, probe outputs...)."""
 
     def __init__(self, model: nn.Module, arch: Architecture, layout: PortLayout, power_iters: int) -> None:
         super().__init__()
@@ -122,13 +141,19 @@ class TrainingForward(nn.Module):
         self.power_iters = power_iters
         self._port_names = layout.input_names()
 
-    def forward(self, input_ids, attention_mask, loss_mask, probe_rows, *ports):
+    def forward(self, input_ids, attention_mask, loss_mask, probe_rows, candidate_ids, *ports):
+        return self.outputs(input_ids, attention_mask, loss_mask, probe_rows, candidate_ids, ports)
+
+    def hidden(self, input_ids, attention_mask, hidden_in=None):
+        """Final hidden states [B, T, d]; export/split.py's suffix graph overrides this to enter at a block."""
+        return self.arch.hidden_states(self.model, input_ids, attention_mask, position_ids_from_mask(attention_mask))
+
+    def outputs(self, input_ids, attention_mask, loss_mask, probe_rows, candidate_ids, ports, hidden_in=None):
+        """The traced outputs: loss head over ``hidden(...)`` run with the ports fed, then the probe outputs."""
         ctx = PortContext(dict(zip(self._port_names, ports, strict=True)), input_ids, probe_rows, self.power_iters)
         with feeding(ctx):
-            hidden = self.arch.hidden_states(
-                self.model, input_ids, attention_mask, position_ids_from_mask(attention_mask)
-            )
-        row_nll, row_count = row_losses(
+            hidden = self.hidden(input_ids, attention_mask, hidden_in)
+        losses = row_losses(
             hidden,
             input_ids,
             attention_mask,
@@ -136,5 +161,6 @@ class TrainingForward(nn.Module):
             self.arch.lm_head_weight(self.model),
             self.arch.lm_head_bias(self.model),
             self.arch.logits_transform,
+            candidate_ids,
         )
-        return (row_nll, row_count, *(ctx.outputs[n] for n in self.layout.output_names()))
+        return (*losses, *(ctx.outputs[n] for n in self.layout.output_names()))

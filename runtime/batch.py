@@ -24,15 +24,21 @@ class BatchError(ZoEdgeError, ValueError):
 
 @dataclass
 class Batch:
-    """A tokenized batch: left-padded ids, attention mask and target mask, all int64 [B, T]."""
+    """A tokenized batch: left-padded ids, attention mask and target mask, all int64 [B, T].
+
+    ``candidate_ids`` (optional, int64 [C]): token ids whose log-probabilities the graph returns at every loss
+    position (``row_candidate_logp`` [B, C], the contract's candidate scoring), shared by all rows: a one-row
+    classification batch scores every single-token label word from its prompt's last position. None: not scored.
+    """
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
     loss_mask: np.ndarray
+    candidate_ids: np.ndarray | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, np.ndarray]) -> Batch:
-        return cls(d["input_ids"], d["attention_mask"], d["loss_mask"])
+        return cls(d["input_ids"], d["attention_mask"], d["loss_mask"], d.get("candidate_ids"))
 
     def __post_init__(self) -> None:
         arrays = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "loss_mask": self.loss_mask}
@@ -47,6 +53,10 @@ class Batch:
         self.input_ids = np.ascontiguousarray(self.input_ids, dtype=np.int64)
         self.attention_mask = np.ascontiguousarray(self.attention_mask, dtype=np.int64)
         self.loss_mask = np.ascontiguousarray(self.loss_mask, dtype=np.int64)
+        if self.candidate_ids is not None:
+            if np.ndim(self.candidate_ids) != 1:
+                raise BatchError(f"candidate_ids has shape {np.shape(self.candidate_ids)}; it must be one list [C]")
+            self.candidate_ids = np.ascontiguousarray(self.candidate_ids, dtype=np.int64)
 
     @property
     def size(self) -> int:
@@ -57,7 +67,7 @@ class Batch:
         return np.flatnonzero(self.attention_mask.reshape(-1)).astype(np.int64)
 
     def rows(self, index: np.ndarray | slice) -> Batch:
-        return Batch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index])
+        return Batch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index], self.candidate_ids)
 
     def trim_left(self) -> Batch:
         """Drop the leading columns that are padding in every row (left padding of a row subset). Exact: positions
@@ -66,4 +76,6 @@ class Batch:
         start = min(int(real[0]) if real.size else 0, self.input_ids.shape[1] - 2)
         if start <= 0:
             return self
-        return Batch(self.input_ids[:, start:], self.attention_mask[:, start:], self.loss_mask[:, start:])
+        return Batch(
+            self.input_ids[:, start:], self.attention_mask[:, start:], self.loss_mask[:, start:], self.candidate_ids
+        )

@@ -18,6 +18,9 @@ Inputs (B = batch, T = sequence, both dynamic):
   (r = 0 disables the port), adding ``(x @ P) @ Qᵀ`` to the layer output, i.e. ΔW = Q Pᵀ in HF orientation;
   ``port_noise(l)`` float, broadcastable to the output [B, T, d_out] (``[1, 1, 1]`` zeros when unused): Zoop's
   output perturbation;
+* ``candidate_ids`` int64 [C] (C dynamic; manifest feature ``FEATURE_CANDIDATE_SCORING``): token ids whose
+  log-probabilities ``row_candidate_logp`` returns at every loss position; C = 0 switches it off at near-zero cost
+  (a gather of no columns);
 * ``probe_rows`` int64 [M]: flat indices (b*T + t) of the tokens the activation probes look at; M = 0 switches every
   basis/sketch computation off at near-zero cost (they run on empty tensors). This is the "switch" that lets one
   graph serve passes with and without bases: onnxruntime computes every output whether or not it is fetched;
@@ -29,6 +32,10 @@ Outputs:
 
 * ``row_nll`` float [B]: per-row *summed* negative log-likelihood over the effective loss positions;
 * ``row_count`` float [B]: number of effective loss positions per row; the LM head runs only at those positions;
+* ``row_candidate_logp`` float [B, C] (with ``candidate_ids``): per row, the sum over its effective loss positions of
+  log_softmax(logits)[candidate_ids]. A classification example whose label words are single tokens is then ONE row
+  (prompt + any one target token: the loss position is the first token after the prompt) instead of one row per
+  candidate: every candidate's log-likelihood comes from that same position's logits;
 * per group: ``probe_basis(g)`` [d_in, basis_rank]: K power iterations with Gram-Schmidt on Xᵀ X over the probe
   rows, orthonormal columns; ``probe_gram(g)`` [basis_rank, basis_rank] = (X V)ᵀ (X V), from which the runtime's
   Rayleigh-Ritz step orders the directions (an r x r eigh, done in numpy because ONNX has no eig op);
@@ -56,9 +63,12 @@ __all__ = [
     "ADAPTER_FILE",
     "ADAPTER_INFO_FILE",
     "CHECKPOINT_FORMAT_VERSION",
+    "FEATURES",
+    "FEATURE_CANDIDATE_SCORING",
     "FORMAT_VERSION",
     "GRAPH_FILE",
     "INPUT_ATTENTION_MASK",
+    "INPUT_CANDIDATE_IDS",
     "INPUT_IDS",
     "INPUT_LOSS_MASK",
     "INPUT_PROBE_ROWS",
@@ -74,6 +84,7 @@ __all__ = [
     "MANIFEST_FILE",
     "META_FORMAT_VERSION",
     "META_WEIGHTS_SHA256",
+    "OUTPUT_ROW_CANDIDATE_LOGP",
     "OUTPUT_ROW_COUNT",
     "OUTPUT_ROW_NLL",
     "PARAMS_FILE",
@@ -109,8 +120,16 @@ INPUT_IDS = "input_ids"
 INPUT_ATTENTION_MASK = "attention_mask"
 INPUT_LOSS_MASK = "loss_mask"
 INPUT_PROBE_ROWS = "probe_rows"
+INPUT_CANDIDATE_IDS = "candidate_ids"
 OUTPUT_ROW_NLL = "row_nll"
 OUTPUT_ROW_COUNT = "row_count"
+OUTPUT_ROW_CANDIDATE_LOGP = "row_candidate_logp"
+
+# Optional graph capabilities, listed in ``Manifest.features`` by the export that has them. A feature is additive
+# (new inputs/outputs; the old ones unchanged), so an export without it still loads and runs the old way: the
+# runtime checks ``Manifest.has`` before using one, instead of bumping FORMAT_VERSION and refusing old exports.
+FEATURE_CANDIDATE_SCORING = "candidate_scoring"  # input candidate_ids, output row_candidate_logp
+FEATURES = (FEATURE_CANDIDATE_SCORING,)  # what this export writes and this runtime knows
 
 
 # --- every graph tensor name comes from one of these functions -------------------------------------------------
@@ -271,6 +290,12 @@ class Manifest:
     linears: list[LinearSpec] = field(default_factory=list)
     groups: list[GroupSpec] = field(default_factory=list)
     export_seconds: float = 0.0
+    # optional capabilities of the graph (FEATURE_*); a manifest written before this field has none
+    features: list[str] = field(default_factory=list)
+
+    def has(self, feature: str) -> bool:
+        """Whether the graph has the optional capability ``feature`` (a ``FEATURE_*`` name)."""
+        return feature in self.features
 
     # -- (de)serialisation ----------------------------------------------------------------------------------
     def to_json(self) -> str:

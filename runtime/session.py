@@ -84,6 +84,8 @@ class GraphSession:
     def _default_ports(self) -> dict[str, np.ndarray]:
         m = self.manifest
         d: dict[str, np.ndarray] = {contract.INPUT_PROBE_ROWS: np.zeros(0, np.int64)}
+        if m.has(contract.FEATURE_CANDIDATE_SCORING):  # C = 0: no candidate columns gathered
+            d[contract.INPUT_CANDIDATE_IDS] = np.zeros(0, np.int64)
         for lin in m.linears:
             d[contract.port_p(lin.name)] = np.zeros((lin.d_in, 0), np.float32)
             d[contract.port_q(lin.name)] = np.zeros((lin.d_out, 0), np.float32)
@@ -114,6 +116,13 @@ class GraphSession:
         self._bind(contract.INPUT_IDS, batch.input_ids)
         self._bind(contract.INPUT_ATTENTION_MASK, batch.attention_mask)
         self._bind(contract.INPUT_LOSS_MASK, batch.loss_mask)
+        if self.manifest.has(contract.FEATURE_CANDIDATE_SCORING):
+            off = self._defaults[contract.INPUT_CANDIDATE_IDS]
+            self._bind(contract.INPUT_CANDIDATE_IDS, off if batch.candidate_ids is None else batch.candidate_ids)
+        elif batch.candidate_ids is not None:
+            raise contract.ManifestError(
+                f"{self.model_dir} was exported without candidate scoring; re-export it with `zo-edge export --force`"
+            )
         ports = ports or {}
         for name, arr in ports.items():
             if name not in self._defaults:

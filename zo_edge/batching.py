@@ -2,6 +2,7 @@
 
     feeds = lm_batch(tok, data.train[:8], task, 256)     # one row per example: prompt + gold label word
     feeds, row_ex, row_cls = candidate_batch(tok, data.test[:8], task, 256)   # one row per (example, label word)
+    feeds, word_class = one_row_batch(tok, data.test[:8], task, 256)   # one row per example + candidate_ids
     it = BatchIterator(data.train, batch_size=8, seed=0) # endless, seeded, resumable (state_dict/load_state_dict)
 
 Only numpy and the stdlib: the device side imports this.
@@ -29,7 +30,9 @@ __all__ = [
     "length_report",
     "lm_batch",
     "make_iterator",
+    "one_row_batch",
     "prompt_lengths",
+    "single_token_words",
 ]
 
 
@@ -163,6 +166,49 @@ def candidate_batch(
         np.asarray(row_example, dtype=np.int64),
         np.asarray(row_class, dtype=np.int64),
     )
+
+
+def single_token_words(tokenizer: TokenizerLike, task: Task) -> bool:
+    """Whether every label word of ``task`` is one token: then ``one_row_batch`` scores an example in one row."""
+    return all(len(tokenizer.encode(w)) == 1 for w in _all_words(task))
+
+
+def one_row_batch(
+    tokenizer: TokenizerLike,
+    examples: Sequence[Example],
+    task: Task,
+    max_len: int,
+    add_bos: bool = True,
+    stats: dict | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One row per example for single-token label words: prompt + the gold word's token (the only loss target),
+    and ``candidate_ids`` = every label word's token, so the graph's ``row_candidate_logp`` [B, n_words] holds each
+    candidate's log-likelihood from the prompt's last position: what ``candidate_batch`` computes in one row per
+    word, at 1/n_words the cost. ``row_nll`` stays the gold token's NLL (the ``lm`` objective's loss); an example
+    without a known label gets the first word as its target. Prompts are cut exactly as in ``candidate_batch``.
+
+    Returns (feeds with ``candidate_ids``, word_class: int64 [n_words], the class index of each candidate column).
+    """
+    if not examples:
+        raise TaskError("one_row_batch got no examples: pass at least one")
+    words = _all_words(task)
+    word_class = [ci for ci, ws in enumerate(task.verbalizer.values()) for _ in ws]
+    rows, n_trunc = [], 0
+    candidate_ids: list[int] = []
+    for ex in examples:
+        prefix, word_ids, truncated = _encode_example(tokenizer, task, ex, words, max_len, add_bos)
+        if any(len(w) != 1 for w in word_ids):
+            raise TaskError(
+                f"one_row_batch needs single-token label words; {task.name!r} has {list(words)}: use candidate_batch"
+            )
+        candidate_ids = [w[0] for w in word_ids]
+        gold = task.verbalizer[ex.label][0] if ex.label in task.verbalizer else words[0]
+        rows.append((prefix, word_ids[words.index(gold)]))
+        n_trunc += truncated
+    _report_truncation(n_trunc, len(examples), max_len, stats)
+    feeds = _pack(rows, tokenizer.pad_token_id)
+    feeds["candidate_ids"] = np.asarray(candidate_ids, dtype=np.int64)
+    return feeds, np.asarray(word_class, dtype=np.int64)
 
 
 # -------------------------------------------------------------------------------------------------------------------

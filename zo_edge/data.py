@@ -31,6 +31,8 @@ class TaskBatches:
 
     ``balance``: "auto" (default) samples class-balanced when the training classes differ by 1.5x or more (a whole
     user file, ``--k 0``), else the shuffled pool; "on"/"off" force it. ``sampling`` says, in one line, which it is.
+    ``candidate_scoring``: the export has the contract's candidate scoring (``Manifest.has``), so a classification
+    batch with single-token label words is one row per example (``zo_edge.objectives.encode``).
     """
 
     task: Task
@@ -41,6 +43,7 @@ class TaskBatches:
     seed: int
     objective: str = "lm"
     balance: str = "auto"
+    candidate_scoring: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -51,7 +54,15 @@ class TaskBatches:
         self.stats: dict = {}
 
     def encode(self, examples: list[Example]) -> tuple[Batch, Objective]:
-        return encode(self.tokenizer, self.task, examples, self.objective, self.max_len, stats=self.stats)
+        return encode(
+            self.tokenizer,
+            self.task,
+            examples,
+            self.objective,
+            self.max_len,
+            stats=self.stats,
+            candidate_scoring=self.candidate_scoring,
+        )
 
     def next(self) -> tuple[Batch, Objective]:
         return self.encode(next(self.iterator))

@@ -5,7 +5,10 @@
     zo-edge eval artifacts/smollm2-fp32 --task trec --providers cpu,openvino      # same eval on each provider
 
 Prediction = the class whose best label word has the highest log-likelihood (summed over its tokens, or
-length-normalised with ``normalize``). The cross-provider report gives, per provider, accuracy, agreement of
+length-normalised with ``normalize``). With single-token label words and an export that has candidate scoring, an
+example is one row and every word is scored from its prompt's last position (``one_row_batch``); otherwise one row
+per (example, word) (``candidate_batch``). Both give the same scores (``tests/zo_edge/test_one_row.py``).
+The cross-provider report gives, per provider, accuracy, agreement of
 predictions with the first provider, and the max |Δ log-likelihood| over every candidate: what a team checking
 that a fine-tuned model behaves the same across hardware needs to see.
 """
@@ -16,13 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime import contract
 from runtime.batch import Batch
 from runtime.oracle import Oracle
 from runtime.tokenizer import Tokenizer
-from zo_edge.batching import candidate_batch
+from zo_edge.batching import candidate_batch, one_row_batch
 from zo_edge.metrics import accuracy, confusion_matrix, macro_f1
-from zo_edge.objectives import class_scores
-from zo_edge.tasks import Example, Task
+from zo_edge.objectives import candidate_class_scores, class_scores, use_one_row
+from zo_edge.tasks import Example, Task, TaskError
 
 __all__ = ["EvalResult", "compare_providers", "evaluate"]
 
@@ -50,19 +54,38 @@ def evaluate(
     max_len: int = 64,
     batch_examples: int = 16,
     normalize: bool = False,
+    one_row: bool | None = None,
 ) -> EvalResult:
+    """Scores ``examples`` ``batch_examples`` at a time. ``one_row``: None picks the one-row path whenever it
+    applies (``use_one_row``); False forces the per-candidate rows (the benchmark's and tests' comparison)."""
     if not examples:
         raise ValueError("nothing to evaluate: the evaluation set is empty")
     n_classes = len(task.classes)
     scores = np.zeros((len(examples), n_classes))
     stats: dict = {}
+    can = use_one_row(tokenizer, task, oracle.manifest.has(contract.FEATURE_CANDIDATE_SCORING))
+    if one_row and not can:
+        raise TaskError("one_row=True needs single-token label words and an export with candidate scoring")
+    one_row = can if one_row is None else one_row
     for start in range(0, len(examples), batch_examples):
         chunk = examples[start : start + batch_examples]
-        feeds, row_example, row_class = candidate_batch(tokenizer, chunk, task, max_len, stats=stats)
-        out = oracle.run(Batch.from_dict(feeds))
-        scores[start : start + len(chunk)] = class_scores(
-            out["row_nll"], out["row_count"], row_example, row_class, len(chunk), n_classes, normalize
-        )
+        if one_row:
+            feeds, word_class = one_row_batch(tokenizer, chunk, task, max_len, stats=stats)
+            out = oracle.run(Batch.from_dict(feeds))
+            chunk_scores = candidate_class_scores(out[contract.OUTPUT_ROW_CANDIDATE_LOGP], word_class, n_classes)
+        else:
+            feeds, row_example, row_class = candidate_batch(tokenizer, chunk, task, max_len, stats=stats)
+            out = oracle.run(Batch.from_dict(feeds))
+            chunk_scores = class_scores(
+                out[contract.OUTPUT_ROW_NLL],
+                out[contract.OUTPUT_ROW_COUNT],
+                row_example,
+                row_class,
+                len(chunk),
+                n_classes,
+                normalize,
+            )
+        scores[start : start + len(chunk)] = chunk_scores
     pred = np.argmax(scores, axis=1)
     gold = np.array([task.class_index(e.label) for e in examples])
     return EvalResult(

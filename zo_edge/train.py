@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.checkpoint import load_trained_checkpoint
+from runtime.contract import FEATURE_CANDIDATE_SCORING
 from runtime.loop import LoopConfig, check_run_meta, load_trained, train
 from runtime.oracle import Oracle
 from runtime.session import GraphSession
@@ -85,7 +86,9 @@ def evaluate_on(p: Prepared, examples, limit: int) -> EvalResult:
 def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
     cfg = p.cfg
     method = build_method(cfg)
+    one_row = p.oracle.manifest.has(FEATURE_CANDIDATE_SCORING)  # classification: one row per example when it can
     batches = TaskBatches(p.task, p.data.train, p.tokenizer, cfg.batch_size, cfg.max_len, cfg.seed, cfg.objective)
+    batches.candidate_scoring = one_row
 
     def dev_eval(oracle: Oracle) -> dict[str, float]:
         return evaluate_on(p, p.data.dev, 0).summary()

@@ -397,3 +397,102 @@ def test_untied_head_is_its_own_parameter(tiny_export, tiny):
 
 def test_registry_covers_the_documented_families():
     assert {"llama", "qwen2", "qwen3", "mistral", "gpt2", "opt"} <= set(MODEL_TYPES)
+
+
+# --- (7) candidate scoring ----------------------------------------------------------------------------------------
+# Candidate ids with a duplicate and both ends of the vocabulary; the output is gathered per column, so order and
+# repeats must come back exactly as given.
+CANDIDATES = np.array([3, 0, 96, 3, 50], dtype=np.int64)  # tiny vocab 97
+
+
+def _torch_candidate_logp(model: torch.nn.Module, batch: Batch) -> np.ndarray:
+    """Independent reference: HF logits, float64 log_softmax at every effective loss position (target t predicted
+    from t-1), columns ``batch.candidate_ids``, summed per row -> [B, C]."""
+    ids = torch.from_numpy(batch.input_ids)
+    attn = torch.from_numpy(batch.attention_mask)
+    loss = torch.from_numpy(batch.loss_mask)
+    eff = (loss[:, 1:] * attn[:, 1:] * attn[:, :-1]).bool()
+    pos = (torch.cumsum(attn, dim=1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
+    logp = torch.log_softmax(logits[:, :-1].to(torch.float64), dim=-1)[..., torch.from_numpy(batch.candidate_ids)]
+    return torch.where(eff.unsqueeze(-1), logp, 0.0).sum(dim=1).numpy()
+
+
+def _candidate_batches(tiny) -> list[Batch]:
+    """A many-target ragged batch, and the one-row layout (one loss position per row: the last token)."""
+    many = tiny.make_batch(tiny.VOCAB, seed=30, batch=4, seq=9)
+    one_loss = np.zeros_like(many.loss_mask)
+    one_loss[:, -1] = 1
+    one = Batch(many.input_ids, many.attention_mask, one_loss)
+    return [Batch(b.input_ids, b.attention_mask, b.loss_mask, CANDIDATES) for b in (many, one)]
+
+
+_ALL = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, contract.OUTPUT_ROW_CANDIDATE_LOGP)
+
+
+@pytest.mark.parametrize("model_type", CASES)
+def test_candidate_logp_matches_torch(tiny_export, tiny, model_type):
+    exp, sess = _session(tiny_export, model_type)
+    assert exp.manifest.has(contract.FEATURE_CANDIDATE_SCORING), "a fresh export must record candidate scoring"
+    for batch in _candidate_batches(tiny):
+        out = sess.forward(batch, fetch=_ALL)
+        got = out[contract.OUTPUT_ROW_CANDIDATE_LOGP]
+        assert got.shape == (batch.size, CANDIDATES.size)
+        np.testing.assert_allclose(got, _torch_candidate_logp(exp.reference, batch), rtol=1e-4, atol=1e-5)
+        # scoring candidates leaves the loss outputs exactly as they are without
+        plain = sess.forward(Batch(batch.input_ids, batch.attention_mask, batch.loss_mask))
+        np.testing.assert_array_equal(out[contract.OUTPUT_ROW_NLL], plain[contract.OUTPUT_ROW_NLL])
+    # switched off (no candidate_ids: C = 0): an empty [B, 0], not an error
+    off = sess.forward(tiny.make_batch(tiny.VOCAB, seed=31), fetch=_ALL)[contract.OUTPUT_ROW_CANDIDATE_LOGP]
+    assert off.shape == (3, 0)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_candidate_logp_int4_matches_torch_with_dequantized_weights(tiny_export, tiny, model_type):
+    """INT4: the graph's candidate log-probabilities against the torch model carrying the dequantized weights."""
+    import copy
+
+    import onnx
+
+    from export.quantize import dequantize_matmulnbits
+
+    fp32 = tiny_export(model_type)
+    int4 = tiny_export(model_type, int4=True, block_size=32)
+    assert int4.manifest.has(contract.FEATURE_CANDIDATE_SCORING)
+    ref = copy.deepcopy(fp32.reference)
+    transpose = get_architecture(fp32.manifest.model_type).weight_layout == contract.LAYOUT_OUT_IN
+    state = ref.state_dict()
+    prefix = contract.param_name("")
+    with torch.no_grad():
+        for name, w in dequantize_matmulnbits(onnx.load(str(int4.dir / contract.GRAPH_FILE))).items():
+            key = name[len(prefix) :]
+            state[key].copy_(torch.from_numpy(w.T.copy() if transpose else w))
+    sess = GraphSession(int4.dir)
+    for batch in _candidate_batches(tiny):
+        got = sess.forward(batch, fetch=_ALL)[contract.OUTPUT_ROW_CANDIDATE_LOGP]
+        np.testing.assert_allclose(got, _torch_candidate_logp(ref, batch), rtol=1e-4, atol=1e-4)
+    # ...and quantization changed them (else the comparison proves nothing about the INT4 graph)
+    batch = _candidate_batches(tiny)[1]
+    fp32_out = GraphSession(fp32.dir).forward(batch, fetch=_ALL)[contract.OUTPUT_ROW_CANDIDATE_LOGP]
+    assert np.abs(fp32_out - got).max() > 1e-4
+
+
+def test_old_manifest_without_the_feature_refuses_candidates(tiny_export, tiny, tmp_path):
+    """An export whose manifest predates candidate scoring loads and runs the old outputs; asking it to score
+    candidates is a one-line ManifestError (zo_edge falls back to per-candidate rows before getting here)."""
+    import json
+    import shutil
+
+    exp = tiny_export("llama")
+    old = tmp_path / "old"
+    shutil.copytree(exp.dir, old)
+    data = json.loads((old / contract.MANIFEST_FILE).read_text())
+    del data["features"]
+    (old / contract.MANIFEST_FILE).write_text(json.dumps(data))
+    sess = GraphSession(old)
+    assert not sess.manifest.has(contract.FEATURE_CANDIDATE_SCORING)
+    batch = tiny.make_batch(tiny.VOCAB, seed=32)
+    np.testing.assert_array_equal(sess.losses(batch), GraphSession(exp.dir).losses(batch))
+    with pytest.raises(contract.ManifestError, match="without candidate scoring"):
+        sess.forward(Batch(batch.input_ids, batch.attention_mask, batch.loss_mask, CANDIDATES))

@@ -20,7 +20,7 @@ import pytest
 
 from runtime import contract
 from runtime.errors import ZoEdgeError
-from runtime.oracle import Oracle, lm_objective, rayleigh_ritz
+from runtime.oracle import ForwardOutputs, Oracle, lm_objective, rayleigh_ritz
 from runtime.params import add_dense, add_lowrank, hf_view
 from runtime.session import GraphSession
 from runtime.trained_state import LowRank
@@ -165,7 +165,7 @@ def test_micro_batches_match_torch_and_the_whole_batch(fp32, tiny, micro_batch):
         )
     }
     lw, lm = whole.sample_losses(batch, lowrank=lowrank), micro.sample_losses(batch, lowrank=lowrank)
-    assert np.abs(lw - lm_objective(out_w[contract.OUTPUT_ROW_NLL], out_w[contract.OUTPUT_ROW_COUNT])).max() > 1e-4
+    assert np.abs(lw - lm_objective(ForwardOutputs.from_run(out_w))).max() > 1e-4
     np.testing.assert_allclose(lm, lw, rtol=1e-5, atol=1e-5)
     omega = {g.name: rng.standard_normal((g.d_in, 3)).astype(np.float32) for g in fp32.manifest.groups[:2]}
     for g, sk in micro.sketches(batch, omega).items():
@@ -202,13 +202,13 @@ def test_in_place_param_update_is_seen_zero_copy(fp32, tiny, tmp_path):
     batch = tiny.make_batch(tiny.VOCAB, seed=2)
     s = GraphSession(fp32.dir)
     key = fp32.manifest.linears[0].weight
-    before = lm_objective(*s.forward(batch).values())
+    before = lm_objective(ForwardOutputs.from_run(s.forward(batch)))
     buf = s.params[key]
     addr = _address(buf)
     buf *= np.float32(1.5)  # plain numpy, in place; no rebind
     s.params["model.norm.weight"] += np.float32(0.25)
     assert _address(s.params[key]) == addr
-    after = lm_objective(*s.forward(batch).values())
+    after = lm_objective(ForwardOutputs.from_run(s.forward(batch)))
     assert np.abs(after - before).max() > 1e-4, "the in-place update was not seen by the next forward"
     # a fresh session built from the updated values gives the same losses
     other = tmp_path / "updated"
@@ -219,7 +219,9 @@ def test_in_place_param_update_is_seen_zero_copy(fp32, tiny, tmp_path):
         shutil.copy(extra, other / extra.name)
     save_file({k: np.ascontiguousarray(v) for k, v in s.params.items()}, str(other / contract.PARAMS_FILE))
     fresh = GraphSession(other)
-    np.testing.assert_allclose(lm_objective(*fresh.forward(batch).values()), after, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        lm_objective(ForwardOutputs.from_run(fresh.forward(batch))), after, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_importing_runtime_loads_no_torch():
