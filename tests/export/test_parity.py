@@ -476,23 +476,3 @@ def test_candidate_logp_int4_matches_torch_with_dequantized_weights(tiny_export,
     batch = _candidate_batches(tiny)[1]
     fp32_out = GraphSession(fp32.dir).forward(batch, fetch=_ALL)[contract.OUTPUT_ROW_CANDIDATE_LOGP]
     assert np.abs(fp32_out - got).max() > 1e-4
-
-
-def test_old_manifest_without_the_feature_refuses_candidates(tiny_export, tiny, tmp_path):
-    """An export whose manifest predates candidate scoring loads and runs the old outputs; asking it to score
-    candidates is a one-line ManifestError (zo_edge falls back to per-candidate rows before getting here)."""
-    import json
-    import shutil
-
-    exp = tiny_export("llama")
-    old = tmp_path / "old"
-    shutil.copytree(exp.dir, old)
-    data = json.loads((old / contract.MANIFEST_FILE).read_text())
-    del data["features"]
-    (old / contract.MANIFEST_FILE).write_text(json.dumps(data))
-    sess = GraphSession(old)
-    assert not sess.manifest.has(contract.FEATURE_CANDIDATE_SCORING)
-    batch = tiny.make_batch(tiny.VOCAB, seed=32)
-    np.testing.assert_array_equal(sess.losses(batch), GraphSession(exp.dir).losses(batch))
-    with pytest.raises(contract.ManifestError, match="without candidate scoring"):
-        sess.forward(Batch(batch.input_ids, batch.attention_mask, batch.loss_mask, CANDIDATES))
