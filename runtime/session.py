@@ -19,7 +19,7 @@ import onnxruntime as ort
 from runtime import contract
 from runtime.batch import Batch
 from runtime.contract import Manifest
-from runtime.providers import resolve_providers
+from runtime.providers import computed_precision, full_name, resolve_providers
 from runtime.safetensors_io import read_safetensors_writable
 
 __all__ = ["GraphSession"]
@@ -33,13 +33,23 @@ class GraphSession:
         model_dir: str | Path,
         provider: str = "cpu",
         *,
-        provider_options: dict | None = None,
+        provider_options: Mapping[str, str] | Mapping[str, Mapping[str, str]] | None = None,
         fallback: tuple[str, ...] = (),
         threads: int | None = None,
     ) -> None:
+        """``provider_options``: either one flat ``{key: value}`` dict for the first provider (the old form), or
+        ``{provider: {key: value}}`` for any provider of the chain, named short (``openvino``) or in full, as
+        ``runtime.providers.parse_provider_options`` returns it; options for providers not in the chain are
+        ignored (a fallback chain may not reach them)."""
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.load(self.model_dir)
         self.providers = resolve_providers(provider, fallback)
+        #: the options each provider of the chain was created with, by full onnxruntime name
+        self.provider_options: dict[str, dict[str, str]] = self._options_per_provider(provider_options)
+        #: the precision each provider of the chain computes in (see ``runtime.providers.computed_precision``)
+        self.precisions: dict[str, str] = {
+            p: computed_precision(p, self.provider_options[p], self.manifest.dtype) for p in self.providers
+        }
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
@@ -48,7 +58,7 @@ class GraphSession:
         opts.enable_mem_pattern = False
         if threads:
             opts.intra_op_num_threads = int(threads)
-        provider_opts = [provider_options or {}] + [{}] * (len(self.providers) - 1)
+        provider_opts = [self.provider_options[p] for p in self.providers]
         self.session = ort.InferenceSession(
             str(self.model_dir / contract.GRAPH_FILE), opts, providers=self.providers, provider_options=provider_opts
         )
@@ -64,6 +74,25 @@ class GraphSession:
         self._input_names = {i.name for i in self.session.get_inputs()}
 
     # --- setup ---------------------------------------------------------------------------------------------
+    def _options_per_provider(
+        self, options: Mapping[str, str] | Mapping[str, Mapping[str, str]] | None
+    ) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {p: {} for p in self.providers}
+        if not options:
+            return out
+        if all(isinstance(v, Mapping) for v in options.values()):
+            for name, opts in options.items():
+                if full_name(name) in out:
+                    out[full_name(name)].update({str(k): str(v) for k, v in opts.items()})
+            return out
+        out[self.providers[0]] = {str(k): str(v) for k, v in options.items()}
+        return out
+
+    @property
+    def precision(self) -> str:
+        """What the first provider (the one that runs the graph) computes in, e.g. ``fp32`` or ``fp16``."""
+        return self.precisions[self.providers[0]]
+
     def _load_params(self) -> dict[str, np.ndarray]:
         """All params as writable views into ONE buffer read straight from params.safetensors.
 
@@ -100,10 +129,6 @@ class GraphSession:
         value = ort.OrtValue.ortvalue_from_numpy(arr, self.device, 0)
         self._keep[name] = value
         self._io.bind_ortvalue_input(name, value)
-
-    def rebind_param(self, key: str) -> None:
-        """After replacing (not updating in place) a param array, or on a device provider after a host update."""
-        self._bind(contract.param_name(key), self.params[key])
 
     # --- running -------------------------------------------------------------------------------------------
     def forward(

@@ -7,10 +7,9 @@
 Prediction = the class whose best label word has the highest log-likelihood (summed over its tokens, or
 length-normalised with ``normalize``). With single-token label words and an export that has candidate scoring, an
 example is one row and every word is scored from its prompt's last position (``one_row_batch``); otherwise one row
-per (example, word) (``candidate_batch``). Both give the same scores (``tests/zo_edge/test_one_row.py``).
-The cross-provider report gives, per provider, accuracy, agreement of
-predictions with the first provider, and the max |Δ log-likelihood| over every candidate: what a team checking
-that a fine-tuned model behaves the same across hardware needs to see.
+per (example, word) (``candidate_batch``). Both give the same scores (``tests/zo_edge/test_one_row.py``). The
+cross-provider report (accuracy, agreement, |Δ log-likelihood|, flips, precision and per-layer drift per provider)
+is ``zo_edge/cross_provider.py``.
 """
 
 from __future__ import annotations
@@ -99,19 +98,5 @@ def evaluate(
     )
 
 
-def compare_providers(results: dict[str, EvalResult]) -> list[dict]:
-    """One row per provider: accuracy, agreement with the first provider, max |Δ log-likelihood| against it."""
-    names = list(results)
-    ref = results[names[0]]
-    rows = []
-    for name in names:
-        r = results[name]
-        rows.append(
-            {
-                "provider": name,
-                "accuracy": r.accuracy,
-                "agreement": float(np.mean(r.predictions == ref.predictions)),
-                "max_abs_dloglik": float(np.max(np.abs(r.loglik - ref.loglik))),
-            }
-        )
-    return rows
+# The cross-provider report lives in zo_edge/cross_provider.py; this name stays for the CLI's import.
+from zo_edge.cross_provider import compare_providers  # noqa: E402

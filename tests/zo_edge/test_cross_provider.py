@@ -1,0 +1,111 @@
+"""The cross-provider report: its numbers against hand-computed ones, its text, and that the per-layer divergence
+finds the exact group where two runs start to compute differently (two CPU sessions, one with an adapter on one
+layer, stand in for a provider that computes something else there).
+
+    python -m pytest tests/zo_edge/test_cross_provider.py -q
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.oracle import Oracle
+from runtime.session import GraphSession
+from runtime.trained_state import LowRank
+from zo_edge.cross_provider import (
+    LayerDrift,
+    compare,
+    compare_providers,
+    format_report,
+    layer_divergence,
+)
+from zo_edge.evaluate import EvalResult
+from zo_edge.evaluate import compare_providers as compare_providers_from_evaluate
+
+
+def _result(pred: list[int], loglik: list[list[float]], gold: list[int]) -> EvalResult:
+    pred_a, gold_a = np.array(pred), np.array(gold)
+    return EvalResult(
+        accuracy=float(np.mean(pred_a == gold_a)),
+        macro_f1=0.0,
+        confusion=[],
+        n=len(pred),
+        truncated=0,
+        predictions=pred_a,
+        loglik=np.array(loglik),
+    )
+
+
+GOLD = [0, 1, 1, 0]
+CPU = _result([0, 1, 1, 1], [[-1.0, -2.0], [-3.0, -1.0], [-2.0, -1.5], [-1.0, -0.5]], GOLD)
+OV = _result([0, 0, 1, 1], [[-1.0, -2.5], [-1.0, -1.5], [-2.0, -1.5], [-1.2, -0.5]], GOLD)
+
+
+def test_compare_against_hand_computed_numbers():
+    rep = compare(
+        {"cpu": CPU, "openvino": OV},
+        precisions={"cpu": "fp32", "openvino": "fp16"},
+        options={"openvino": {"precision": "FP16"}},
+        label="runs/x",
+    )
+    assert rep.reference == "cpu" and rep.n == 4 and rep.label == "runs/x"
+    cpu, ov = rep.row("cpu"), rep.row("openvino")
+    assert (cpu.agreement, cpu.max_abs_dloglik, cpu.mean_abs_dloglik, cpu.flipped) == (1.0, 0.0, 0.0, [])
+    # |Δ| per candidate: [0, .5], [2, .5], [0, 0], [.2, 0] -> mean 3.2 / 8, max 2
+    assert ov.agreement == 0.75 and ov.flipped == [1]
+    assert ov.max_abs_dloglik == pytest.approx(2.0) and ov.mean_abs_dloglik == pytest.approx(3.2 / 8)
+    assert (ov.accuracy, cpu.accuracy) == (0.5, 0.75)
+    assert ov.precision == "fp16" and ov.options == {"precision": "FP16"} and cpu.options == {}
+
+
+def test_cli_rows_keep_their_keys_and_evaluate_still_exports_them():
+    rows = compare_providers({"cpu": CPU, "openvino": OV})
+    assert compare_providers_from_evaluate is compare_providers
+    assert [r["provider"] for r in rows] == ["cpu", "openvino"]
+    for key in ("accuracy", "agreement", "max_abs_dloglik", "macro_f1", "mean_abs_dloglik", "flipped", "precision"):
+        assert key in rows[1]
+
+
+def test_compare_refuses_different_example_sets():
+    short = _result([0], [[-1.0, -2.0]], [0])
+    with pytest.raises(ValueError, match="not one set"):
+        compare({"cpu": CPU, "openvino": short})
+
+
+def test_format_report_names_flips_precision_and_where_drift_starts():
+    layers = [
+        LayerDrift("model.layers.0.attn_in", {"cpu": 0.0, "openvino": 2e-7}),
+        LayerDrift("model.layers.0.attn_out", {"cpu": 0.0, "openvino": 0.35}),
+        LayerDrift("model.layers.0.mlp_in", {"cpu": 0.0, "openvino": 0.2}),
+    ]
+    rep = compare({"cpu": CPU, "openvino": OV}, precisions={"cpu": "fp32", "openvino": "fp32"}, layers=layers)
+    assert rep.drift_starts("openvino") == "model.layers.0.attn_out"
+    assert rep.drift_starts("openvino", threshold=0.5) is None
+    text = format_report(rep)
+    assert "openvino: 1 prediction(s) flip vs cpu: 1" in text
+    assert "drift starts at model.layers.0.attn_out" in text and "largest jump" in text
+    assert "fp32" in text
+    d = rep.to_dict()  # plain data: what a JSON report or a run folder records
+    assert d["rows"][1]["flipped"] == [1] and d["layers"][1]["divergence"]["openvino"] == 0.35
+
+
+def test_layer_divergence_finds_the_group_where_computation_changes(tiny_export, tiny):
+    llama = tiny_export("llama")
+    a, b = Oracle(GraphSession(llama.dir, "cpu")), Oracle(GraphSession(llama.dir, "cpu"))
+    spec = next(s for s in llama.manifest.linears if s.name.endswith("layers.0.self_attn.v_proj"))
+    rng = np.random.default_rng(0)
+    b.trained.set_adapter(
+        spec.name,
+        LowRank(q=rng.standard_normal((spec.d_out, 2)).astype(np.float32), p=rng.standard_normal((spec.d_in, 2))),
+    )
+    batch = tiny.make_batch(llama.manifest.vocab_size)
+    layers = layer_divergence({"ref": a, "other": b}, batch)
+    assert [d.group for d in layers] == [g.name for g in llama.manifest.groups]
+    div = {d.group: d.divergence["other"] for d in layers}
+    # v_proj feeds the attention output: its input (attn_in) is untouched, everything from attn_out on moves
+    assert div["model.layers.0.attn_in"] < 1e-7
+    assert all(v > 1e-3 for g, v in div.items() if g != "model.layers.0.attn_in")
+    rep = compare({"ref": _result([0], [[0.0, 0.0]], [0]), "other": _result([0], [[0.0, 0.0]], [0])}, layers=layers)
+    assert rep.drift_starts("other") == "model.layers.0.attn_out"
+    assert all(d.divergence["ref"] == 0.0 for d in layers)
