@@ -69,6 +69,7 @@ __all__ = [
     "GRAPH_FILE",
     "INPUT_ATTENTION_MASK",
     "INPUT_CANDIDATE_IDS",
+    "INPUT_HIDDEN",
     "INPUT_IDS",
     "INPUT_LOSS_MASK",
     "INPUT_PROBE_ROWS",
@@ -84,6 +85,7 @@ __all__ = [
     "MANIFEST_FILE",
     "META_FORMAT_VERSION",
     "META_WEIGHTS_SHA256",
+    "OUTPUT_HIDDEN",
     "OUTPUT_ROW_CANDIDATE_LOGP",
     "OUTPUT_ROW_COUNT",
     "OUTPUT_ROW_NLL",
@@ -102,6 +104,7 @@ __all__ = [
     "port_noise",
     "port_p",
     "port_q",
+    "prefix_graph_file",
     "probe_act",
     "probe_act_rows",
     "probe_basis",
@@ -109,6 +112,7 @@ __all__ = [
     "probe_omega",
     "probe_sketch",
     "probe_sketch_omega",
+    "suffix_graph_file",
 ]
 
 FORMAT_VERSION = 1
@@ -124,6 +128,20 @@ INPUT_CANDIDATE_IDS = "candidate_ids"
 OUTPUT_ROW_NLL = "row_nll"
 OUTPUT_ROW_COUNT = "row_count"
 OUTPUT_ROW_CANDIDATE_LOGP = "row_candidate_logp"
+# Split graphs (export/split.py, runtime/prefix_cache.py): at block boundary S, prefix_S.onnx maps
+# (input_ids, attention_mask) to OUTPUT_HIDDEN, the residual stream entering block S [B, T, d]; suffix_S.onnx takes
+# it as INPUT_HIDDEN beside the full graph's inputs (ports of blocks >= S only) and has the full graph's outputs.
+INPUT_HIDDEN = "hidden_in"
+OUTPUT_HIDDEN = "hidden_out"
+
+
+def prefix_graph_file(split: int) -> str:
+    return f"prefix_{split}.onnx"
+
+
+def suffix_graph_file(split: int) -> str:
+    return f"suffix_{split}.onnx"
+
 
 # Optional graph capabilities, listed in ``Manifest.features`` by the export that has them. A feature is additive
 # (new inputs/outputs; the old ones unchanged), so an export without it still loads and runs the old way: the
@@ -275,7 +293,9 @@ class Manifest:
     architecture: str  # registry key, e.g. "llama"
     model_type: str  # HF config.model_type
     source: str  # what the user passed (path or alias)
-    weights_sha256: str  # hash of the source weights, so a run can tell which base it trained
+    # sha256 of the source weight files (export_source), or of the exported float params (an in-memory model): the
+    # base's identity, recorded in every checkpoint's meta (META_WEIGHTS_SHA256) and in merge's adapter.json
+    weights_sha256: str
     dtype: str  # "fp32" | "int4"
     int4_block_size: int | None
     basis_rank: int
@@ -292,6 +312,8 @@ class Manifest:
     export_seconds: float = 0.0
     # optional capabilities of the graph (FEATURE_*); a manifest written before this field has none
     features: list[str] = field(default_factory=list)
+    # block boundaries S with a prefix_S.onnx / suffix_S.onnx pair (layer-selective training); [] = none
+    splits: list[int] = field(default_factory=list)
 
     def has(self, feature: str) -> bool:
         """Whether the graph has the optional capability ``feature`` (a ``FEATURE_*`` name)."""

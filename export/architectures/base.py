@@ -209,10 +209,35 @@ class Architecture:
     def hidden_states(
         self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
     ) -> torch.Tensor:
-        """Final hidden states [B, T, d] (after the final norm) of the CausalLM's base model."""
+        """Final hidden states [B, T, d] (after the final norm) of the CausalLM's base model.
+
+        The plain 2D mask goes in; while tracing, ``READY_4D_MASK`` hands the base model a 4D one instead."""
         base = getattr(model, model.base_model_prefix)
         out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
+
+    # --- entering / leaving the block stack (export/split.py: prefix and suffix graphs) ----------------------
+    #: whether ``embed``/``run_blocks``/``final_norm`` are implemented: layer-selective training's split graphs
+    supports_splits: ClassVar[bool] = False
+
+    def embed(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [B, T, d]: the residual stream entering block 0."""
+        return model.get_input_embeddings()(input_ids)
+
+    def run_blocks(
+        self,
+        model: nn.Module,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        start: int,
+        stop: int | None,
+    ) -> torch.Tensor:
+        """The residual stream after blocks[start:stop] given the stream entering block ``start``."""
+        raise NotImplementedError(f"{self.name}: layer splits are not declared (supports_splits = False)")
+
+    def final_norm(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name}: layer splits are not declared (supports_splits = False)")
 
     def logits_transform(self, logits: torch.Tensor) -> torch.Tensor:
         """Map the LM head's output [N, V] to the logits the loss uses; identity here. E.g. Gemma-2's final soft
