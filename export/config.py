@@ -30,6 +30,9 @@ class ExportConfig:
     power_iters: int = 3
     #: ONNX opset; 17 has everything the graph needs (ScatterElements with reduction, LayerNormalization)
     opset: int = 17
+    #: block boundaries with prefix/suffix graphs for layer-selective training (export/split.py): "auto" (the top
+    #: quarter's, fp32 Llama family), "none", or a comma list such as "20,24"
+    splits: str = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size not in _BLOCK_SIZES:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from export.architectures.base import Architecture, register_architecture
+from export.architectures.base import Architecture, additive_causal_mask, register_architecture
 from runtime import contract
 
 
@@ -32,6 +32,22 @@ class Llama(Architecture):
     constant_buffers = ("*rotary_emb.inv_freq",)
     # SmolLM2 and the tiny configs tie their head; Llama-3-8B, Mistral-7B and Qwen2-7B do not: test that path too
     tiny_variants = {"llama-untied": ("llama", {"tie_word_embeddings": False})}
+
+    supports_splits = True
+
+    def run_blocks(self, model, hidden, attention_mask, position_ids, start, stop):
+        """What LlamaModel.forward does between its embedding and its final norm, for blocks[start:stop]: the
+        rotary embeddings of the positions and the same additive causal mask the traced full graph gets."""
+        base = model.model
+        mask = additive_causal_mask(attention_mask, hidden.dtype)
+        rope = base.rotary_emb(hidden, position_ids)
+        for block in base.layers[start:stop]:
+            out = block(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=rope)
+            hidden = out[0] if isinstance(out, tuple) else out  # transformers < 4.54 returned a tuple
+        return hidden
+
+    def final_norm(self, model, hidden):
+        return model.model.norm(hidden)
 
     def tiny_config(self, model_type: str = "llama", **overrides):
         """Tiny random configs of each registered type, with its real HF class (Qwen2's q/k/v biases, Qwen3's q/k

@@ -1,0 +1,174 @@
+"""Prefix and suffix graphs at a block boundary S, for layer-selective training with a frozen-prefix cache.
+
+A run that trains only blocks >= S (``zo-edge train --layers top:6``) never changes what blocks < S compute, so the
+runtime computes their output once (runtime/prefix_cache.py) and runs only the suffix per ± pass::
+
+    prefix_S.onnx:  input_ids, attention_mask ─▶ embed ─▶ blocks[0:S] ─▶ hidden_out [B, T, d]
+    suffix_S.onnx:  hidden_in [B, T, d], input_ids, attention_mask, loss_mask, probe_rows, candidate_ids,
+                    ports of blocks S.. ─▶ blocks[S:] (PortedLinear) ─▶ final norm ─▶ the full graph's loss head
+                    ─▶ row_nll, row_count, row_candidate_logp, probes of blocks S..
+
+Both graphs read the model's parameters as ``param::`` inputs, the same names and values as ``model.onnx`` (so one
+``params.safetensors`` feeds all three, bound zero-copy from the same numpy buffers); ``input_ids`` enter the suffix
+only for the loss targets. Positions come from the attention mask in both halves exactly as in the full graph, and
+the suffix rebuilds the same additive causal mask, so prefix ∘ suffix = the full forward (tests/export/test_split.py
+checks it against torch and against model.onnx). Families declare support with ``Architecture.supports_splits``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from export.architectures.base import Architecture
+from export.graph import PortLayout, TrainingForward, position_ids_from_mask
+from runtime import contract
+
+__all__ = ["PrefixForward", "SuffixForward", "suffix_layout"]
+
+
+class PrefixForward(nn.Module):
+    """(input_ids, attention_mask) -> the residual stream entering block ``start`` (no ports: frozen blocks)."""
+
+    def __init__(self, model: nn.Module, arch: Architecture, start: int) -> None:
+        super().__init__()
+        self.model = model
+        self.arch = arch
+        self.start = start
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.arch.embed(self.model, input_ids)
+        return self.arch.run_blocks(
+            self.model, hidden, attention_mask, position_ids_from_mask(attention_mask), 0, self.start
+        )
+
+
+class SuffixForward(TrainingForward):
+    """``TrainingForward`` entered at block ``start`` with given hidden states (see the module diagram)."""
+
+    def __init__(self, model: nn.Module, arch: Architecture, layout: PortLayout, power_iters: int, start: int):
+        super().__init__(model, arch, layout, power_iters)
+        self.start = start
+
+    def hidden(self, input_ids, attention_mask, hidden_in):
+        hidden = self.arch.run_blocks(
+            self.model, hidden_in, attention_mask, position_ids_from_mask(attention_mask), self.start, None
+        )
+        return self.arch.final_norm(self.model, hidden)
+
+    def forward(self, hidden_in, input_ids, attention_mask, loss_mask, probe_rows, candidate_ids, *ports):
+        return self.outputs(input_ids, attention_mask, loss_mask, probe_rows, candidate_ids, ports, hidden_in)
+
+
+def suffix_layout(layout: PortLayout, start: int) -> PortLayout:
+    """The ports of blocks >= ``start`` only (the suffix graph has no others)."""
+    from runtime.layers import block_of
+
+    linears = [m for m in layout.linears if block_of(m.name) >= start]
+    groups = {g: d for g, d in layout.groups.items() if block_of(g) >= start}
+    return PortLayout(linears=linears, groups=groups)
+
+
+def trace(module: nn.Module, args: tuple, path: Path, input_names, output_names, dyn, opset: int) -> None:
+    """torch.onnx.export with the full graph's settings (see export/exporter.py ``_trace`` for the why of each)."""
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dyn,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=False,
+            keep_initializers_as_inputs=True,
+        )
+
+
+# --- writing the pair ------------------------------------------------------------------------------------------
+def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool) -> list[int]:
+    """Block boundaries to export: "auto" = the top quarter's (S = n - max(1, n // 4)) where the family supports
+    splits and the export is fp32, "none", or a comma list of boundaries in 1..n-1."""
+    from export.config import ExportConfigError
+
+    spec = spec.strip().lower()
+    if spec == "none" or (spec == "auto" and (int4 or not arch.supports_splits or n_layers < 2)):
+        return []
+    if spec == "auto":
+        return [n_layers - max(1, n_layers // 4)]
+    if not arch.supports_splits:
+        raise ExportConfigError(f"--splits: {arch.name} models have no split graphs yet (Llama family only); omit it")
+    if int4:
+        raise ExportConfigError("--splits needs an fp32 export (INT4 graphs embed their weights); drop --int4")
+    try:
+        splits = sorted({int(x) for x in spec.split(",")})
+    except ValueError:
+        raise ExportConfigError(f"--splits {spec!r}: use auto, none or block boundaries like 20,24") from None
+    bad = [s for s in splits if not 1 <= s < n_layers]
+    if bad:
+        raise ExportConfigError(f"--splits {bad[0]}: a boundary must be in 1..{n_layers - 1}")
+    return splits
+
+
+def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list[int]) -> None:
+    """Trace prefix_S.onnx and suffix_S.onnx for every S into ``folder`` (params lifted to ``param::`` inputs)."""
+    from export.exporter import _dummy_inputs, _head_to_gemm, _lift_params, _save_graph
+
+    model, arch, layout = wrapper.model, wrapper.arch, wrapper.layout
+    args, names, dyn = _dummy_inputs(model, layout, cfg.basis_rank)
+    ids, attn = args[0], args[1]
+    token_axes = {0: "batch", 1: "seq"}
+    for start in splits:
+        prefix_path = folder / contract.prefix_graph_file(start)
+        trace(
+            PrefixForward(model, arch, start),
+            (ids, attn),
+            prefix_path,
+            [contract.INPUT_IDS, contract.INPUT_ATTENTION_MASK],
+            [contract.OUTPUT_HIDDEN],
+            {
+                contract.INPUT_IDS: token_axes,
+                contract.INPUT_ATTENTION_MASK: token_axes,
+                contract.OUTPUT_HIDDEN: token_axes,
+            },
+            cfg.opset,
+        )
+        g = onnx.load(str(prefix_path))
+        _lift_params(g, arch, layout)
+        _save_graph(g, prefix_path)
+
+        sub = suffix_layout(layout, start)
+        s_args, s_names, s_dyn = _dummy_inputs(model, sub, cfg.basis_rank)
+        hidden = torch.randn(
+            ids.shape[0], ids.shape[1], model.config.hidden_size, generator=torch.Generator().manual_seed(1)
+        )
+        s_dyn[contract.INPUT_HIDDEN] = token_axes
+        suffix = SuffixForward(model, arch, sub, cfg.power_iters, start)
+        suffix_path = folder / contract.suffix_graph_file(start)
+        trace(
+            suffix,
+            (hidden, *s_args),
+            suffix_path,
+            [contract.INPUT_HIDDEN, *s_names],
+            [
+                contract.OUTPUT_ROW_NLL,
+                contract.OUTPUT_ROW_COUNT,
+                contract.OUTPUT_ROW_CANDIDATE_LOGP,
+                *sub.output_names(),
+            ],
+            s_dyn,
+            cfg.opset,
+        )
+        g = onnx.load(str(suffix_path))
+        arrays, _ = _lift_params(g, arch, layout)
+        head = arch.lm_head_weight(model)
+        head_key = next(k for k, p in model.named_parameters(remove_duplicate=False) if p is head)
+        head_name = contract.param_name(head_key)
+        if head_name not in {i.name for i in g.graph.input}:  # tied: the exporter kept one name
+            head_name = contract.param_name(next(k for k in arrays if k.startswith(arch.embed_path)))
+        _head_to_gemm(g, head_name)
+        _save_graph(g, suffix_path)

@@ -1,0 +1,74 @@
+"""The frozen-prefix cache: hidden states entering the lowest trained block, computed once and reused.
+
+In a layer-selective run (``--layers top:6``) the blocks below the lowest trained one do not depend on the
+perturbation, so every ± pass of a step would recompute the same prefix. The export writes, per split S (a block
+boundary), a *prefix graph* (tokens -> the residual stream entering block S) and a *suffix graph* (that hidden
+state -> blocks S.. with their ports -> the same loss head and probes as the full graph); both share the model's
+bound parameters. The oracle then runs only the suffix per pass::
+
+    step cost ≈ (prefix, once per batch or once per run) + passes x (suffix)      vs      passes x (full)
+
+Rows are cached by their real tokens (the ids under the attention mask): with left padding and positions from the
+mask's running sum, a real token's hidden state does not depend on how much padding its row got, so a row computed
+in one batch is reused in any other batch layout. A run's k-shot training set fits easily (RT: 32 examples x 64
+tokens x 576 floats = 4.7 MB); beyond ``budget_mb`` new rows are still computed (once per batch, for all passes
+of that step) but not kept. Evaluation rows never enter the cache (``remember=False``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime import contract
+from runtime.batch import Batch
+from runtime.session import GraphSession
+
+__all__ = ["PrefixCache"]
+
+
+class PrefixCache:
+    """Hidden states at the split for any batch: from the cache, or one prefix-graph pass over the missing rows."""
+
+    def __init__(self, prefix: GraphSession, budget_mb: float = 512.0) -> None:
+        self.prefix = prefix
+        self.budget = int(budget_mb * 2**20)
+        self.rows: dict[bytes, np.ndarray] = {}
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.prefix_passes = 0
+
+    @staticmethod
+    def _key(batch: Batch, i: int) -> bytes:
+        return batch.input_ids[i][batch.attention_mask[i] != 0].tobytes()
+
+    def hidden(self, batch: Batch, *, remember: bool = True) -> np.ndarray:
+        """[B, T, d] float32 hidden states entering the split block, laid out like ``batch`` (padding: zeros)."""
+        keys = [self._key(batch, i) for i in range(batch.size)]
+        missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        self.hits += batch.size - len(missing)
+        self.misses += len(missing)
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            sub = batch.rows(np.asarray(missing)).trim_left()
+            out = self.prefix.forward(sub, fetch=(contract.OUTPUT_HIDDEN,))[contract.OUTPUT_HIDDEN]
+            self.prefix_passes += 1
+            for j, i in enumerate(missing):
+                row = np.ascontiguousarray(out[j, sub.attention_mask[j] != 0], np.float32)
+                fresh[i] = row
+                if remember and self.nbytes + row.nbytes <= self.budget:
+                    self.rows[keys[i]] = row
+                    self.nbytes += row.nbytes
+        d = next(iter(fresh.values())).shape[1] if fresh else self.rows[keys[0]].shape[1]
+        hidden = np.zeros((batch.size, batch.input_ids.shape[1], d), np.float32)
+        for i, k in enumerate(keys):
+            hidden[i, batch.attention_mask[i] != 0] = fresh[i] if i in fresh else self.rows[k]
+        return hidden
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "prefix_cache_rows": len(self.rows),
+            "prefix_cache_mb": round(self.nbytes / 2**20, 2),
+            "prefix_hits": self.hits,
+            "prefix_misses": self.misses,
+        }

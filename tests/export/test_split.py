@@ -1,0 +1,127 @@
+"""Prefix and suffix graphs (export/split.py) against the torch model and the full graph, per Llama-family type.
+
+    python -m pytest tests/export/test_split.py -q
+
+For every registered architecture that declares ``supports_splits``: the prefix graph's hidden state equals the
+torch model's residual stream entering the split block (ragged left padding); the suffix graph fed that hidden state
+gives the full graph's row losses and candidate log-probs (1e-5) and the torch model's (1e-4); a perturbation fed
+through a suffix layer's P/Q ports moves the suffix's loss exactly as it moves the full graph's, and the suffix's
+activation probes equal the full graph's for the suffix groups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.architectures import get_architecture, registered_architectures
+from runtime import contract
+from runtime.safetensors_io import read_safetensors_writable
+
+SPLIT_TYPES = sorted(t for t, cls in registered_architectures().items() if cls.supports_splits)
+
+
+def _session(path):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _run(sess, feeds: dict[str, np.ndarray], params: dict[str, np.ndarray], outputs):
+    names = {i.name for i in sess.get_inputs()}
+    full = {k: v for k, v in feeds.items() if k in names}
+    full.update({contract.param_name(k): v for k, v in params.items() if contract.param_name(k) in names})
+    return dict(zip(outputs, sess.run(list(outputs), full), strict=True))
+
+
+def _port_feeds(manifest, start: int | None, batch_shape) -> dict[str, np.ndarray]:
+    from runtime.layers import block_of
+
+    out: dict[str, np.ndarray] = {contract.INPUT_PROBE_ROWS: np.zeros(0, np.int64)}
+    for s in manifest.linears:
+        if start is None or block_of(s.name) >= start:
+            out[contract.port_p(s.name)] = np.zeros((s.d_in, 0), np.float32)
+            out[contract.port_q(s.name)] = np.zeros((s.d_out, 0), np.float32)
+            out[contract.port_noise(s.name)] = np.zeros((1, 1, 1), np.float32)
+    for g in manifest.groups:
+        if start is None or block_of(g.name) >= start:
+            out[contract.probe_omega(g.name)] = np.zeros((g.d_in, manifest.basis_rank), np.float32)
+            out[contract.probe_sketch_omega(g.name)] = np.zeros((g.d_in, 0), np.float32)
+            out[contract.probe_act_rows(g.name)] = np.zeros(0, np.int64)
+    return out
+
+
+@pytest.mark.parametrize("model_type", SPLIT_TYPES)
+def test_prefix_then_suffix_is_the_full_forward(model_type, tiny_export, tiny):
+    exp = tiny_export(model_type)
+    m = exp.manifest
+    assert m.splits, f"{model_type}: an fp32 export of a splittable family must write its default split"
+    start = m.splits[0]
+    params = read_safetensors_writable(exp.dir / contract.PARAMS_FILE)
+    batch = tiny.make_batch(tiny.VOCAB, seed=3, batch=3, seq=9)
+    base = {
+        contract.INPUT_IDS: batch.input_ids,
+        contract.INPUT_ATTENTION_MASK: batch.attention_mask,
+        contract.INPUT_LOSS_MASK: batch.loss_mask,
+        contract.INPUT_CANDIDATE_IDS: np.array([3, 5, 7], np.int64),
+    }
+    heads = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, contract.OUTPUT_ROW_CANDIDATE_LOGP)
+
+    # prefix vs the torch residual stream entering block `start`
+    prefix = _session(exp.dir / contract.prefix_graph_file(start))
+    hidden = _run(prefix, base, params, (contract.OUTPUT_HIDDEN,))[contract.OUTPUT_HIDDEN]
+    arch = get_architecture(model_type)
+    with torch.no_grad():
+        ids, attn = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
+        pos = (torch.cumsum(attn, 1) - 1) * attn
+        want = arch.run_blocks(exp.reference, arch.embed(exp.reference, ids), attn, pos, 0, start).numpy()
+    real = batch.attention_mask.astype(bool)
+    np.testing.assert_allclose(hidden[real], want[real], rtol=1e-4, atol=1e-4)
+
+    # suffix(prefix) vs the full graph and torch
+    full = _session(exp.dir / contract.GRAPH_FILE)
+    suffix = _session(exp.dir / contract.suffix_graph_file(start))
+    f = _run(full, {**base, **_port_feeds(m, None, batch)}, params, heads)
+    s = _run(suffix, {**base, **_port_feeds(m, start, batch), contract.INPUT_HIDDEN: hidden}, params, heads)
+    for name in heads:
+        np.testing.assert_allclose(s[name], f[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    ref_nll, ref_count = tiny.torch_row_losses(exp.reference, batch)
+    np.testing.assert_allclose(s[contract.OUTPUT_ROW_NLL], ref_nll.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+    # the same perturbation through a suffix layer's ports, and the suffix groups' probes
+    from runtime.layers import block_of
+
+    spec = next(x for x in m.linears if block_of(x.name) >= start)
+    group = next(g for g in m.groups if block_of(g.name) >= start)
+    rng = np.random.default_rng(0)
+    pert = {
+        contract.port_p(spec.name): rng.standard_normal((spec.d_in, 2)).astype(np.float32),
+        contract.port_q(spec.name): 0.1 * rng.standard_normal((spec.d_out, 2)).astype(np.float32),
+        contract.INPUT_PROBE_ROWS: batch.real_token_rows(),
+        contract.probe_omega(group.name): rng.standard_normal((group.d_in, m.basis_rank)).astype(np.float32),
+    }
+    outs = (*heads, contract.probe_basis(group.name), contract.probe_gram(group.name))
+    fp = _run(full, {**base, **_port_feeds(m, None, batch), **pert}, params, outs)
+    sp = _run(suffix, {**base, **_port_feeds(m, start, batch), **pert, contract.INPUT_HIDDEN: hidden}, params, outs)
+    assert np.abs(fp[contract.OUTPUT_ROW_NLL] - f[contract.OUTPUT_ROW_NLL]).max() > 1e-4, "perturbation had no effect"
+    for name in outs:
+        np.testing.assert_allclose(sp[name], fp[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_suffix_has_only_its_blocks_ports(tiny_export):
+    exp = tiny_export("llama")
+    start = exp.manifest.splits[0]
+    names = {i.name for i in _session(exp.dir / contract.suffix_graph_file(start)).get_inputs()}
+    from runtime.layers import block_of
+
+    for s in exp.manifest.linears:
+        assert (contract.port_p(s.name) in names) == (block_of(s.name) >= start), s.name
+
+
+def test_int4_and_unsupported_families_export_no_splits(tiny_export):
+    assert tiny_export("llama", int4=True).manifest.splits == []
+    unsupported = sorted(t for t, cls in registered_architectures().items() if not cls.supports_splits)
+    for t in unsupported:
+        assert tiny_export(t).manifest.splits == [], t
