@@ -1,4 +1,4 @@
-"""The ``zo-edge`` command: export | train | eval | merge | generate | providers | demo.
+"""The ``zo-edge`` command: export | train | eval | prompts | merge | generate | providers | demo.
 
     zo-edge demo                                            # export SmolLM2-135M, zero-shot, fine-tune, re-evaluate
     zo-edge export smollm2-135m --out artifacts/smollm2-fp32 [--int4]
@@ -6,6 +6,7 @@
     zo-edge train --model artifacts/smollm2-fp32 --data my.csv --labels 'neg=terrible,pos=great' --out runs/mine
     zo-edge eval --run runs/rt                              # the run names its model, task and data
     zo-edge eval artifacts/smollm2-fp32 --task trec --providers cpu,openvino
+    zo-edge prompts artifacts/smollm2-fp32 --task rotten-tomatoes   # candidate prompts on dev; train: --template auto
     zo-edge providers
 
 The flags of ``train``, ``eval`` and ``demo`` and their help text come from the config dataclasses
@@ -173,6 +174,13 @@ def cmd_train(a) -> int:
     if not cfg.model:
         raise ConfigError("--model is required: an exported model folder (zo-edge export MODEL --out DIR)")
     p = prepare(cfg)
+    if p.prompt_scores:
+        from zo_edge.prompts import format_prompt_table
+
+        print(
+            format_prompt_table(p.prompt_scores)
+            + f"\nprompt (--template auto, best on dev): {p.task.prompt.describe()}"
+        )
     n = cfg.eval_examples
     before = evaluate_on(p, p.data.test, n)  # the base model, before any checkpoint is loaded (also on --resume)
     result = train_with_progress(p, resume=a.resume)
@@ -203,25 +211,25 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(a) -> int:
-    from runtime.providers import PROVIDER_ALIASES, ProviderError, available_providers
-    from zo_edge.config import EvalConfig
+    from runtime.providers import ProviderError, available_providers
+    from zo_edge.config import AUTO, EvalConfig
     from zo_edge.data import load_tokenizer
     from zo_edge.evaluate import compare_providers, evaluate
-    from zo_edge.train import load_run, load_task_data, make_oracle
+    from zo_edge.prompts import format_prompt_table
+    from zo_edge.train import load_run, load_task_data, make_oracle, resolve_prompt
 
     cfg = EvalConfig.from_flags(_given(a, a._names))
     task, data = load_task_data(cfg)
+    auto = cfg.template == AUTO
     examples = data.test if cfg.split == "test" else data.dev
     examples = examples[: cfg.eval_examples] if cfg.eval_examples else examples
     tok = load_tokenizer(cfg.model)
-    options = cfg.provider_options()
     providers = cfg.provider_list()
+    options = cfg.provider_options(providers)
     results, missing = {}, []
     for prov in providers:
         try:
-            oracle = make_oracle(
-                cfg.model, prov, cfg.threads, cfg.micro_batch, options.get(PROVIDER_ALIASES.get(prov.lower(), prov))
-            )
+            oracle = make_oracle(cfg.model, prov, cfg.threads, cfg.micro_batch, options[prov])
         except ProviderError:
             if cfg.providers:
                 missing.append(prov)
@@ -229,6 +237,13 @@ def cmd_eval(a) -> int:
             raise
         if cfg.run:
             load_run(oracle, cfg.run, cfg.checkpoint)
+        if auto:  # chosen once, on the first provider, with the state being evaluated; the rest reuse it
+            task, scores = resolve_prompt(cfg, oracle, tok, task, data)
+            auto = False
+            if not cfg.json:
+                print(
+                    format_prompt_table(scores) + f"\nprompt (--template auto, best on dev): {task.prompt.describe()}"
+                )
         results[prov] = evaluate(oracle, tok, task, examples, max_len=cfg.max_len, normalize=cfg.length_normalize)
     if not results:
         raise ConfigError(f"none of the providers {providers} is available here (available: {available_providers()})")
@@ -250,6 +265,38 @@ def cmd_eval(a) -> int:
             )
     if missing:
         print(f"not available here (skipped): {', '.join(missing)}")
+    return 0
+
+
+# --- prompts -----------------------------------------------------------------------------------------------------
+def _add_prompts(sub) -> None:
+    from zo_edge.config import ScoringConfig
+
+    p = sub.add_parser("prompts", help="score a task's candidate prompts on its dev split (zero-shot, forwards only)")
+    model = next(s for s in field_specs(ScoringConfig) if s.name == "model")
+    p.add_argument("model", nargs="?", default=None, help=_help(model.help, ""))
+    p.set_defaults(func=cmd_prompts, _names=["model", *_add_fields(p, ScoringConfig, skip=("model",))])
+
+
+def cmd_prompts(a) -> int:
+    from zo_edge.config import ScoringConfig
+    from zo_edge.data import load_tokenizer
+    from zo_edge.prompts import chosen, format_prompt_table, select_prompt
+    from zo_edge.train import load_run, load_task_data, make_oracle
+
+    cfg = ScoringConfig.from_flags(_given(a, a._names))
+    task, data = load_task_data(cfg)
+    oracle = make_oracle(
+        cfg.model, cfg.provider, cfg.threads, cfg.micro_batch, cfg.provider_options([cfg.provider])[cfg.provider]
+    )
+    if cfg.run:
+        load_run(oracle, cfg.run, cfg.checkpoint)
+    scores = select_prompt(oracle, load_tokenizer(cfg.model), task, data.dev, max_len=cfg.max_len)
+    if cfg.json:
+        print(json.dumps([s.summary() for s in scores]))
+        return 0
+    print(format_prompt_table(scores))
+    print(f"best on dev: {chosen(scores).prompt.name}; train with it: --template auto (or its template and --labels)")
     return 0
 
 
@@ -351,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_prompts(sub)
     _add_merge(sub)
     _add_generate(sub)
     sub.add_parser("providers", help="list the execution providers this machine has").set_defaults(func=cmd_providers)

@@ -39,10 +39,10 @@ __all__ = [
     "EvalConfig",
     "FieldSpec",
     "OptimConfig",
+    "ScoringConfig",
     "TrainConfig",
     "field_specs",
     "method_knobs",
-    "parse_provider_options",
 ]
 
 
@@ -181,6 +181,10 @@ def _method_config(method: str, cls: type, knobs: dict[str, Any], where: str = "
     return cls.Config(**values)
 
 
+#: ``--template auto``: choose among the task's candidate prompts on the dev split (zo_edge.prompts)
+AUTO = "auto"
+
+
 # --- shared sections ----------------------------------------------------------------------------------------------
 @dataclass
 class DataFields:
@@ -191,7 +195,9 @@ class DataFields:
     text_field: list[str] = _f([], "text column(s) of --data the template uses (repeatable; default: text)")
     label_field: str = _f("label", "label column of --data")
     template: str = _f(
-        "", "prompt template naming columns, e.g. 'Review: {text} Sentiment:' (default: the task's own)"
+        "",
+        "prompt template naming columns, e.g. 'Review: {text} Sentiment:', or 'auto': the best of the task's "
+        "candidate prompts on the dev split (default: the task's own)",
     )
     labels: str = _f("", "verbalizer class=word[|word], e.g. 'neg=terrible,pos=great' (default: the task's own)")
     skip_bad_rows: bool = _f(False, "skip malformed rows of --data (counted) instead of refusing the file")
@@ -215,26 +221,33 @@ class DataFields:
             ):
                 _require(not given, f"{name} applies to --data (task user-data), not to --task {self.task}")
         _require(self.max_len >= 8, f"--max-len must be >= 8 tokens, got {self.max_len}")
+        _require(
+            not (self.template == AUTO and self.labels),
+            "--template auto picks a prompt with its own label words: drop --labels (or give --template too)",
+        )
+        if self.task != "user-data" and (self.template or self.labels):
+            self.make_task()  # a built-in task is cheap to build (no data read): check the override's classes now
 
-    def task_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``zo_edge.tasks.get_task(self.task, ...)``: the data file and any overrides."""
-        kw: dict[str, Any] = {}
+    def make_task(self):
+        """The task, with the data file and any template/labels override (``--template auto`` is resolved later,
+        on the dev split, by ``zo_edge.prompts.select_prompt``: the task's own prompt stands until then)."""
+        from zo_edge.tasks import get_task
+
+        template = "" if self.template == AUTO else self.template
         if self.task == "user-data":
-            kw = dict(
+            return get_task(
+                "user-data",
                 path=self.data,
                 text_fields=self.text_field,
                 label_field=self.label_field,
                 labels=self.labels,
                 skip_bad_rows=self.skip_bad_rows,
+                **({"template": template} if template else {}),
             )
-        if self.template:
-            kw["template"] = self.template
-        if self.labels and self.task != "user-data":
-            from zo_edge.tasks import Verbalizer, get_task
-
-            template = self.template or get_task(self.task).template
-            kw["verbalizer"] = Verbalizer.parse(self.labels, template).words
-        return kw
+        task = get_task(self.task)
+        if template or self.labels:
+            task = task.with_prompt(template or None, self.labels or None)
+        return task
 
 
 @dataclass
@@ -251,39 +264,17 @@ class SessionFields:
     )
 
     def _check_session(self, providers: list[str]) -> None:
-        """``providers``: the ones this command runs on (an option for any other would be silently ignored)."""
-        from runtime.providers import PROVIDER_ALIASES
-
+        """``providers``: the ones this command runs on (an option naming any other is refused, not ignored)."""
         _require(self.threads >= 0, f"--threads must be >= 0 (0: all cores), got {self.threads}")
         _require(self.micro_batch >= 0, f"--micro-batch must be >= 0 (0: whole batch), got {self.micro_batch}")
-        full = {PROVIDER_ALIASES.get(p.lower(), p) for p in [*providers, "cpu"]}
-        for prov in self.provider_options():
-            _require(
-                prov in full,
-                f"--provider-option names {prov}, which this command does not run on ({', '.join(sorted(full))})",
-            )
+        self.provider_options(providers)
 
-    def provider_options(self) -> dict[str, dict[str, str]]:
-        """``--provider-option`` as {full ORT provider name: {key: value}} (no PROVIDER: means ``--provider``)."""
-        return parse_provider_options(self.provider_option, self.provider)
+    def provider_options(self, providers: list[str]) -> dict[str, dict[str, str]]:
+        """``--provider-option`` as {provider: {key: value}} (``runtime.providers.parse_provider_options``: a spec
+        without ``PROVIDER:`` belongs to the first of ``providers``); what ``GraphSession`` takes."""
+        from runtime.providers import parse_provider_options
 
-
-def parse_provider_options(specs: list[str], default_provider: str) -> dict[str, dict[str, str]]:
-    """``["cuda:device_id=0", "arena_extend_strategy=kSameAsRequested"]`` -> {"CUDAExecutionProvider": {...}, ...}."""
-    from runtime.providers import PROVIDER_ALIASES
-
-    out: dict[str, dict[str, str]] = {}
-    for spec in specs:
-        key, eq, value = spec.partition("=")
-        prov, colon, key = key.rpartition(":")
-        prov = prov.strip() if colon else default_provider
-        key = key.strip()
-        _require(
-            bool(eq) and bool(key) and bool(prov),
-            f"--provider-option {spec!r} is not [PROVIDER:]KEY=VALUE, e.g. cuda:device_id=0 or device_id=0",
-        )
-        out.setdefault(PROVIDER_ALIASES.get(prov.lower(), prov), {})[key] = value.strip()
-    return out
+        return parse_provider_options(self.provider_option, providers)
 
 
 # --- train ------------------------------------------------------------------------------------------------------
@@ -324,11 +315,16 @@ class TrainConfig(DataFields, SessionFields):
     )
     eval_every: int = _f(0, "dev evaluation every N steps (0: at the end only)")
     save_every: int = _f(50, "checkpoint every N steps")
+    layers: str = _f("all", "transformer blocks trained: all | top:N | bottom:N | ranges/lists like 0-3,10")
+    balance: str = _f(
+        "auto", "class-balanced training batches: auto (when the classes differ 1.5x or more) | on | off"
+    )
     #: the method's own Config: an instance, a dict of its knobs, or None (its defaults); an instance after init
     method_config: Any = field(default=None, metadata={"help": "the [method] table"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "the [optim] table"})
 
     def __post_init__(self) -> None:
+        from zo_edge.batching import BALANCE_CHOICES
         from zo_edge.objectives import OBJECTIVES
         from zo_edge.optim import SCHEDULES
 
@@ -356,6 +352,7 @@ class TrainConfig(DataFields, SessionFields):
         for name in ("eval_examples", "eval_every", "seed"):
             value = getattr(self, name)
             _require(value >= 0, f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        _require(self.balance in BALANCE_CHOICES, f"--balance must be one of {', '.join(BALANCE_CHOICES)}")
         _require(
             self.objective in OBJECTIVES,
             f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",
@@ -508,15 +505,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 # --- eval ---------------------------------------------------------------------------------------------------------
 @dataclass
-class EvalConfig(DataFields, SessionFields):
-    """``zo-edge eval``: a model (or a run, which names its model), a task's split, one or several providers."""
+class ScoringConfig(DataFields, SessionFields):
+    """``zo-edge prompts`` (and the base of ``eval``): a model, or a run that names its model, and a task's data."""
 
     model: str = _f("", "exported model folder (default with --run: the run's model)")
-    run: str = _f("", "run folder whose trained state to evaluate (zero-shot without)")
+    run: str = _f("", "run folder whose trained state to score with (zero-shot without)")
     checkpoint: str = _f("best", "which checkpoint of --run: best | latest")
-    split: str = _f("test", "which split to score: test | dev")
-    eval_examples: int = _f(500, "examples scored (0: all)")
-    providers: str = _f("", "comma list: run the same evaluation on each available provider and compare")
     seed: int = _f(0, "seed of the k-shot train/dev split (the test split is fixed)")
     k: int = _f(16, "k-shot examples per class of the train split (used to carve the dev split)")
     dev_k: int = _f(16, "dev examples per class")
@@ -531,22 +525,21 @@ class EvalConfig(DataFields, SessionFields):
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _require(bool(self.model), "eval needs a model folder (or --run RUN, whose config.json names it)")
+        _require(bool(self.model), "a model folder is needed (or --run RUN, whose config.json names it)")
         self._check_data()
         self._check_session(self.provider_list())
         _require(
             self.checkpoint in ("best", "latest"), f"--checkpoint must be best or latest, got {self.checkpoint!r}"
         )
-        _require(self.split in ("test", "dev"), f"--split must be test or dev, got {self.split!r}")
-        for name in ("eval_examples", "seed", "k", "dev_k"):
+        for name in ("seed", "k", "dev_k"):
             value = getattr(self, name)
             _require(value >= 0, f"--{name.replace('_', '-')} must be >= 0, got {value}")
 
     def provider_list(self) -> list[str]:
-        return [p.strip() for p in self.providers.split(",") if p.strip()] if self.providers else [self.provider]
+        return [self.provider]
 
     @classmethod
-    def from_flags(cls, flags: dict[str, Any]) -> EvalConfig:
+    def from_flags(cls, flags: dict[str, Any]) -> ScoringConfig:
         """The flags given; with ``--run``, every data/model setting not given comes from the run's config.json."""
         given = {k: v for k, v in flags.items() if v is not None and k in {f.name for f in fields(cls)}}
         if given.get("run"):
@@ -556,6 +549,23 @@ class EvalConfig(DataFields, SessionFields):
                 if k not in given and k in run_cfg:
                     given[k] = run_cfg[k]
         return cls(**given)
+
+
+@dataclass
+class EvalConfig(ScoringConfig):
+    """``zo-edge eval``: ScoringConfig plus which split, how many examples, and one or several providers."""
+
+    split: str = _f("test", "which split to score: test | dev")
+    eval_examples: int = _f(500, "examples scored (0: all)")
+    providers: str = _f("", "comma list: run the same evaluation on each available provider and compare")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.split in ("test", "dev"), f"--split must be test or dev, got {self.split!r}")
+        _require(self.eval_examples >= 0, f"--eval-examples must be >= 0 (0: all), got {self.eval_examples}")
+
+    def provider_list(self) -> list[str]:
+        return [p.strip() for p in self.providers.split(",") if p.strip()] if self.providers else [self.provider]
 
 
 def read_run_config(run: str | Path) -> dict[str, Any]:

@@ -12,23 +12,27 @@ from pathlib import Path
 
 from runtime.checkpoint import load_trained_checkpoint
 from runtime.contract import FEATURE_CANDIDATE_SCORING
+from runtime.layers import n_blocks, parse_layers
 from runtime.loop import LoopConfig, check_run_meta, load_trained, train
 from runtime.oracle import Oracle
 from runtime.session import GraphSession
 from zo_edge import optim
-from zo_edge.config import DataFields, TrainConfig
+from zo_edge.config import AUTO, DataFields, TrainConfig
 from zo_edge.data import TaskBatches, load_tokenizer
 from zo_edge.evaluate import EvalResult, evaluate
 from zo_edge.methods import get_method
-from zo_edge.tasks import TaskData, get_task
+from zo_edge.tasks import TaskData
 
 __all__ = [
     "Prepared",
     "build_method",
+    "evaluate_on",
     "load_run",
     "load_task_data",
     "make_oracle",
     "plot_run",
+    "prepare",
+    "resolve_prompt",
     "run_training",
     "train_with_progress",
 ]
@@ -41,23 +45,32 @@ class Prepared:
     tokenizer: object
     task: object
     data: TaskData
+    #: the dev scores of the candidate prompts when ``--template auto`` chose one (zo_edge.prompts), else None
+    prompt_scores: list | None = None
 
 
 def load_task_data(cfg: DataFields):
     """The task (with the config's data file and template/labels overrides) and its train/dev/test split.
 
     ``cfg`` is a TrainConfig or an EvalConfig: both carry the data fields and ``seed``, ``k``, ``dev_k``."""
-    task = get_task(cfg.task, **cfg.task_kwargs())
+    task = cfg.make_task()
     data = task.load(seed=cfg.seed, k=cfg.k or None, dev_k=cfg.dev_k)
     return task, data
 
 
 def make_oracle(
-    model_dir: str, provider: str, threads: int, micro_batch: int = 0, provider_options: dict[str, str] | None = None
+    model_dir: str,
+    provider: str,
+    threads: int,
+    micro_batch: int = 0,
+    provider_options: dict[str, str] | None = None,
+    layers: str = "all",
 ) -> Oracle:
-    """``provider_options``: the options of ``provider`` (``--provider-option``), passed to onnxruntime as given."""
+    """``provider_options``: the options of ``provider`` (``--provider-option``), passed to onnxruntime as given;
+    ``layers``: the blocks training may touch (``--layers``, ``runtime.layers``; evaluation uses "all")."""
     session = GraphSession(model_dir, provider, threads=threads or None, provider_options=provider_options or None)
-    return Oracle(session, micro_batch=micro_batch)
+    blocks = parse_layers(layers, n_blocks(session.manifest))
+    return Oracle(session, micro_batch=micro_batch, blocks=blocks)
 
 
 def build_method(cfg: TrainConfig):
@@ -70,12 +83,27 @@ def build_method(cfg: TrainConfig):
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
-    from runtime.providers import PROVIDER_ALIASES
-
-    options = cfg.provider_options().get(PROVIDER_ALIASES.get(cfg.provider.lower(), cfg.provider))
-    oracle = make_oracle(cfg.model, cfg.provider, cfg.threads, cfg.micro_batch, options)
+    options = cfg.provider_options([cfg.provider])[cfg.provider]
+    oracle = make_oracle(cfg.model, cfg.provider, cfg.threads, cfg.micro_batch, options, cfg.layers)
     task, data = load_task_data(cfg)
-    return Prepared(cfg, oracle, load_tokenizer(cfg.model), task, data)
+    tokenizer = load_tokenizer(cfg.model)
+    task, scores = resolve_prompt(cfg, oracle, tokenizer, task, data)
+    return Prepared(cfg, oracle, tokenizer, task, data, scores)
+
+
+def resolve_prompt(cfg: DataFields, oracle: Oracle, tokenizer, task, data: TaskData):
+    """(task, scores): with ``--template auto``, the task asking with the best candidate prompt on the dev split
+    (zero-shot, forwards only) and every candidate's dev scores; ``cfg.template``/``cfg.labels`` are set to the
+    chosen prompt, so the run's config.json records the prompt it trained with. Otherwise (task, None)."""
+    if cfg.template != AUTO:
+        return task, None
+    from zo_edge.prompts import chosen, select_prompt
+
+    scores = select_prompt(oracle, tokenizer, task, data.dev, max_len=cfg.max_len)
+    prompt = chosen(scores).prompt
+    cfg.template = prompt.template
+    cfg.labels = ",".join(f"{c}={'|'.join(w.strip() for w in ws)}" for c, ws in prompt.verbalizer.items())
+    return task.with_prompt(prompt), scores
 
 
 def evaluate_on(p: Prepared, examples, limit: int) -> EvalResult:
@@ -86,9 +114,18 @@ def evaluate_on(p: Prepared, examples, limit: int) -> EvalResult:
 def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
     cfg = p.cfg
     method = build_method(cfg)
-    one_row = p.oracle.manifest.has(FEATURE_CANDIDATE_SCORING)  # classification: one row per example when it can
-    batches = TaskBatches(p.task, p.data.train, p.tokenizer, cfg.batch_size, cfg.max_len, cfg.seed, cfg.objective)
-    batches.candidate_scoring = one_row
+    batches = TaskBatches(
+        p.task,
+        p.data.train,
+        p.tokenizer,
+        cfg.batch_size,
+        cfg.max_len,
+        cfg.seed,
+        cfg.objective,
+        balance=cfg.balance,
+        # classification batches: one row per example where the graph scores candidates itself
+        candidate_scoring=p.oracle.manifest.has(FEATURE_CANDIDATE_SCORING),
+    )
 
     def dev_eval(oracle: Oracle) -> dict[str, float]:
         return evaluate_on(p, p.data.dev, 0).summary()

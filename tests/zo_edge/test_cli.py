@@ -46,6 +46,19 @@ def test_train_writes_run_folder_and_eval_reads_it(tiny_lm_dirs, tmp_path, capsy
     assert result["cpu"]["n"] == 8 and 0.0 <= result["cpu"]["accuracy"] <= 1.0
 
 
+def test_template_auto_records_the_chosen_prompt(tiny_lm_dirs, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["--template", "auto", "--eval-examples", "8", "--layers", "top:1"]
+    assert _train(tiny_lm_dirs["fp32"], run, "lozo", 2, *argv) == 0
+    out = capsys.readouterr().out
+    written = json.loads((run / "config.json").read_text())
+    assert "--template auto, best on dev" in out and written["template"] not in ("", "auto") and written["labels"]
+    assert written["layers"] == "top:1"
+    assert main(["prompts", "--run", str(run), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert len(scores) >= 1 and sum(s["chosen"] for s in scores) == 1
+
+
 def test_toml_config_and_flag_override(tiny_lm_dirs, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(

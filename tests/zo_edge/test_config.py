@@ -19,7 +19,7 @@ import pytest
 from runtime.errors import ZoEdgeError
 from runtime.method import METHODS, register_method
 from zo_edge import cli
-from zo_edge.config import ConfigError, EvalConfig, TrainConfig, parse_provider_options
+from zo_edge.config import ConfigError, EvalConfig, TrainConfig
 from zo_edge.methods.base import BaseConfig, ZOBase, knob
 from zo_edge.methods.lozo import LOZOConfig
 
@@ -149,8 +149,11 @@ def test_bad_toml_is_one_line_naming_the_file(toml, needle, tmp_path, capsys):
         (["--task", "trec", "--data", "f.csv"], "--data is for --task user-data, not trec"),
         (["--task", "user-data"], "--task user-data needs --data"),
         (["--text-field", "body"], "--text-field applies to --data"),
+        (["--template", "auto", "--labels", "a=x,b=y"], "--template auto picks a prompt with its own label words"),
+        (["--labels", "good=x,bad=y"], "the task's classes are"),
+        (["--balance", "maybe"], "--balance must be one of auto, on, off"),
         (["--provider-option", "nokey"], "is not [PROVIDER:]KEY=VALUE"),
-        (["--provider-option", "cuda:device_id=0"], "names CUDAExecutionProvider, which this command does not run on"),
+        (["--provider-option", "cuda:device_id=0"], "which is not among the providers of this run"),
     ],
 )
 def test_bad_flags_are_one_line(argv, needle, capsys):
@@ -164,12 +167,11 @@ def test_data_implies_user_data():
     assert EvalConfig(model="m", data="mine.csv").task == "user-data"
 
 
-def test_provider_options_parse():
-    got = parse_provider_options(["cuda:device_id=1", "gpu_mem_limit=2", "openvino:cache_dir=/a:b=c"], "cuda")
-    assert got == {
-        "CUDAExecutionProvider": {"device_id": "1", "gpu_mem_limit": "2"},
-        "OpenVINOExecutionProvider": {"cache_dir": "/a:b=c"},
-    }
+def test_provider_options_reach_the_config():
+    cfg = TrainConfig(provider="cuda", provider_option=["cuda:device_id=1", "gpu_mem_limit=2"])
+    assert cfg.provider_options(["cuda"]) == {"cuda": {"device_id": "1", "gpu_mem_limit": "2"}}
+    e = EvalConfig(model="m", providers="cpu,openvino", provider_option=["openvino:cache_dir=/a:b=c", "x=1"])
+    assert e.provider_options(e.provider_list()) == {"cpu": {"x": "1"}, "openvino": {"cache_dir": "/a:b=c"}}
 
 
 def test_eval_run_alone_names_model_and_data(tmp_path):
@@ -201,7 +203,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_flag_of_every_command_has_help_with_its_default():
     parsers = _parsers()
-    assert set(parsers) >= {"export", "train", "eval", "merge", "generate", "providers", "demo"}
+    assert set(parsers) >= {"export", "train", "eval", "prompts", "merge", "generate", "providers", "demo"}
     for name, p in parsers.items():
         for action in p._actions:
             if isinstance(action, argparse._HelpAction):
@@ -262,3 +264,15 @@ def test_demo_config_from_flags(capsys):
     given = {k: v for k, v in cli._given(a, a._names).items() if v is not None}
     assert given == {"steps": 3, "int4": True}
     assert np.isclose(TrainConfig(method="zo-act").optim.lr, METHODS["zo-act"].default_lr)
+
+
+def test_template_and_labels_override_a_builtin_task():
+    from zo_edge.tasks import get_task
+
+    e = EvalConfig(
+        model="m", task="rotten-tomatoes", template="Review: {text} Verdict:", labels="rotten=bad,fresh=good"
+    )
+    task = e.make_task()
+    assert task.template == "Review: {text} Verdict:"
+    assert task.verbalizer == {"rotten": [" bad"], "fresh": [" good"]}
+    assert EvalConfig(model="m").make_task().template == get_task("rotten-tomatoes").template
