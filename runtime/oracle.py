@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from runtime.errors import ZoEdgeError
 from runtime.layers import restrict_manifest
 from runtime.session import GraphSession
 from runtime.trained_state import LowRank, TrainedState
+
+if TYPE_CHECKING:
+    from runtime.prefix_cache import PrefixCache
 
 __all__ = ["ForwardOutputs", "Objective", "Oracle", "lm_objective", "rayleigh_ritz"]
 
@@ -78,10 +82,15 @@ class Oracle:
         adapter_rank: int = 64,
         micro_batch: int = 0,
         blocks: list[int] | None = None,
+        prefix: PrefixCache | None = None,
     ) -> None:
         if micro_batch < 0:
             raise ZoEdgeError(f"micro_batch must be >= 0 (0: whole batch per pass), got {micro_batch}")
         self.session = session
+        #: the frozen-prefix cache when ``session`` runs a suffix graph (runtime/prefix_cache.py), else None
+        self.prefix = prefix
+        if session.takes_hidden != (prefix is not None):
+            raise ZoEdgeError("a suffix-graph session needs a PrefixCache and a full-graph session must have none")
         #: rows per onnxruntime pass for loss-only forwards (0: the whole batch in one pass). A row's loss does not
         #: depend on the other rows, so a batch can be cut into row chunks (each trimmed of its all-padding columns)
         #: and the per-row outputs concatenated: the result is the same up to float reassociation, and activation
@@ -125,12 +134,17 @@ class Oracle:
         outputs = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *scored, *fetch)
         mb = self.micro_batch
         if not mb or batch.size <= mb or fetch or noise or extra:
-            return self.session.forward(batch, feeds, outputs)
+            return self._forward(batch, feeds, outputs)
         parts = [
-            self.session.forward(batch.rows(slice(i, i + mb)).trim_left(), feeds, outputs)
-            for i in range(0, batch.size, mb)
+            self._forward(batch.rows(slice(i, i + mb)).trim_left(), feeds, outputs) for i in range(0, batch.size, mb)
         ]
         return {k: np.concatenate([part[k] for part in parts]) for k in outputs}
+
+    def _forward(self, batch: Batch, feeds: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """One session pass; a suffix session is fed the cached prefix hidden states of exactly these rows."""
+        if self.prefix is not None:
+            feeds = {**feeds, contract.INPUT_HIDDEN: self.prefix.hidden(batch)}
+        return self.session.forward(batch, feeds, outputs)
 
     def sample_losses(
         self,

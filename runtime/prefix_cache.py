@@ -23,7 +23,7 @@ from runtime import contract
 from runtime.batch import Batch
 from runtime.session import GraphSession
 
-__all__ = ["PrefixCache"]
+__all__ = ["PrefixCache", "choose_split", "make_oracle"]
 
 
 class PrefixCache:
@@ -49,16 +49,17 @@ class PrefixCache:
         self.hits += batch.size - len(missing)
         self.misses += len(missing)
         fresh: dict[int, np.ndarray] = {}
-        if missing:
-            sub = batch.rows(np.asarray(missing)).trim_left()
+        for i in missing:
+            # One row per pass, trimmed of its padding: a row's hidden state is then the same bits whichever batch
+            # first asked for it, so a resumed run (which refills the cache in another order) is bit-exact.
+            sub = batch.rows(np.asarray([i])).trim_left()
             out = self.prefix.forward(sub, fetch=(contract.OUTPUT_HIDDEN,))[contract.OUTPUT_HIDDEN]
             self.prefix_passes += 1
-            for j, i in enumerate(missing):
-                row = np.ascontiguousarray(out[j, sub.attention_mask[j] != 0], np.float32)
-                fresh[i] = row
-                if remember and self.nbytes + row.nbytes <= self.budget:
-                    self.rows[keys[i]] = row
-                    self.nbytes += row.nbytes
+            row = np.ascontiguousarray(out[0, sub.attention_mask[0] != 0], np.float32)
+            fresh[i] = row
+            if remember and self.nbytes + row.nbytes <= self.budget:
+                self.rows[keys[i]] = row
+                self.nbytes += row.nbytes
         d = next(iter(fresh.values())).shape[1] if fresh else self.rows[keys[0]].shape[1]
         hidden = np.zeros((batch.size, batch.input_ids.shape[1], d), np.float32)
         for i, k in enumerate(keys):
@@ -72,3 +73,39 @@ class PrefixCache:
             "prefix_hits": self.hits,
             "prefix_misses": self.misses,
         }
+
+
+def choose_split(splits: list[int], blocks: list[int] | None) -> int | None:
+    """The deepest exported split S at or below the lowest trained block (None: no split helps, run the full graph).
+
+    Any S <= min(blocks) is exact: the suffix graph has ports for every block >= S and the untrained ones stay at
+    their off defaults; the deepest one leaves the least work per pass."""
+    if not blocks:
+        return None
+    usable = [s for s in splits if s <= min(blocks)]
+    return max(usable) if usable else None
+
+
+def make_oracle(
+    model_dir,
+    *,
+    blocks: list[int] | None = None,
+    cache_mb: float = 512.0,
+    provider: str = "cpu",
+    provider_options=None,
+    threads: int | None = None,
+    micro_batch: int = 0,
+):
+    """The Oracle a run trains with: on the suffix graph behind a prefix cache when ``blocks`` start at or above an
+    exported split, else on the full graph (restricted to ``blocks`` either way). Returns (oracle, split or None)."""
+    from runtime.contract import Manifest
+    from runtime.oracle import Oracle
+
+    kw = dict(provider=provider, provider_options=provider_options, threads=threads)
+    split = choose_split(Manifest.load(model_dir).splits, blocks) if cache_mb > 0 else None
+    if split is None:
+        return Oracle(GraphSession(model_dir, **kw), micro_batch=micro_batch, blocks=blocks), None
+    prefix = GraphSession(model_dir, graph_file=contract.prefix_graph_file(split), **kw)
+    suffix = GraphSession(model_dir, graph_file=contract.suffix_graph_file(split), params=prefix.params, **kw)
+    cache = PrefixCache(prefix, cache_mb)
+    return Oracle(suffix, micro_batch=micro_batch, blocks=blocks, prefix=cache), split

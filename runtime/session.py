@@ -36,9 +36,15 @@ class GraphSession:
         provider_options: Mapping[str, str] | Mapping[str, Mapping[str, str]] | None = None,
         fallback: tuple[str, ...] = (),
         threads: int | None = None,
+        graph_file: str = contract.GRAPH_FILE,
+        params: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """``provider_options``: either one flat ``{key: value}`` dict for the first provider (the old form), or
-        ``{provider: {key: value}}`` for any provider of the chain, named short (``openvino``) or in full, as
+        """``graph_file``: the model folder's graph to run (``model.onnx``, or a split graph ``prefix_S.onnx`` /
+        ``suffix_S.onnx``: runtime/prefix_cache.py); only the inputs that graph has are bound. ``params``: another
+        session's parameter arrays to bind instead of reading ``params.safetensors`` again (the split graphs and
+        the full graph then share one copy, and in-place updates are seen by all). ``provider_options``: either
+        one flat ``{key: value}`` dict for the first provider (the old form), or ``{provider: {key: value}}`` for
+        any provider of the chain, named short (``openvino``) or in full, as
         ``runtime.providers.parse_provider_options`` returns it; options for providers not in the chain are
         ignored (a fallback chain may not reach them)."""
         self.model_dir = Path(model_dir)
@@ -59,19 +65,24 @@ class GraphSession:
         if threads:
             opts.intra_op_num_threads = int(threads)
         provider_opts = [self.provider_options[p] for p in self.providers]
-        self.session = ort.InferenceSession(
-            str(self.model_dir / contract.GRAPH_FILE), opts, providers=self.providers, provider_options=provider_opts
-        )
+        graph = self.model_dir / graph_file
+        if not graph.is_file():
+            raise contract.ManifestError(f"{graph} is missing; re-export the model with `zo-edge export --force`")
+        self.graph_file = graph_file
+        self.session = ort.InferenceSession(str(graph), opts, providers=self.providers, provider_options=provider_opts)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
-        self.params: dict[str, np.ndarray] = self._load_params()
+        self._input_names = {i.name for i in self.session.get_inputs()}
+        self.params: dict[str, np.ndarray] = self._load_params() if params is None else params
         self._io = self.session.io_binding()
         self._keep: dict[str, ort.OrtValue] = {}  # OrtValues must outlive the binding
         for key, arr in self.params.items():
-            self._bind(contract.param_name(key), arr)
-        self._defaults = self._default_ports()
+            if contract.param_name(key) in self._input_names:
+                self._bind(contract.param_name(key), arr)
+        self._defaults = {k: v for k, v in self._default_ports().items() if k in self._input_names}
         for name, arr in self._defaults.items():
             self._bind(name, arr)
-        self._input_names = {i.name for i in self.session.get_inputs()}
+        #: a suffix graph's entry: fed by every forward (no default: a forgotten feed must fail, not run on zeros)
+        self.takes_hidden = contract.INPUT_HIDDEN in self._input_names
 
     # --- setup ---------------------------------------------------------------------------------------------
     def _options_per_provider(
@@ -140,15 +151,20 @@ class GraphSession:
         """One pass. ``ports`` maps contract names (port_p(l), probe_omega(g), probe_rows, ...) to arrays."""
         self._bind(contract.INPUT_IDS, batch.input_ids)
         self._bind(contract.INPUT_ATTENTION_MASK, batch.attention_mask)
-        self._bind(contract.INPUT_LOSS_MASK, batch.loss_mask)
-        if self.manifest.has(contract.FEATURE_CANDIDATE_SCORING):
+        if contract.INPUT_LOSS_MASK in self._input_names:  # the prefix graph has no loss head
+            self._bind(contract.INPUT_LOSS_MASK, batch.loss_mask)
+        ports = dict(ports or {})
+        if self.takes_hidden:
+            hidden = ports.pop(contract.INPUT_HIDDEN, None)
+            assert hidden is not None, f"{self.graph_file} needs {contract.INPUT_HIDDEN} (runtime.prefix_cache)"
+            self._bind(contract.INPUT_HIDDEN, np.ascontiguousarray(hidden, np.float32))
+        if contract.INPUT_CANDIDATE_IDS in self._defaults:
             off = self._defaults[contract.INPUT_CANDIDATE_IDS]
             self._bind(contract.INPUT_CANDIDATE_IDS, off if batch.candidate_ids is None else batch.candidate_ids)
-        elif batch.candidate_ids is not None:
+        elif batch.candidate_ids is not None and contract.INPUT_LOSS_MASK in self._input_names:
             raise contract.ManifestError(
                 f"{self.model_dir} was exported without candidate scoring; re-export it with `zo-edge export --force`"
             )
-        ports = ports or {}
         for name, arr in ports.items():
             if name not in self._defaults:
                 raise KeyError(f"{name!r} is not a port of this graph (see manifest.json)")
