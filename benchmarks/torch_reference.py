@@ -9,6 +9,8 @@
   ``torch.manual_seed(seed)``, then for each parameter ``param.data.add_(torch.normal(0, 1, size) * scale)`` with
   scale +μ, −2μ, +μ (restore), two forwards, and the update ``θ −= η g z`` with z regenerated from the same seed.
 * ``kind = "adamw"``: a first-order step, ``loss.backward()`` + ``torch.optim.AdamW.step()`` (+ ``zero_grad``).
+* ``kind = "lora"``: the same step on a ``peft`` LoRA model (``apply_lora``: r = 8 on q, k, v, o, gate, up, down;
+  AdamW over the adapters only), what a laptop user would run instead of full fine-tuning.
 
 The model is SmolLM2-135M from ``export.source.resolve_source("smollm2-135m").load()`` (float32, eager attention),
 the zo-edge export's source. Threads: ``torch.set_num_threads(threads)`` (all cores by default).
@@ -99,6 +101,24 @@ def first_order_step(loss_fn, opt) -> tuple[float, dict[str, float]]:
     return loss.item(), {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def apply_lora(model, r: int = 8, alpha: int = 16, targets=None, dropout: float = 0.0):
+    """``model`` wrapped by ``peft`` LoRA (r, alpha, on every attention and MLP projection of a Llama-family
+    decoder by default): the base weights frozen, A and B trainable (B starts at zero, so the model is unchanged
+    at step 0). Dropout 0: the ZO rows have none, and it would make the first-order steps noisier, not better.
+    Needs the ``bench`` extra (``pip install peft``)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise SystemExit("the LoRA rows need peft: pip install -e '.[bench]' (or pip install peft)") from None
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets or LORA_TARGETS), bias="none"
+    )
+    return get_peft_model(model, config)
+
+
 def main(spec: dict) -> dict:
     import psutil
     import torch
@@ -138,9 +158,11 @@ def main(spec: dict) -> dict:
         out["step_s"] = round(median(times), 4)
         for k in ("forward", "perturb", "update"):
             out[f"t_{k}"] = round(median([s[k] for s in extra]), 4)
-    elif kind == "adamw":
+    elif kind in ("adamw", "lora"):
+        if kind == "lora":
+            model = apply_lora(model, r=spec.get("r", 8))
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.get("lr", 1e-5))
         for i in range(reps + 1):
             _, split = first_order_step(lambda: _loss(model, batch), opt)
             if i:
