@@ -116,7 +116,7 @@ def install_ports(model: nn.Module, arch: Architecture, roles: list[str], basis_
             parent_path, _, attr = path.rpartition(".")
             parent = block.get_submodule(parent_path) if parent_path else block
             old = getattr(parent, attr)
-            weight = old.weight.t() if arch.weight_layout == "out_in" else old.weight
+            weight = old.weight.t() if arch.weight_layout == contract.LAYOUT_OUT_IN else old.weight  # -> [d_in, d_out]
             group = f"{prefix}.{arch.group_of_role(role)}"
             leader = group not in groups
             new = PortedLinear(

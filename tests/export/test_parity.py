@@ -67,7 +67,7 @@ def _pq_ports(pq: dict[str, tuple[np.ndarray, np.ndarray]], scale: float) -> dic
 def _hf_delta(module: torch.nn.Module, p: np.ndarray, q: np.ndarray, layout: str) -> torch.Tensor:
     """Q P^T in HF orientation [d_out, d_in]; GPT-2's Conv1D stores [d_in, d_out], so it gets P Q^T."""
     delta = torch.from_numpy(q).double() @ torch.from_numpy(p).double().T
-    delta = delta if layout == "out_in" else delta.T
+    delta = delta if layout == contract.LAYOUT_OUT_IN else delta.T
     assert delta.shape == module.weight.shape, f"{delta.shape} vs {tuple(module.weight.shape)}"
     return delta.to(module.weight.dtype)
 
@@ -378,7 +378,8 @@ def test_untied_head_is_its_own_parameter(tiny_export, tiny):
     exp = tiny_export("llama-untied")
     assert not exp.reference.config.tie_word_embeddings
     kinds = {p.name: p.kind for p in exp.manifest.params}
-    assert kinds["lm_head.weight"] == contract.KIND_LM_HEAD and kinds["model.embed_tokens.weight"] == "embedding"
+    assert kinds["lm_head.weight"] == contract.KIND_LM_HEAD
+    assert kinds["model.embed_tokens.weight"] == contract.KIND_EMBEDDING
     sess = GraphSession(exp.dir)
     head, embed = sess.params["lm_head.weight"], sess.params["model.embed_tokens.weight"]
     assert not np.allclose(head, embed), "the tiny untied model should have distinct head and embedding"
