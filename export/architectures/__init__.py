@@ -11,8 +11,8 @@ Adding a family means one file here and one import line below; the tests find it
    override a hook (``hidden_states``, ``logits_transform``, ``lm_head_weight``) only when a declaration cannot
    say it;
 2. run ``python -m pytest tests/export -q -m "not slow"``: the parity suite runs every registered type and tiny
-   variant against torch, and fails for a type without a tiny config or a parameter without a declared kind;
-   tests/export/test_merge.py shows how to add the family to the merge round trip.
+   variant against torch (tests/export/test_merge.py the merge round trip too), and fails for a type without a
+   tiny config or a parameter without a declared kind.
 """
 
 from export.architectures import gpt2, llama, opt  # noqa: F401  (registration side effects)

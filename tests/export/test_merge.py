@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import export.merge
-from export.architectures import get_architecture
+from export.architectures import get_architecture, tiny_cases
 from export.merge import MergeError, merge_run
 from runtime import checkpoint, contract
 from runtime.errors import ZoEdgeError
@@ -62,7 +62,7 @@ def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids, use_cache=False).logits
 
 
-@pytest.mark.parametrize("case", ["llama", "gpt2", "opt", "llama-untied"])
+@pytest.mark.parametrize("case", list(tiny_cases()))  # every registered type and tiny variant
 def test_merged_model_matches_torch(tiny_export, case, tmp_path):
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM
