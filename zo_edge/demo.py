@@ -99,7 +99,7 @@ def run_demo(a: DemoConfig) -> int:
             flush=True,
         )
         t1 = time.time()
-        result = train_with_progress(p, resume=False)
+        result = train_with_progress(p, resume=False, interrupted=f"interrupted: {final} is left as it was")
         train_s = time.time() - t1
         load_run(p.oracle, tmp, "best")
         print(f"[4/4] re-scoring the same {n} test sentences with the best dev checkpoint ...", flush=True)

@@ -10,12 +10,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import prefix_cache
 from runtime.checkpoint import load_trained_checkpoint
-from runtime.contract import FEATURE_CANDIDATE_SCORING
+from runtime.contract import FEATURE_CANDIDATE_SCORING, Manifest
 from runtime.layers import n_blocks, parse_layers
 from runtime.loop import LoopConfig, check_run_meta, load_trained, train
 from runtime.oracle import Oracle
-from runtime.session import GraphSession
 from zo_edge import optim
 from zo_edge.config import AUTO, DataFields, TrainConfig
 from zo_edge.data import TaskBatches, load_tokenizer
@@ -67,10 +67,19 @@ def make_oracle(
     layers: str = "all",
 ) -> Oracle:
     """``provider_options``: the options of ``provider`` (``--provider-option``), passed to onnxruntime as given;
-    ``layers``: the blocks training may touch (``--layers``, ``runtime.layers``; evaluation uses "all")."""
-    session = GraphSession(model_dir, provider, threads=threads or None, provider_options=provider_options or None)
-    blocks = parse_layers(layers, n_blocks(session.manifest))
-    return Oracle(session, micro_batch=micro_batch, blocks=blocks)
+    ``layers``: the blocks training may touch (``--layers``, ``runtime.layers``; evaluation uses "all"). When they
+    start at or above an exported split, the oracle runs the suffix graph behind a frozen-prefix cache
+    (runtime/prefix_cache.py): each pass then costs the trained blocks only."""
+    blocks = parse_layers(layers, n_blocks(Manifest.load(model_dir)))
+    oracle, _ = prefix_cache.make_oracle(
+        model_dir,
+        blocks=blocks,
+        provider=provider,
+        provider_options=provider_options or None,
+        threads=threads or None,
+        micro_batch=micro_batch,
+    )
+    return oracle
 
 
 def build_method(cfg: TrainConfig):
@@ -155,9 +164,9 @@ def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
     return result
 
 
-def train_with_progress(p: Prepared, resume: bool) -> dict:
+def train_with_progress(p: Prepared, resume: bool, interrupted: str | None = None) -> dict:
     """``run_training`` with a progress bar (loss, RSS); Ctrl-C leaves a checkpoint and exits 130 with how to
-    resume. What ``zo-edge train`` and ``zo-edge demo`` run."""
+    resume (or with ``interrupted``, the caller's own line). What ``zo-edge train`` and ``zo-edge demo`` run."""
     import psutil
     from tqdm import tqdm
 
@@ -173,7 +182,7 @@ def train_with_progress(p: Prepared, resume: bool) -> dict:
         return run_training(p, resume=resume, on_step=on_step)
     except KeyboardInterrupt:
         bar.close()
-        print(f"\ninterrupted: checkpoint saved in {p.cfg.out}; continue with the same command plus --resume")
+        print("\n" + (interrupted or f"interrupted: checkpoint saved in {p.cfg.out}; continue with --resume"))
         raise SystemExit(130) from None
     finally:
         bar.close()
