@@ -13,13 +13,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from export.architectures import registered_architectures
+from export.architectures import tiny_cases
 from export.quantize import dequantize_matmulnbits
 from runtime import contract
 from runtime.batch import Batch
 from runtime.session import GraphSession
 
-MODEL_TYPES = sorted(registered_architectures())
+CASES = list(tiny_cases())  # every registered model type, then the tiny variants (the untied-head "llama-untied")
 BLOCK = 32
 
 
@@ -32,7 +32,7 @@ def low_rank_ports(manifest: contract.Manifest, seed: int, rank: int = 2) -> dic
     return ports
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", CASES)
 def test_int4_equals_fp32_with_dequantized_weights(tiny_export, tiny, model_type):
     fp32 = tiny_export(model_type)
     int4 = tiny_export(model_type, int4=True, block_size=BLOCK)
@@ -58,14 +58,15 @@ def test_int4_equals_fp32_with_dequantized_weights(tiny_export, tiny, model_type
     assert np.abs(q.forward(batch)[contract.OUTPUT_ROW_NLL] - original).max() > 1e-4
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", CASES)
 def test_int4_stores_embedding_once(tiny_export, model_type):
     int4 = tiny_export(model_type, int4=True, block_size=BLOCK)
     model = onnx.load(str(int4.dir / contract.GRAPH_FILE))
     vocab, dims = int4.manifest.vocab_size, {g.d_in for g in int4.manifest.groups}
     floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
     embeddings = [i.name for i in floats if len(i.dims) == 2 and i.dims[0] == vocab and i.dims[1] in dims]
-    assert len(embeddings) == 1, f"{model_type}: expected one float [vocab, d] initializer, got {embeddings}"
+    tied = int4.manifest.hf_config["tie_word_embeddings"]  # an untied head is a second float [vocab, d] (a Gemm)
+    assert len(embeddings) == (1 if tied else 2), f"{model_type}: float [vocab, d] initializers {embeddings}"
     assert not any(n.op_type == "MatMul" and n.input[1] in {i.name for i in floats} for n in model.graph.node), (
         "a MatMul with a constant float weight was left unquantized"
     )
