@@ -46,9 +46,11 @@ from runtime.atomic import (  # atomic_write_* are re-exported: runtime/loop.py 
     write_file,
 )
 from runtime.atomic import data_chunks as _chunks  # noqa: F401  (the crash tests tear writes through it)
+from runtime.errors import ZoEdgeError
 from runtime.safetensors_io import read_safetensors_writable, safetensors_chunks
 
 __all__ = [
+    "NoCheckpointError",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -61,6 +63,11 @@ __all__ = [
     "save_checkpoint",
     "save_named",
 ]
+
+
+class NoCheckpointError(ZoEdgeError, FileNotFoundError):
+    """A run folder (or checkpoint path) without a complete checkpoint: the user names the wrong folder."""
+
 
 ARRAYS_FILE = "arrays.safetensors"
 ARRAYS_FALLBACK = "arrays.npz"
@@ -226,7 +233,7 @@ def load_checkpoint(path_or_run_dir: str | os.PathLike) -> tuple[dict[str, np.nd
     if not is_complete(path):
         found = latest_checkpoint(path)
         if found is None:
-            raise FileNotFoundError(f"no complete checkpoint at {path} (neither a checkpoint folder nor a run dir)")
+            raise NoCheckpointError(f"no complete checkpoint at {path} (neither a checkpoint folder nor a run dir)")
         path = found
     meta = json.loads((path / META_FILE).read_text("utf-8"))
     if (path / ARRAYS_FILE).is_file():
@@ -248,6 +255,6 @@ def load_trained_checkpoint(
     path = run_dir / "best" if which == "best" and is_complete(run_dir / "best") else None
     path = path or latest_checkpoint(run_dir)
     if path is None:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint; train first (zo-edge train --out {run_dir})")
+        raise NoCheckpointError(f"{run_dir} has no checkpoint; train first (zo-edge train --out {run_dir})")
     arrays, meta = load_checkpoint(path)
     return arrays, meta, path

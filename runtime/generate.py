@@ -13,9 +13,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from runtime.errors import ZoEdgeError
 from runtime.providers import resolve_providers
 
-__all__ = ["Generator"]
+__all__ = ["GenerateError", "Generator"]
+
+
+class GenerateError(ZoEdgeError, FileNotFoundError):
+    """A folder that holds no merged model to generate with."""
 
 
 class Generator:
@@ -25,7 +30,7 @@ class Generator:
         onnx_dir = Path(onnx_dir)
         path = onnx_dir / "model.onnx"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: generate needs a merged model (zo-edge merge RUN --out DIR)")
+            raise GenerateError(f"{path} not found: generate needs a merged model (zo-edge merge RUN --out DIR)")
         self.session = ort.InferenceSession(str(path), providers=resolve_providers(provider))
         self.tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
         self.inputs = {i.name: i for i in self.session.get_inputs()}

@@ -15,12 +15,14 @@ from typing import Any
 
 from tokenizers import Tokenizer as _RustTokenizer
 
+from runtime.errors import ZoEdgeError
+
 __all__ = ["TOKENIZER_FILE", "Tokenizer", "TokenizerError"]
 
 TOKENIZER_FILE = "tokenizer.json"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(ZoEdgeError, ValueError):
     """A tokenizer folder or its special-token ids are unusable; the message says what to fix."""
 
 
