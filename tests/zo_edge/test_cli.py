@@ -219,3 +219,14 @@ def test_cli_help_is_complete():
             [sys.executable, "-m", "zo_edge.cli", cmd, "--help"], capture_output=True, text=True, env={**os.environ}
         )
         assert r.returncode == 0 and "usage" in r.stdout, cmd
+
+
+def test_eval_of_a_run_without_checkpoint_is_one_line(tiny_lm_dirs, tmp_path, capsys):
+    from zo_edge.config import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(TrainConfig(model=str(tiny_lm_dirs["fp32"])).to_dict()))
+    assert main(["eval", "--run", str(run), "--eval-examples", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no checkpoint" in err and "\n" not in err

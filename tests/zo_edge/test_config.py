@@ -276,3 +276,14 @@ def test_template_and_labels_override_a_builtin_task():
     assert task.template == "Review: {text} Verdict:"
     assert task.verbalizer == {"rotten": [" bad"], "fresh": [" good"]}
     assert EvalConfig(model="m").make_task().template == get_task("rotten-tomatoes").template
+
+
+def test_folder_errors_are_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(TrainConfig(model=str(tmp_path / "gone")).to_dict()))
+    assert "does not exist" in _one_line_exit(["eval", "--run", str(run)], capsys)  # its model folder is gone
+    assert "not found: generate needs a merged model" in _one_line_exit(["generate", str(tmp_path), "hi"], capsys)
+    assert "is not a zo-edge run folder" in _one_line_exit(["merge", str(tmp_path), "--out", str(run / "m")], capsys)
+    (run / "config.json").write_text("{not json")
+    assert "not valid JSON" in _one_line_exit(["eval", "--run", str(run)], capsys)
