@@ -173,6 +173,11 @@ def cmd_train(a) -> int:
     cfg = TrainConfig.from_sources(a.config, _given(a, a._names))
     if not cfg.model:
         raise ConfigError("--model is required: an exported model folder (zo-edge export MODEL --out DIR)")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: choose another --out")
+    if out.is_dir() and not (out / "config.json").is_file() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} holds files that are not a zo-edge run: choose a new or empty folder")
     p = prepare(cfg)
     if p.prompt_scores:
         from zo_edge.prompts import format_prompt_table

@@ -161,6 +161,13 @@ def test_bad_flags_are_one_line(argv, needle, capsys):
     assert needle in err, err
 
 
+def test_train_out_must_be_a_run_folder(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert "not a zo-edge run" in _one_line_exit(["train", "--model", "m", "--out", str(tmp_path)], capsys)
+    assert "is a file" in _one_line_exit(["train", "--model", "m", "--out", str(tmp_path / "notes.txt")], capsys)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+
+
 def test_data_implies_user_data():
     assert TrainConfig.from_sources(None, _flags(["--data", "mine.csv"])).task == "user-data"
     assert TrainConfig().task == "rotten-tomatoes"
