@@ -86,6 +86,8 @@ def test_zo_act_int4_calibrate_train_merge_generate(real_model_dirs, tmp_path, c
         "2",
         "--save-every",
         "10",
+        "--eval-examples",
+        "16",
     ]
     assert main(argv) == 0
     assert main(["merge", str(run), "--out", str(merged)]) == 0
