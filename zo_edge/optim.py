@@ -7,7 +7,7 @@ A ``Transform`` is a pair of functions, as optax's ``GradientTransformation`` (o
     apply_updates(params, deltas)                             # params[k] += deltas[k], in place
 
 The final ``deltas`` are what to ADD to the parameters (the learning rate is applied with a minus sign, like optax).
-Building blocks (``add_decayed_weights``, ``trace``, ``scale_by_adam``, ``clip_by_global_norm``,
+Building blocks (``add_decayed_weights``, ``trace``, ``scale_by_adam``,
 ``scale_by_learning_rate``) compose with ``chain``; ``sgd`` and ``adam`` are the user-facing aliases, and
 ``make_optimizer`` / ``make_schedule`` build them from config names.
 
@@ -61,7 +61,6 @@ __all__ = [
     "apply_updates",
     "chain",
     "check_state_budget",
-    "clip_by_global_norm",
     "constant",
     "cosine",
     "linear",
@@ -231,8 +230,8 @@ def add_decayed_weights(weight_decay: float) -> Transform:
     return Transform(init, update)
 
 
-def trace(momentum: float, nesterov: bool = False) -> Transform:
-    """Heavy-ball momentum: m ← μ·m + g, output m; with ``nesterov``, output g + μ·m (after the m update).
+def trace(momentum: float) -> Transform:
+    """Heavy-ball momentum: m ← μ·m + g, output m.
 
     This is ``torch.optim.SGD``'s buffer with dampening 0 (Polyak, 1964; Sutskever et al., 2013, "On the importance
     of initialization and momentum in deep learning"). State: one float32 buffer per name, updated in place.
@@ -249,10 +248,7 @@ def trace(momentum: float, nesterov: bool = False) -> Transform:
             m = state.trace[k]
             np.multiply(m, np.float32(momentum), out=m)
             m += g
-            if nesterov:
-                _axpy(momentum, m, g)
-            else:
-                np.copyto(g, m)
+            np.copyto(g, m)
         return updates, state
 
     return Transform(init, update)
@@ -292,29 +288,6 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Tran
             g += np.float32(eps)
             np.divide(mu, g, out=g)
             np.divide(g, np.float32(bc1), out=g)
-        return updates, state
-
-    return Transform(init, update)
-
-
-def clip_by_global_norm(max_norm: float) -> Transform:
-    """g ← g · min(1, c / ‖g‖₂), with ‖g‖₂ the norm over all arrays of THIS ``update`` call (in float64).
-
-    With streamed (subset) calls the norm is that of the subset, so this clips per tensor; call with every name at
-    once for the global norm. Stateless.
-    """
-    assert max_norm > 0.0, f"max_norm must be > 0, got {max_norm}"
-
-    def init(params: Params) -> EmptyState:
-        return EmptyState()
-
-    def update(updates: Updates, state: EmptyState, params: Params | None = None) -> tuple[Updates, EmptyState]:
-        updates = _work(updates)
-        sq = sum(float(np.dot(g.reshape(-1).astype(np.float64), g.reshape(-1))) for g in updates.values())
-        norm = math.sqrt(sq)
-        if norm > max_norm:
-            for g in updates.values():
-                g *= np.float32(max_norm / norm)
         return updates, state
 
     return Transform(init, update)
@@ -364,12 +337,10 @@ def scale_by_learning_rate(learning_rate: float | Schedule, *, flip_sign: bool =
 # --- aliases ------------------------------------------------------------------------------------------------------
 
 
-def sgd(
-    learning_rate: float | Schedule, momentum: float = 0.0, weight_decay: float = 0.0, *, nesterov: bool = False
-) -> Transform:
-    """SGD with optional heavy-ball/Nesterov momentum and coupled L2 decay: ``torch.optim.SGD`` (dampening 0)::
+def sgd(learning_rate: float | Schedule, momentum: float = 0.0, weight_decay: float = 0.0) -> Transform:
+    """SGD with optional heavy-ball momentum and coupled L2 decay: ``torch.optim.SGD`` (dampening 0)::
 
-        g ← g + λ·θ;  m ← μ·m + g;  Δθ = -η(t)·m   (Nesterov: Δθ = -η(t)·(g + μ·m))
+        g ← g + λ·θ;  m ← μ·m + g;  Δθ = -η(t)·m
 
     Stateless for ``momentum=0`` (the ZO default: MeZO uses plain SGD, Malladi et al., 2023); 4 bytes per parameter
     with momentum.
@@ -378,9 +349,7 @@ def sgd(
     if weight_decay:
         parts.append(add_decayed_weights(weight_decay))
     if momentum:
-        parts.append(trace(momentum, nesterov=nesterov))
-    else:
-        assert not nesterov, "nesterov needs momentum > 0"
+        parts.append(trace(momentum))
     parts.append(scale_by_learning_rate(learning_rate))
     return chain(*parts)
 
@@ -417,15 +386,14 @@ def make_optimizer(
     learning_rate: float | Schedule,
     *,
     momentum: float = 0.0,
-    nesterov: bool = False,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
 ) -> Transform:
-    """``sgd`` (with ``momentum``/``nesterov``) or ``adam``/``adamw`` (both decoupled decay) by config name."""
+    """``sgd`` (with ``momentum``) or ``adam``/``adamw`` (both decoupled decay) by config name."""
     if name == "sgd":
-        return sgd(learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+        return sgd(learning_rate, momentum=momentum, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
         return adam(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     raise OptimizerError(f"unknown optimizer {name!r}; choose one of: adam, adamw, sgd")

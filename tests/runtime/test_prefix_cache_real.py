@@ -1,0 +1,55 @@
+"""The frozen-prefix cache on the real SmolLM2-135M: the default export's split graphs compose to the full graph.
+
+    python -m pytest tests/runtime/test_prefix_cache_real.py -q      # slow: uses the real-model export fixture
+
+A ZO-Act step on the top blocks behind the prefix cache gives the losses of the same step on the full graph
+(restricted to the same blocks) to 1e-4 on real Rotten Tomatoes batches; the step costs less than the full-graph
+step (checked loosely here; benchmarks/layer_cost.py measures the ratios).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from runtime.layers import n_blocks
+from runtime.oracle import Oracle
+from runtime.prefix_cache import make_oracle
+from runtime.session import GraphSession
+from zo_edge import optim
+from zo_edge.data import TaskBatches, load_tokenizer
+from zo_edge.methods import get_method
+from zo_edge.tasks import get_task
+
+pytestmark = pytest.mark.slow
+
+
+def test_cached_zo_act_steps_equal_the_full_graph_on_smollm2(real_model_dirs):
+    folder = real_model_dirs["fp32"]["dir"]
+    full = Oracle(GraphSession(folder, threads=2))
+    splits = full.manifest.splits
+    assert splits, "the default fp32 export must carry the top-quarter split"
+    blocks = list(range(splits[0], n_blocks(full.manifest)))
+    full = Oracle(full.session, blocks=blocks)
+    cached, used = make_oracle(folder, blocks=blocks, threads=2)
+    assert used == splits[0]
+    task = get_task("rotten-tomatoes")
+    data = task.load(seed=0, k=8)
+    cand = full.manifest.has("candidate_scoring")
+    batches = TaskBatches(task, data.train, load_tokenizer(folder), 8, 64, 0, "classification", candidate_scoring=cand)
+    batch, objective = batches.next()
+    losses, seconds = [], []
+    for oracle in (full, cached):
+        cls = get_method("zo-act")
+        sched = optim.constant(cls.default_lr)
+        method = cls(cls.Config(), optim.make_optimizer(cls.default_optimizer, sched), sched)
+        method.init(oracle, 0)
+        method.calibrate(oracle, [batch])
+        method.step(oracle, batch, objective, 0)  # warm-up (and fills the cache)
+        t0 = time.perf_counter()
+        losses.append([method.step(oracle, batch, objective, t).loss for t in range(1, 3)])
+        seconds.append(time.perf_counter() - t0)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4, atol=1e-4)
+    assert seconds[1] < seconds[0], f"cached steps {seconds[1]:.2f} s vs full-graph steps {seconds[0]:.2f} s"
