@@ -45,9 +45,9 @@ def _listing(spec: FieldSpec) -> str:
     """The choices a field's help names, from the registries (never a written-out list)."""
     which = spec.meta.get("choices")
     if which == "methods":
-        from zo_edge.config import _methods
+        from zo_edge.config import registered_methods
 
-        return "; one of: " + ", ".join(_methods())
+        return "; one of: " + ", ".join(registered_methods())
     if which == "tasks":
         from zo_edge.tasks import list_tasks
 
@@ -58,9 +58,9 @@ def _listing(spec: FieldSpec) -> str:
 def _default_text(spec: FieldSpec) -> str:
     attr = spec.meta.get("method_default")
     if attr:  # a per-method ClassVar (default_lr, default_optimizer), read for every registered method
-        from zo_edge.config import _methods
+        from zo_edge.config import registered_methods
 
-        return "the method's: " + ", ".join(f"{n} {_show(getattr(c, attr))}" for n, c in _methods().items())
+        return "the method's: " + ", ".join(f"{n} {_show(getattr(c, attr))}" for n, c in registered_methods().items())
     if "default:" in spec.help:  # the help already says it (e.g. "default: the task's own")
         return ""
     return _show(spec.default)

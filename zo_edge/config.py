@@ -43,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "field_specs",
     "method_knobs",
+    "registered_methods",
 ]
 
 
@@ -147,7 +148,8 @@ def _finite_positive(x: float | None) -> bool:
 
 
 # --- methods: their knobs, derived from the registry --------------------------------------------------------------
-def _methods() -> dict[str, type]:
+def registered_methods() -> dict[str, type]:
+    """name -> method class, every method in zo_edge/methods registered (the one list of methods there is)."""
     import zo_edge.methods  # noqa: F401  (registers the methods)
     from runtime.method import METHODS
 
@@ -157,7 +159,7 @@ def _methods() -> dict[str, type]:
 def method_knobs() -> dict[str, list[tuple[str, FieldSpec]]]:
     """knob name -> [(method, its field)] over every registered method's Config: what ``--flags`` they make."""
     out: dict[str, list[tuple[str, FieldSpec]]] = {}
-    for name, cls in sorted(_methods().items()):
+    for name, cls in sorted(registered_methods().items()):
         for spec in field_specs(cls.Config):
             out.setdefault(spec.name, []).append((name, spec))
     return out
@@ -329,7 +331,7 @@ class TrainConfig(DataFields, SessionFields):
         from zo_edge.optim import SCHEDULES
 
         _check_types(self)
-        methods = _methods()
+        methods = registered_methods()
         _require(
             self.method in methods, f"unknown method {self.method!r}; choose one of: {', '.join(sorted(methods))}"
         )
