@@ -47,7 +47,7 @@ def _listing(spec: FieldSpec) -> str:
     if which == "methods":
         from zo_edge.config import registered_methods
 
-        return "; one of: " + ", ".join(registered_methods())
+        return "; one of: " + ", ".join(sorted(registered_methods()))
     if which == "tasks":
         from zo_edge.tasks import list_tasks
 
