@@ -64,7 +64,7 @@ TASKS = {
     "rt": dict(task="rotten-tomatoes", k=512, dev_k=16, batch_size=8, n_test=0),
     "trec": dict(task="trec", k=32, dev_k=8, batch_size=4, n_test=0),
 }
-TASK_TITLES = {"rt": "Rotten Tomatoes (held-out 1000)", "trec": "TREC (held-out 500)"}
+TASK_TITLES = {"rt": "Rotten Tomatoes", "trec": "TREC"}
 ROWS: dict[str, dict] = {
     "zero-shot": {"kind": "zero-shot"},
     "zo-act": {"kind": "zo", "flat": {"method": "zo-act"}},
@@ -226,8 +226,8 @@ def report(results: dict[str, dict], tasks, budget: float, table_marks=TABLE_MAR
         ort_infer = statistics.median(ort) if ort else float("nan")
         t = zs["test"]
         lines += [
-            f"### {TASK_TITLES.get(tag, tag)}: test accuracy ± s.e. after N minutes of training "
-            f"({budget:g} min budget)",
+            f"### {TASK_TITLES.get(tag, tag)}: held-out test accuracy ± s.e. (n {zs['test']['n']}) after N minutes "
+            f"of training ({budget:g} min budget, {zs.get('threads')} threads)",
             "",
             f"Best zero-shot prompt (chosen on dev): `{zs['prompt']['name']}` {zs['prompt']['template']!r} -> "
             f"{' / '.join('|'.join(w) for w in zs['prompt']['verbalizer'].values())}; max_len {zs['max_len']}; "
@@ -298,7 +298,8 @@ def plot(results: dict[str, dict], tag: str, budget: float, out: Path) -> Path |
     ax.set_xlabel("training wall-clock minutes (evaluation excluded)")
     ax.set_ylabel("held-out test accuracy")
     n = zs["test"]["n"] if zs and "error" not in zs else "?"
-    ax.set_title(f"{TASK_TITLES.get(tag, tag)}: SmolLM2-135M, n = {n}")
+    threads = zs.get("threads") if zs else "?"
+    ax.set_title(f"{TASK_TITLES.get(tag, tag)}: SmolLM2-135M, held-out n = {n}, {threads} threads")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -30,6 +30,14 @@ from common import cell_main, load_batches, median, reset_peak  # noqa: E402
 def row_nll(model, batch) -> tuple[object, object]:
     """(summed NLL of each row's loss tokens, their count): the exported graph's ``row_nll`` / ``row_count``.
     Positions come from the left-padded mask, as the exported graph computes them."""
+    nll, count, _ = row_scores(model, batch)
+    return nll, count
+
+
+def row_scores(model, batch, candidate_ids=None) -> tuple[object, object, object]:
+    """``row_nll``, ``row_count`` and, given ``candidate_ids`` [C] (a torch int64 tensor), the graph's
+    ``row_candidate_logp`` [B, C]: per row, the sum over its loss positions of log_softmax(logits)[candidate_ids]
+    (the contract's one-row candidate scoring); None without."""
     import torch
 
     ids, attn, lm = batch
@@ -38,7 +46,11 @@ def row_nll(model, batch) -> tuple[object, object]:
     target = ids[:, 1:]
     mask = (lm[:, 1:] * attn[:, 1:] * attn[:, :-1]).to(logits.dtype)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-    return (nll * mask).sum(-1), mask.sum(-1)
+    cand = None
+    if candidate_ids is not None:
+        logp = logits[..., candidate_ids] - torch.logsumexp(logits, dim=-1, keepdim=True)
+        cand = (logp * mask[..., None]).sum(1)
+    return (nll * mask).sum(-1), mask.sum(-1), cand
 
 
 def _loss(model, batch) -> object:

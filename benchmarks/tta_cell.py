@@ -12,8 +12,10 @@ score the held-out test split at minute marks.
   stops the run once the budget is spent (by raising ``BudgetSpent`` out of the hook: the loop has no time budget,
   and the last mark's score is already taken, so nothing is lost by not saving there).
 * ``kind = "torch"``: PyTorch backprop + AdamW on the model the export came from, full fine-tuning or ``peft`` LoRA
-  (``torch_reference.apply_lora``), the same prompt, the same candidate cross-entropy objective
-  (``accuracy_cell._candidate_ce``) and the same batches in the same order (``TaskBatches``' iterator, same seed).
+  (``torch_reference.apply_lora``), the same prompt, the same candidate cross-entropy objective in the same encoding
+  as the ZO rows (one row per example when the export has candidate scoring and the words are single tokens,
+  ``_one_row_ce``; else one row per label word, ``accuracy_cell._candidate_ce``) and the same batches in the same
+  order (the ZO rows' ``TaskBatches`` iterator, same seed).
   Scored by the same ``zo_edge.evaluate.evaluate`` code as the ZO rows, with the torch model behind a duck-typed
   oracle (``TorchOracle``), so the process holds no onnxruntime session and its peak RSS is the torch run's alone.
 
@@ -49,9 +51,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_cell import _candidate_ce  # noqa: E402
 from common import cell_main, peak_rss_mb  # noqa: E402
-from torch_reference import apply_lora, first_order_step, row_nll  # noqa: E402
+from torch_reference import apply_lora, first_order_step, row_scores  # noqa: E402
 
 from runtime import checkpoint  # noqa: E402
+from runtime.batch import Batch  # noqa: E402
 from zo_edge.config import TrainConfig  # noqa: E402
 from zo_edge.data import TaskBatches, load_tokenizer  # noqa: E402
 from zo_edge.evaluate import evaluate  # noqa: E402
@@ -241,25 +244,38 @@ def check_prompt(task, spec: dict) -> None:
         raise SystemExit(f"{spec['key']}: the task's prompt {task.prompt.describe()} is not the chosen {want}")
 
 
-def probe_batch(task, train, tok, cfg: TrainConfig):
+def probe_batch(task, train, tok, cfg: TrainConfig, candidate_scoring: bool):
     """The largest batch training can see: its first batch (a separate TaskBatches with the run's seed, the run's
     own is untouched) left-padded to ``max_len`` (a batch pads to its longest row, prompts are cut at max_len)."""
     import numpy as np
 
-    from runtime.batch import Batch
-
-    b = TaskBatches(task, train, tok, cfg.batch_size, cfg.max_len, cfg.seed, cfg.objective).next()[0]
+    b = run_batches(task, train, tok, cfg, candidate_scoring).next()[0]
     pad = ((0, 0), (max(0, cfg.max_len - b.input_ids.shape[1]), 0))
     return Batch(
         np.pad(b.input_ids, pad, constant_values=tok.pad_token_id),
         np.pad(b.attention_mask, pad),
         np.pad(b.loss_mask, pad),
+        b.candidate_ids,
     )
+
+
+def run_batches(task, train, tok, cfg: TrainConfig, candidate_scoring: bool) -> TaskBatches:
+    """The run's batches as ``zo_edge.train.run_training`` builds them (same sampler, seed and encoding: one row per
+    example when the export has candidate scoring and the label words are single tokens)."""
+    return TaskBatches(
+        task, train, tok, cfg.batch_size, cfg.max_len, cfg.seed, cfg.objective, candidate_scoring=candidate_scoring
+    )
+
+
+def has_candidate_scoring(model_dir: str) -> bool:
+    from runtime.contract import FEATURE_CANDIDATE_SCORING, Manifest
+
+    return Manifest.load(model_dir).has(FEATURE_CANDIDATE_SCORING)
 
 
 # --- zero-shot: the best prompt -----------------------------------------------------------------------------------
 def zero_shot(spec: dict) -> dict:
-    """Choose the prompt on dev (forwards only), fix max_len, score test, measure the ORT inference forward."""
+    """Choose the prompt on dev (forwards only), fix the task's max_len from it, score the test split."""
     from zo_edge.batching import choose_max_len, length_report
     from zo_edge.prompts import chosen, format_prompt_table, select_prompt
 
@@ -314,7 +330,7 @@ def zo(spec: dict) -> dict:
     load_s = time.perf_counter() - t0
     load_peak = hwm_mb()
     reset_hwm()
-    batch = probe_batch(p.task, p.data.train, p.tokenizer, cfg)
+    batch = probe_batch(p.task, p.data.train, p.tokenizer, cfg, has_candidate_scoring(cfg.model))
     for _ in range(2):
         p.oracle.run(batch)
     infer_peak = hwm_mb()
@@ -365,27 +381,50 @@ class TorchOracle:
     torch model under ``inference_mode``: the torch rows are scored by the same evaluation code as the ZO rows
     without an onnxruntime session (and its copy of the weights) in the process."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, manifest) -> None:
         self.model = model
+        self.manifest = manifest  # the export's: evaluate() picks one-row scoring exactly as for the ZO rows
 
     def run(self, batch, **kw) -> dict:
         import torch
 
-        if batch.candidate_ids is not None or kw:
-            raise NotImplementedError("TorchOracle scores plain candidate rows only (no candidate_ids / ports)")
+        from runtime import contract
+
+        if kw:
+            raise NotImplementedError(f"TorchOracle runs plain forwards only, not {sorted(kw)}")
         with torch.inference_mode():
-            nll, count = row_nll(
-                self.model,
-                tuple(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.loss_mask)),
-            )
-        return {"row_nll": nll.double().numpy(), "row_count": count.double().numpy()}
+            nll, count, cand = _torch_scores(self.model, batch)
+        out = {contract.OUTPUT_ROW_NLL: nll.double().numpy(), contract.OUTPUT_ROW_COUNT: count.double().numpy()}
+        if cand is not None:
+            out[contract.OUTPUT_ROW_CANDIDATE_LOGP] = cand.double().numpy()
+        return out
+
+
+def _torch_scores(model, batch):
+    import torch
+
+    arrays = (batch.input_ids, batch.attention_mask, batch.loss_mask)
+    cand = None if batch.candidate_ids is None else torch.from_numpy(batch.candidate_ids)
+    return row_scores(model, tuple(torch.from_numpy(a) for a in arrays), cand)
+
+
+def _one_row_ce(model, batch, word_class, labels, n_classes: int):
+    """The classification objective on a one-row batch (``one_row_batch``): cross-entropy of the gold class over
+    the classes' best candidate log-probability at the prompt's last position, as the ZO rows' objective."""
+    import torch
+
+    _, _, cand = _torch_scores(model, batch)
+    scores = torch.stack([cand[:, word_class == c].max(dim=1).values for c in range(n_classes)], dim=1)
+    return torch.nn.functional.cross_entropy(scores, labels)
 
 
 def torch_row(spec: dict) -> dict:
     import torch
 
     from export.source import resolve_source
-    from zo_edge.batching import candidate_batch
+    from runtime.contract import Manifest
+    from zo_edge.batching import candidate_batch, one_row_batch
+    from zo_edge.objectives import use_one_row
 
     threads = spec.get("threads") or os.cpu_count()
     torch.set_num_threads(threads)
@@ -397,13 +436,16 @@ def torch_row(spec: dict) -> dict:
     task, data = load_task_data(cfg)
     check_prompt(task, spec)
     tok = load_tokenizer(cfg.model)
+    manifest = Manifest.load(cfg.model)
+    scoring = has_candidate_scoring(cfg.model)
+    one_row = use_one_row(tok, task, scoring)  # the ZO rows' encoding decision, made the same way
     model, _ = resolve_source(spec.get("source", "smollm2-135m")).load()
     load_s = time.perf_counter() - t0
     load_peak = hwm_mb()  # GGUF de-quantisation has its own transient peak
     reset_hwm()
-    batch = probe_batch(task, data.train, tok, cfg)
-    TorchOracle(model).run(batch)
-    TorchOracle(model).run(batch)
+    batch = probe_batch(task, data.train, tok, cfg, scoring)
+    TorchOracle(model, manifest).run(batch)
+    TorchOracle(model, manifest).run(batch)
     infer_peak = hwm_mb()
     reset_hwm()
 
@@ -413,11 +455,10 @@ def torch_row(spec: dict) -> dict:
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=spec["lr"], weight_decay=spec.get("weight_decay", 0.0))
-    batches = TaskBatches(task, data.train, tok, cfg.batch_size, cfg.max_len, cfg.seed, cfg.objective)
-    it = batches.iterator  # the ZO rows' example order: same sampler, same seed
+    it = run_batches(task, data.train, tok, cfg, scoring).iterator  # the ZO rows' example order: same sampler, seed
     n_classes = len(task.classes)
     test = _test(data.test, spec["n_test"], tok, task)
-    oracle = TorchOracle(model)
+    oracle = TorchOracle(model, manifest)
 
     def score() -> dict:
         return evaluate(oracle, tok, task, test, max_len=cfg.max_len, batch_examples=cfg.batch_size).summary()
@@ -456,9 +497,14 @@ def torch_row(spec: dict) -> dict:
     clock.start()
     while True:
         examples = next(it)
-        feeds, row_ex, row_cls = candidate_batch(tok, examples, task, cfg.max_len)
         labels = torch.tensor([task.class_index(e.label) for e in examples])
-        loss, _ = first_order_step(partial(_candidate_ce, model, feeds, row_ex, row_cls, labels, n_classes), opt)
+        if one_row:  # one row per example, every candidate from the prompt's last position (as the ZO rows)
+            feeds, word_class = one_row_batch(tok, examples, task, cfg.max_len)
+            loss_fn = partial(_one_row_ce, model, Batch.from_dict(feeds), word_class, labels, n_classes)
+        else:  # one row per (example, label word)
+            feeds, row_ex, row_cls = candidate_batch(tok, examples, task, cfg.max_len)
+            loss_fn = partial(_candidate_ce, model, feeds, row_ex, row_cls, labels, n_classes)
+        loss, _ = first_order_step(loss_fn, opt)
         step += 1
         if clock.tick(step, loss):
             break
@@ -467,6 +513,7 @@ def torch_row(spec: dict) -> dict:
         **clock.summary(),
         "resumed_at": resumed_at,
         "n_trainable": sum(p.numel() for p in trainable),
+        "one_row": one_row,
         "infer_batch_shape": list(batch.input_ids.shape),
         "infer_peak_mb": round(infer_peak, 1),
         "load_peak_mb": round(load_peak, 1),
