@@ -22,8 +22,12 @@ Class-level declarations (read by the CLI, the config, the benchmarks and the te
 * ``changes_weights``: whether it writes into the bound weights (then checkpoints hold them).
 * ``needs_calibration``: whether ``calibrate`` needs calibration batches (the loop draws them only then).
 * ``default_lr`` / ``default_optimizer``: the tuned optimizer defaults (SmolLM2-135M + Rotten Tomatoes).
-* ``optimizers``: the optimizer names it accepts; any other is refused with one line (methods whose update is a
-  rank-r step written straight into W accept plain SGD only: a stateful optimizer there needs model-sized state).
+* ``optimizers``: the optimizer names it accepts; any other is refused with one line.
+* ``direct_sgd``: the update is a rank-r SGD step written straight into W (LOZO, SubZero, AGZO): plain SGD only,
+  no momentum or weight decay (their state would be model-sized); the learning rate comes from the schedule at the
+  count of applied updates, the same clock the optimizer's per-key counters keep.
+* A method with ``needs_calibration`` has a ``calib_batches`` field in its ``Config``: how many batches the loop
+  draws for ``calibrate``.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class ZOMethod(Protocol):
     default_lr: ClassVar[float]
     default_optimizer: ClassVar[str]
     optimizers: ClassVar[frozenset[str]]
+    direct_sgd: ClassVar[bool]
 
     def init(self, oracle: Oracle, seed: int) -> None: ...
 
@@ -95,7 +100,7 @@ METHODS: dict[str, type] = {}
 
 _REQUIRED = (
     "Config", "bases", "changes_weights", "needs_calibration", "default_lr", "default_optimizer", "optimizers",
-    "init", "calibrate", "step", "trainable", "state_dict", "load_state_dict",
+    "direct_sgd", "init", "calibrate", "step", "trainable", "state_dict", "load_state_dict",
 )  # fmt: skip
 
 
