@@ -33,6 +33,7 @@ import numpy as np
 import psutil
 
 from runtime import checkpoint, contract
+from runtime.atomic import atomic_write_json, atomic_write_text
 from runtime.batch import Batch
 from runtime.errors import ZoEdgeError
 from runtime.method import StepReport, ZOMethod
@@ -176,7 +177,7 @@ def train(
             t0 = time.perf_counter()
             method.calibrate(oracle, calibration() if calibration else [])
             _log(metrics_path, {"step": 0, "calibration_s": round(time.perf_counter() - t0, 3)})
-    checkpoint.atomic_write_json(run_dir / "config.json", cfg.config)
+    atomic_write_json(run_dir / "config.json", cfg.config)
     if eval_fn and start == 0:
         # the starting point is a candidate too: if training never beats it on dev, `best` is the base model
         best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, 0, best, weights_changed)
@@ -294,4 +295,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue
         if isinstance(row, dict) and row.get("step", 0) <= step:
             rows.append(line)
-    checkpoint.atomic_write_text(path, "".join(r + "\n" for r in rows))
+    atomic_write_text(path, "".join(r + "\n" for r in rows))

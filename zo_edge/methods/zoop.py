@@ -217,6 +217,13 @@ class Zoop(ZOBase):
         with timer("forward"):
             out, acts = oracle.activations(batch, {g: rows for g in groups})
         f0 = objective(ForwardOutputs.from_run(out))
+        if np.shape(f0) != (batch.size,):
+            # α_i pairs sample i's loss with the noise on row i's tokens: a loss per row is what makes it local.
+            # The classification objective gives one per row only on one-row batches (candidate scoring).
+            raise MethodError(
+                f"zoop needs one loss per batch row, got {np.size(f0)} for {batch.size} rows: use --objective lm, "
+                "or an export with candidate scoring and single-token label words for --objective classification"
+            )
         acc: dict[str, np.ndarray] = {}
         alphas: list[float] = []
         if not finite(f0):
