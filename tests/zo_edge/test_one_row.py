@@ -108,6 +108,18 @@ def test_one_row_scores_equal_per_candidate_rows(tiny_lm_dirs, task_name, base):
     np.testing.assert_allclose(-out[contract.OUTPUT_ROW_NLL], want[np.arange(len(examples)), gold], atol=1e-5)
 
 
+def test_micro_batches_keep_the_candidates(tiny_lm_dirs):
+    """``--micro-batch``: every row chunk carries the batch's candidate_ids; the [B, C] parts concatenate."""
+    model = tiny_lm_dirs["fp32"]
+    tok, task = load_tokenizer(model), get_task("trec")
+    batch = Batch.from_dict(one_row_batch(tok, _examples("trec", 7), task, MAX_LEN)[0])
+    session = GraphSession(model)
+    whole = Oracle(session).run(batch)[contract.OUTPUT_ROW_CANDIDATE_LOGP]
+    micro = Oracle(session, micro_batch=3).run(batch)[contract.OUTPUT_ROW_CANDIDATE_LOGP]
+    assert micro.shape == whole.shape == (7, 6)
+    np.testing.assert_allclose(micro, whole, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("task_name", TASKS)
 def test_evaluate_one_row_equals_many_rows(tiny_lm_dirs, task_name):
     model = tiny_lm_dirs["fp32"]
