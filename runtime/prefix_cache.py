@@ -49,17 +49,23 @@ class PrefixCache:
         self.hits += batch.size - len(missing)
         self.misses += len(missing)
         fresh: dict[int, np.ndarray] = {}
-        for i in missing:
-            # One row per pass, trimmed of its padding: a row's hidden state is then the same bits whichever batch
-            # first asked for it, so a resumed run (which refills the cache in another order) is bit-exact.
-            sub = batch.rows(np.asarray([i])).trim_left()
+        # Missing rows go in passes of rows with the same real length, so no pass holds padding: a row's hidden
+        # state then does not depend on how much padding a batch gave it, and a resumed run (which refills the
+        # cache from other batches) gets the same bits (tests/runtime/test_prefix_cache.py checks resume).
+        lengths = batch.attention_mask.sum(axis=1)
+        for length in sorted({int(lengths[i]) for i in missing}):
+            group = [i for i in missing if lengths[i] == length]
+            sub = batch.rows(np.asarray(group))
+            sub = Batch(sub.input_ids[:, -max(length, 2) :], sub.attention_mask[:, -max(length, 2) :],
+                        sub.loss_mask[:, -max(length, 2) :])  # fmt: skip
             out = self.prefix.forward(sub, fetch=(contract.OUTPUT_HIDDEN,))[contract.OUTPUT_HIDDEN]
             self.prefix_passes += 1
-            row = np.ascontiguousarray(out[0, sub.attention_mask[0] != 0], np.float32)
-            fresh[i] = row
-            if remember and self.nbytes + row.nbytes <= self.budget:
-                self.rows[keys[i]] = row
-                self.nbytes += row.nbytes
+            for j, i in enumerate(group):
+                row = np.ascontiguousarray(out[j, sub.attention_mask[j] != 0], np.float32)
+                fresh[i] = row
+                if remember and self.nbytes + row.nbytes <= self.budget:
+                    self.rows[keys[i]] = row
+                    self.nbytes += row.nbytes
         d = next(iter(fresh.values())).shape[1] if fresh else self.rows[keys[0]].shape[1]
         hidden = np.zeros((batch.size, batch.input_ids.shape[1], d), np.float32)
         for i, k in enumerate(keys):

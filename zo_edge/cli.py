@@ -221,7 +221,7 @@ def cmd_eval(a) -> int:
     from zo_edge.data import load_tokenizer
     from zo_edge.evaluate import compare_providers, evaluate
     from zo_edge.prompts import format_prompt_table
-    from zo_edge.train import load_run, load_task_data, make_oracle, resolve_prompt
+    from zo_edge.train import load_run, load_task_data, make_oracle, resolve_max_len, resolve_prompt
 
     cfg = EvalConfig.from_flags(_given(a, a._names))
     task, data = load_task_data(cfg)
@@ -249,6 +249,7 @@ def cmd_eval(a) -> int:
                 print(
                     format_prompt_table(scores) + f"\nprompt (--template auto, best on dev): {task.prompt.describe()}"
                 )
+        resolve_max_len(cfg, tok, task, data)
         results[prov] = evaluate(oracle, tok, task, examples, max_len=cfg.max_len, normalize=cfg.length_normalize)
     if not results:
         raise ConfigError(f"none of the providers {providers} is available here (available: {available_providers()})")

@@ -203,7 +203,11 @@ class DataFields:
     )
     labels: str = _f("", "verbalizer class=word[|word], e.g. 'neg=terrible,pos=great' (default: the task's own)")
     skip_bad_rows: bool = _f(False, "skip malformed rows of --data (counted) instead of refusing the file")
-    max_len: int = _f(64, "max tokens per sequence (prompts are cut from the left)")
+    max_len: int = _f(
+        0,
+        "max tokens per sequence, prompts cut from the left (0: auto, the 98th percentile of the train + dev "
+        "prompts' token lengths at the chosen prompt, at most 256; the cut count is printed)",
+    )
     length_normalize: bool = _f(False, "score candidates by per-token log-likelihood (not the sum)")
 
     def _check_data(self) -> None:
@@ -222,7 +226,9 @@ class DataFields:
                 ("--skip-bad-rows", self.skip_bad_rows),
             ):
                 _require(not given, f"{name} applies to --data (task user-data), not to --task {self.task}")
-        _require(self.max_len >= 8, f"--max-len must be >= 8 tokens, got {self.max_len}")
+        _require(
+            self.max_len == 0 or self.max_len >= 8, f"--max-len must be 0 (auto) or >= 8 tokens, got {self.max_len}"
+        )
         _require(
             not (self.template == AUTO and self.labels),
             "--template auto picks a prompt with its own label words: drop --labels (or give --template too)",

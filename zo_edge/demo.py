@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from runtime.atomic import atomic_folder, atomic_write_json, check_replaceable
-from runtime.contract import MANIFEST_FILE
+from runtime.contract import FEATURES, MANIFEST_FILE, Manifest
 from runtime.errors import ZoEdgeError
 from zo_edge.config import DemoConfig
 
@@ -49,16 +49,33 @@ DEMO = dict(
 )
 
 
+def _stale_export(folder: Path, int4: bool) -> str:
+    """Why the demo's cached export predates what this version writes (candidate scoring, split graphs), or ""."""
+    try:
+        m = Manifest.load(folder)
+    except ZoEdgeError:
+        return ""
+    missing = [f for f in FEATURES if not m.has(f)]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not int4 and not m.splits:
+        return "has no split graphs"
+    return ""
+
+
 def ensure_export(artifacts: Path, int4: bool) -> Path:
     """The cached export, else ``zo-edge export`` in a child process: torch and the export's buffers never stay
     resident in the demo's own process, so the peak RSS it reports is the training's."""
     out = artifacts / ("smollm2-int4" if int4 else "smollm2-fp32")
-    if (out / MANIFEST_FILE).is_file():
+    stale = _stale_export(out, int4)
+    if (out / MANIFEST_FILE).is_file() and not stale:
         print(f"[1/4] using the exported model in {out}")
         return out
-    print(f"[1/4] exporting SmolLM2-135M-Instruct to {out} (once; about a minute) ...", flush=True)
+    why = f" (the cached one {stale}: re-exporting)" if stale and (out / MANIFEST_FILE).is_file() else " (once)"
+    print(f"[1/4] exporting SmolLM2-135M-Instruct to {out}{why}; about two minutes ...", flush=True)
     t0 = time.time()
     cmd = [sys.executable, "-m", "zo_edge.cli", "export", "smollm2-135m", "--out", str(out)] + (["--int4"] * int4)
+    cmd += ["--force"] if stale else []
     rc = subprocess.run(cmd).returncode
     if rc != 0:
         raise DemoError(f"exporting to {out} failed (exit {rc}, message above); fix it or pass another --artifacts")

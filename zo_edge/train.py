@@ -97,7 +97,20 @@ def prepare(cfg: TrainConfig) -> Prepared:
     task, data = load_task_data(cfg)
     tokenizer = load_tokenizer(cfg.model)
     task, scores = resolve_prompt(cfg, oracle, tokenizer, task, data)
+    resolve_max_len(cfg, tokenizer, task, data)
     return Prepared(cfg, oracle, tokenizer, task, data, scores)
+
+
+def resolve_max_len(cfg: DataFields, tokenizer, task, data: TaskData) -> None:
+    """``--max-len 0``: set ``cfg.max_len`` from the token lengths of the train + dev prompts at the chosen prompt
+    (so config.json records the value used) and say in one line how many prompts that cuts."""
+    from zo_edge.batching import choose_max_len, length_report
+
+    if cfg.max_len:
+        return
+    examples = list(data.train) + list(data.dev)
+    cfg.max_len = choose_max_len(tokenizer, task, examples)
+    print(length_report(tokenizer, task, examples, cfg.max_len) + " (--max-len 0: auto)", flush=True)
 
 
 def resolve_prompt(cfg: DataFields, oracle: Oracle, tokenizer, task, data: TaskData):
