@@ -81,6 +81,7 @@ def run(args) -> None:
                 "max_len": max_len,
                 "seconds": round(time.perf_counter() - t0, 1),
                 "threads": args.threads,
+                "model": str(args.model),
             }
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with args.out.open("a") as f:
