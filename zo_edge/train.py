@@ -17,6 +17,7 @@ from runtime.layers import n_blocks, parse_layers
 from runtime.loop import LoopConfig, check_run_meta, load_trained, train
 from runtime.oracle import Oracle
 from zo_edge import optim
+from zo_edge.batching import AUTO_BALANCE_RATIO, class_ratio
 from zo_edge.config import AUTO, DataFields, TrainConfig
 from zo_edge.data import TaskBatches, load_tokenizer
 from zo_edge.evaluate import EvalResult, evaluate
@@ -157,7 +158,8 @@ def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
         seed=cfg.seed,
         save_every=cfg.save_every,
         eval_every=cfg.eval_every,
-        best_metric="accuracy",
+        # imbalanced data: the majority answer already scores high accuracy, so pick the checkpoint on macro-F1
+        best_metric="macro_f1" if class_ratio(p.data.dev or p.data.train) >= AUTO_BALANCE_RATIO else "accuracy",
         config=cfg.to_dict(),
     )
     result = train(
