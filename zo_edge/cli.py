@@ -216,10 +216,11 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(a) -> int:
+    from runtime.batch import Batch
     from runtime.providers import ProviderError, available_providers
     from zo_edge.config import AUTO, EvalConfig
     from zo_edge.data import load_tokenizer
-    from zo_edge.evaluate import compare_providers, evaluate
+    from zo_edge.evaluate import evaluate
     from zo_edge.prompts import format_prompt_table
     from zo_edge.train import load_run, load_task_data, make_oracle, resolve_max_len, resolve_prompt
 
@@ -231,7 +232,7 @@ def cmd_eval(a) -> int:
     tok = load_tokenizer(cfg.model)
     providers = cfg.provider_list()
     options = cfg.provider_options(providers)
-    results, missing = {}, []
+    results, oracles, missing = {}, {}, []
     for prov in providers:
         try:
             oracle = make_oracle(cfg.model, prov, cfg.threads, cfg.micro_batch, options[prov])
@@ -251,6 +252,7 @@ def cmd_eval(a) -> int:
                 )
         resolve_max_len(cfg, tok, task, data)
         results[prov] = evaluate(oracle, tok, task, examples, max_len=cfg.max_len, normalize=cfg.length_normalize)
+        oracles[prov] = oracle
     if not results:
         raise ConfigError(f"none of the providers {providers} is available here (available: {available_providers()})")
     if cfg.json:
@@ -263,12 +265,18 @@ def cmd_eval(a) -> int:
         )
         print(f"  confusion (rows gold {task.classes}, cols predicted): {r.confusion}")
     if len(results) > 1:
-        print("provider comparison (against the first):")
-        for row in compare_providers(results):
-            print(
-                f"  {row['provider']:<12} accuracy {row['accuracy']:.4f}  agreement {row['agreement']:.4f}  "
-                f"max|Δloglik| {row['max_abs_dloglik']:.2e}"
-            )
+        from zo_edge.batching import lm_batch
+        from zo_edge.cross_provider import compare, format_report, layer_divergence
+
+        probe = Batch.from_dict(lm_batch(tok, examples[:4], task, cfg.max_len))  # where along the depth drift starts
+        report = compare(
+            results,
+            precisions={p: o.session.precision for p, o in oracles.items()},
+            options={p: options[p] for p in results},
+            layers=layer_divergence(oracles, probe),
+            label=cfg.run or "base",
+        )
+        print(format_report(report))
     if missing:
         print(f"not available here (skipped): {', '.join(missing)}")
     return 0

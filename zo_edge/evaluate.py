@@ -27,7 +27,7 @@ from zo_edge.metrics import accuracy, confusion_matrix, macro_f1
 from zo_edge.objectives import candidate_class_scores, class_scores, use_one_row
 from zo_edge.tasks import Example, Task, TaskError
 
-__all__ = ["EvalResult", "compare_providers", "evaluate"]
+__all__ = ["EvalResult", "evaluate"]
 
 
 @dataclass
@@ -96,7 +96,3 @@ def evaluate(
         predictions=pred,
         loglik=scores,
     )
-
-
-# The cross-provider report lives in zo_edge/cross_provider.py; this name stays for the CLI's import.
-from zo_edge.cross_provider import compare_providers  # noqa: E402

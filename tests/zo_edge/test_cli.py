@@ -230,3 +230,23 @@ def test_eval_of_a_run_without_checkpoint_is_one_line(tiny_lm_dirs, tmp_path, ca
     assert main(["eval", "--run", str(run), "--eval-examples", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no checkpoint" in err and "\n" not in err
+
+
+def test_eval_on_two_providers_prints_the_cross_provider_report(tiny_lm_dirs, capsys):
+    """The same provider under two names: the report's table, no flips and no hidden-state drift at all."""
+    model = str(tiny_lm_dirs["fp32"])
+    argv = [
+        "eval",
+        model,
+        "--task",
+        "rotten-tomatoes",
+        "--eval-examples",
+        "8",
+        "--providers",
+        "cpu,CPUExecutionProvider",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cross-provider report (base, n=8, against cpu)" in out, out
+    assert "CPUExecutionProvider: no prediction flips vs cpu" in out, out
+    assert "hidden-state drift stays below" in out, out
