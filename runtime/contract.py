@@ -65,6 +65,7 @@ __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "FEATURES",
     "FEATURE_CANDIDATE_SCORING",
+    "FEATURE_MASKED_POSITIONS",
     "FORMAT_VERSION",
     "GRAPH_FILE",
     "INPUT_ATTENTION_MASK",
@@ -147,7 +148,11 @@ def suffix_graph_file(split: int) -> str:
 # (new inputs/outputs; the old ones unchanged), so an export without it still loads and runs the old way: the
 # runtime checks ``Manifest.has`` before using one, instead of bumping FORMAT_VERSION and refusing old exports.
 FEATURE_CANDIDATE_SCORING = "candidate_scoring"  # input candidate_ids, output row_candidate_logp
-FEATURES = (FEATURE_CANDIDATE_SCORING,)  # what this export writes and this runtime knows
+# Positions are (cumsum(mask) - 1) * mask, not clamp(min=0): onnxruntime-openvino computes an int64 Clip without a
+# max as clip to [0, 0], so older graphs ran with every position 0 (RoPE off) there (issue #17). The runtime refuses
+# an export without this feature on OpenVINO.
+FEATURE_MASKED_POSITIONS = "masked_positions"
+FEATURES = (FEATURE_CANDIDATE_SCORING, FEATURE_MASKED_POSITIONS)  # what this export writes and this runtime knows
 
 
 # --- every graph tensor name comes from one of these functions -------------------------------------------------

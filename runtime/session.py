@@ -50,6 +50,11 @@ class GraphSession:
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.load(self.model_dir)
         self.providers = resolve_providers(provider, fallback)
+        if "OpenVINOExecutionProvider" in self.providers and not self.manifest.has(contract.FEATURE_MASKED_POSITIONS):
+            raise contract.ManifestError(
+                f"{self.model_dir} was exported before the position fix that OpenVINO needs (it would run with RoPE "
+                "off there); re-export it with `zo-edge export --force`"
+            )
         #: the options each provider of the chain was created with, by full onnxruntime name
         self.provider_options: dict[str, dict[str, str]] = self._options_per_provider(provider_options)
         #: the precision each provider of the chain computes in (see ``runtime.providers.computed_precision``)

@@ -70,6 +70,25 @@ def test_openvino_at_fp32_reports_its_precision():
     assert oracles["cpu"].session.precision == "fp32"
 
 
+def test_an_export_without_the_position_fix_is_refused_on_openvino(tmp_path):
+    """An export made before masked positions would run with RoPE off on OpenVINO: one line, not wrong numbers."""
+    import json
+    import shutil
+
+    from runtime.contract import FEATURE_MASKED_POSITIONS, MANIFEST_FILE, ManifestError
+    from runtime.session import GraphSession
+
+    old = tmp_path / "old"
+    shutil.copytree(_model(), old)
+    manifest = json.loads((old / MANIFEST_FILE).read_text())
+    manifest["features"] = [f for f in manifest.get("features", []) if f != FEATURE_MASKED_POSITIONS]
+    (old / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="re-export") as info:
+        GraphSession(old, "openvino")
+    assert "\n" not in str(info.value)
+    GraphSession(old, "cpu")  # the CPU provider computes those positions right
+
+
 def test_trained_state_gives_the_same_losses_on_cpu_and_openvino():
     """A ZO-Act-shaped adapter (one basis P shared by q/k/v, Q per layer), in-place folded updates of bound weights,
     and an adapter + perturbation concatenation: every pass equals CPU's to 1e-5 relative, after a base pass and
