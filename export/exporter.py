@@ -98,15 +98,21 @@ def _trace(wrapper: TrainingForward, layout: PortLayout, cfg: ExportConfig, path
         contract.OUTPUT_ROW_CANDIDATE_LOGP,
         *layout.output_names(),
     ]
-    with torch.no_grad(), wrapper.arch.patched_for_tracing(wrapper.model):
+    with wrapper.arch.patched_for_tracing(wrapper.model):
+        trace_to_onnx(wrapper, tuple(args), path, input_names, output_names, dyn, cfg.opset)
+
+
+def trace_to_onnx(module: nn.Module, args: tuple, path: Path, input_names, output_names, dyn, opset: int) -> None:
+    """torch.onnx.export (TorchScript) with the settings every zo-edge graph needs (the split graphs too)."""
+    with torch.no_grad():
         torch.onnx.export(
-            wrapper,
-            tuple(args),
+            module,
+            args,
             str(path),
             input_names=input_names,
             output_names=output_names,
             dynamic_axes=dyn,
-            opset_version=cfg.opset,
+            opset_version=opset,
             dynamo=False,
             # Folding would bake transposed copies of weights into new initializers (the tied embedding ends up
             # twice); onnxruntime folds what is really constant at session start anyway.

@@ -72,23 +72,6 @@ def suffix_layout(layout: PortLayout, start: int) -> PortLayout:
     return PortLayout(linears=linears, groups=groups)
 
 
-def trace(module: nn.Module, args: tuple, path: Path, input_names, output_names, dyn, opset: int) -> None:
-    """torch.onnx.export with the full graph's settings (see export/exporter.py ``_trace`` for the why of each)."""
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dyn,
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=False,
-            keep_initializers_as_inputs=True,
-        )
-
-
 # --- writing the pair ------------------------------------------------------------------------------------------
 def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool) -> list[int]:
     """Block boundaries to export: "auto" = the top quarter's (S = n - max(1, n // 4)) where the family supports
@@ -116,7 +99,7 @@ def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool) -> 
 
 def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list[int]) -> None:
     """Trace prefix_S.onnx and suffix_S.onnx for every S into ``folder`` (params lifted to ``param::`` inputs)."""
-    from export.exporter import _dummy_inputs, _head_to_gemm, _lift_params, _save_graph
+    from export.exporter import _dummy_inputs, _head_to_gemm, _lift_params, _save_graph, trace_to_onnx
 
     model, arch, layout = wrapper.model, wrapper.arch, wrapper.layout
     args, names, dyn = _dummy_inputs(model, layout, cfg.basis_rank)
@@ -124,7 +107,7 @@ def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list
     token_axes = {0: "batch", 1: "seq"}
     for start in splits:
         prefix_path = folder / contract.prefix_graph_file(start)
-        trace(
+        trace_to_onnx(
             PrefixForward(model, arch, start),
             (ids, attn),
             prefix_path,
@@ -149,7 +132,7 @@ def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list
         s_dyn[contract.INPUT_HIDDEN] = token_axes
         suffix = SuffixForward(model, arch, sub, cfg.power_iters, start)
         suffix_path = folder / contract.suffix_graph_file(start)
-        trace(
+        trace_to_onnx(
             suffix,
             (hidden, *s_args),
             suffix_path,
