@@ -3,13 +3,11 @@
     python -m pytest tests/runtime/test_prefix_cache_real.py -q      # slow: uses the real-model export fixture
 
 A ZO-Act step on the top blocks behind the prefix cache gives the losses of the same step on the full graph
-(restricted to the same blocks) to 1e-4 on real Rotten Tomatoes batches; the step costs less than the full-graph
-step (checked loosely here; benchmarks/layer_cost.py measures the ratios).
+(restricted to the same blocks) to 1e-4 on real Rotten Tomatoes batches, and the suffix graph really is the one
+running (speed is benchmarks/layer_cost.py's to measure, not a test's).
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -40,16 +38,14 @@ def test_cached_zo_act_steps_equal_the_full_graph_on_smollm2(real_model_dirs):
     cand = full.manifest.has("candidate_scoring")
     batches = TaskBatches(task, data.train, load_tokenizer(folder), 8, 64, 0, "classification", candidate_scoring=cand)
     batch, objective = batches.next()
-    losses, seconds = [], []
+    losses = []
     for oracle in (full, cached):
         cls = get_method("zo-act")
         sched = optim.constant(cls.default_lr)
         method = cls(cls.Config(), optim.make_optimizer(cls.default_optimizer, sched), sched)
         method.init(oracle, 0)
         method.calibrate(oracle, [batch])
-        method.step(oracle, batch, objective, 0)  # warm-up (and fills the cache)
-        t0 = time.perf_counter()
-        losses.append([method.step(oracle, batch, objective, t).loss for t in range(1, 3)])
-        seconds.append(time.perf_counter() - t0)
+        losses.append([method.step(oracle, batch, objective, t).loss for t in range(3)])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4, atol=1e-4)
-    assert seconds[1] < seconds[0], f"cached steps {seconds[1]:.2f} s vs full-graph steps {seconds[0]:.2f} s"
+    assert cached.session.takes_hidden and cached.prefix.prefix_passes > 0, "the cached oracle ran the full graph"
+    assert cached.prefix.hits > 0, "the cached rows were recomputed at every pass"
