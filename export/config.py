@@ -41,5 +41,8 @@ class ExportConfig:
             raise ExportConfigError(
                 f"--basis-rank must be in 1..16 (unrolled Gram-Schmidt in the graph), got {self.basis_rank}"
             )
+        spec = self.splits.strip().lower()
+        if spec not in ("auto", "none") and not all(x.strip().isdigit() for x in spec.split(",")):
+            raise ExportConfigError(f"--splits {self.splits!r}: use auto, none or block boundaries like 20,24")
         if not 0 <= self.power_iters <= 20:
             raise ExportConfigError(f"--power-iters must be in 0..20, got {self.power_iters}")

@@ -127,6 +127,12 @@ def _add_export(sub) -> None:
         "--basis-rank", type=int, default=1, help="directions of the in-graph activation basis, AGZO's r (default: 1)"
     )
     p.add_argument("--power-iters", type=int, default=3, help="in-graph power iterations, AGZO's K (default: 3)")
+    p.add_argument(
+        "--splits",
+        default="auto",
+        help="block boundaries with prefix/suffix graphs for --layers training: auto (the top quarter's, fp32 Llama "
+        "family), none, or a list like 20,24 (default: auto)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output folder (default: off)")
     p.set_defaults(func=cmd_export)
 
@@ -136,14 +142,19 @@ def cmd_export(a) -> int:
     from export.exporter import export_source
 
     cfg = ExportConfig(
-        targets=a.targets, int4=a.int4, block_size=a.block_size, basis_rank=a.basis_rank, power_iters=a.power_iters
+        targets=a.targets,
+        int4=a.int4,
+        block_size=a.block_size,
+        basis_rank=a.basis_rank,
+        power_iters=a.power_iters,
+        splits=a.splits,
     )
     t0 = time.time()
     m = export_source(a.model, a.out, cfg, force=a.force)
     size = sum(f.stat().st_size for f in Path(a.out).iterdir()) / 2**20
     print(
         f"exported {m.source} ({m.architecture}, {m.dtype}) to {a.out}: {len(m.linears)} ported linears, "
-        f"{size:.0f} MiB, {time.time() - t0:.0f} s"
+        f"{size:.0f} MiB, {time.time() - t0:.0f} s" + (f"; split graphs at blocks {m.splits}" if m.splits else "")
     )
     return 0
 
