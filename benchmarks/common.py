@@ -90,6 +90,17 @@ def step_ratio(x: dict, fwd_cell: float | None) -> float | None:
     return t / fwd if t and fwd else None
 
 
+def check_exports(args) -> None:
+    """``args.fp32`` must be an export (exit with the command that makes it); a missing ``args.int4`` is skipped."""
+    for name in ("fp32", "int4"):
+        path = getattr(args, name)
+        if path and not (ROOT / path / "manifest.json").is_file():
+            if name == "fp32":
+                sys.exit(f"{path} is not an export; run `zo-edge export smollm2-135m --out {path}`")
+            print(f"note: {path} not found, skipping INT4 cells (zo-edge export smollm2-135m --out {path} --int4)")
+            setattr(args, name, "")
+
+
 def machine_info() -> dict:
     info = {"nproc": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
     try:

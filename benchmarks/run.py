@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     RESULTS_DIR,
     ROOT,
+    check_exports,
     fmt,
     load_results,
     machine_info,
@@ -216,13 +217,7 @@ def main(argv=None) -> None:
     os.chdir(ROOT)
     args.threads = args.threads or os.cpu_count()
     args.results = args.results.resolve()
-    for name in ("fp32", "int4"):
-        path = getattr(args, name)
-        if path and not (ROOT / path / "manifest.json").is_file():
-            if name == "fp32":
-                sys.exit(f"{path} is not an export; run `zo-edge export smollm2-135m --out {path}`")
-            print(f"note: {path} not found, skipping INT4 cells (zo-edge export smollm2-135m --out {path} --int4)")
-            setattr(args, name, "")
+    check_exports(args)
     print("machine:", json.dumps(machine_info()))
     mode = "quick" if args.quick else "full"
     path = args.results / f"{mode}.jsonl"
