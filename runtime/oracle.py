@@ -100,7 +100,6 @@ class Oracle:
         self.micro_batch = micro_batch
         #: what methods see: the whole model, or the view of the trained blocks only (runtime.layers, ``--layers``)
         self.manifest: Manifest = restrict_manifest(session.manifest, blocks)
-        self.blocks = blocks
         self.params = session.params
         self.linears = {s.name: s for s in self.manifest.linears}
         fold = (self.manifest.dtype == "fp32" and session.device == "cpu") if fold is None else fold
