@@ -12,7 +12,8 @@ Rows are cached by their real tokens (the ids under the attention mask): with le
 mask's running sum, a real token's hidden state does not depend on how much padding its row got, so a row computed
 in one batch is reused in any other batch layout. A run's k-shot training set fits easily (RT: 32 examples x 64
 tokens x 576 floats = 4.7 MB); beyond ``budget_mb`` new rows are still computed (once per batch, for all passes
-of that step) but not kept. Evaluation rows never enter the cache (``remember=False``).
+of that step) but not kept. Dev and test rows scored through the same oracle are cached too, within the
+budget (the dev split is re-scored at every evaluation).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class PrefixCache:
     def _key(batch: Batch, i: int) -> bytes:
         return batch.input_ids[i][batch.attention_mask[i] != 0].tobytes()
 
-    def hidden(self, batch: Batch, *, remember: bool = True) -> np.ndarray:
+    def hidden(self, batch: Batch) -> np.ndarray:
         """[B, T, d] float32 hidden states entering the split block, laid out like ``batch`` (padding: zeros)."""
         keys = [self._key(batch, i) for i in range(batch.size)]
         missing = [i for i, k in enumerate(keys) if k not in self.rows]
@@ -63,7 +64,7 @@ class PrefixCache:
             for j, i in enumerate(group):
                 row = np.ascontiguousarray(out[j, sub.attention_mask[j] != 0], np.float32)
                 fresh[i] = row
-                if remember and self.nbytes + row.nbytes <= self.budget:
+                if self.nbytes + row.nbytes <= self.budget:
                     self.rows[keys[i]] = row
                     self.nbytes += row.nbytes
         d = next(iter(fresh.values())).shape[1] if fresh else self.rows[keys[0]].shape[1]
