@@ -65,6 +65,7 @@ __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "FEATURES",
     "FEATURE_CANDIDATE_SCORING",
+    "FEATURE_FUSED_ATTENTION",
     "FEATURE_MASKED_POSITIONS",
     "FORMAT_VERSION",
     "GRAPH_FILE",
@@ -98,6 +99,7 @@ __all__ = [
     "ParamSpec",
     "adapter_p_name",
     "adapter_q_name",
+    "check_manifest_dict",
     "checkpoint_param_name",
     "param_name",
     "parse_adapter_name",
@@ -153,6 +155,10 @@ FEATURE_CANDIDATE_SCORING = "candidate_scoring"  # input candidate_ids, output r
 # an export without this feature on OpenVINO.
 FEATURE_MASKED_POSITIONS = "masked_positions"
 FEATURES = (FEATURE_CANDIDATE_SCORING, FEATURE_MASKED_POSITIONS)  # what this export writes and this runtime knows
+# Written only by the export options named; the runtime knows them all.
+# ``--attention fused``: attention is onnxruntime's com.microsoft::GroupQueryAttention (CPU and CUDA kernels only);
+# the runtime refuses such an export on a provider without it (OpenVINO) instead of failing inside onnxruntime.
+FEATURE_FUSED_ATTENTION = "fused_attention"
 
 
 # --- every graph tensor name comes from one of these functions -------------------------------------------------
@@ -329,7 +335,10 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+    def from_dict(cls, d: dict[str, Any], where: str = MANIFEST_FILE) -> Manifest:
+        """A Manifest from its JSON object, after ``check_manifest_dict`` (schema, versions, bounds): a damaged or
+        hostile manifest is one ``ManifestError`` line naming ``where``, never a TypeError or a huge allocation."""
+        check_manifest_dict(d, where)
         d = dict(d)
         d["params"] = [ParamSpec(**p) for p in d.get("params", [])]
         d["linears"] = [LinearSpec(**p) for p in d.get("linears", [])]
@@ -338,6 +347,10 @@ class Manifest:
 
     @classmethod
     def load(cls, model_dir: str | Path) -> Manifest:
+        """Read and check ``model_dir/manifest.json``: its schema (``check_manifest_dict``) and that every file it
+        names (tokenizer files) is a plain name inside ``model_dir``, symlinks included (``runtime.paths``)."""
+        from runtime.paths import inside
+
         path = Path(model_dir) / MANIFEST_FILE
         if not Path(model_dir).is_dir():
             raise ManifestError(
@@ -347,13 +360,196 @@ class Manifest:
             raise ManifestError(
                 f"{model_dir} has no {MANIFEST_FILE}: it is not a zo-edge export; run `zo-edge export`"
             )
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB, not a manifest; re-export the model")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            data = json.loads(path.read_text("utf-8"), parse_constant=_no_constant)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
             raise ManifestError(f"{path} is not valid JSON ({e}); re-export the model with --force") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path} holds a JSON {type(data).__name__}, not an object; re-export the model")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ManifestError(
                 f"{path} has format version {version}, this zo-edge reads {FORMAT_VERSION}; re-export with --force"
             )
-        return cls.from_dict(data)
+        manifest = cls.from_dict(data, str(path))
+        for name in manifest.tokenizer_files:
+            inside(model_dir, name, what=f"{path} tokenizer_files")
+        return manifest
+
+
+# --- manifest schema: what Manifest.from_dict accepts ------------------------------------------------------------
+# Bounds far above any model zo-edge can train on a device, far below what would make a hostile manifest allocate
+# terabytes (the runtime allocates [d_in, basis_rank] probe inputs per group and zero-rank ports per layer).
+MAX_MANIFEST_BYTES = 64 * 2**20
+MAX_DIM = 2**18  # d_in / d_out of a linear layer, an activation group's width (Llama-405B's widest is 53248)
+MAX_VOCAB = 2**22
+MAX_TENSOR_ELEMENTS = 2**34  # one bound tensor (a 4M-vocab x 4096 embedding is 2**34)
+MAX_BASIS_RANK = 256
+MAX_POWER_ITERS = 64
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+DTYPES = ("fp32", "int4")
+KINDS = (KIND_LINEAR, KIND_BIAS, KIND_NORM, KIND_EMBEDDING, KIND_LM_HEAD, KIND_OTHER)
+LAYOUTS = (LAYOUT_IN_OUT, LAYOUT_OUT_IN, LAYOUT_HF)
+#: hf_config sizes that ``zo-edge merge`` builds a torch model from: bounded like the manifest's own dimensions
+_HF_SIZES = (
+    "hidden_size", "intermediate_size", "vocab_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "n_embd", "n_layer", "n_head", "n_inner", "ffn_dim", "word_embed_proj_dim",
+)  # fmt: skip
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a manifest")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class _Schema:
+    """Collects the first problem of a manifest dict as one ManifestError line naming the file and the key."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, key: str, problem: str) -> ManifestError:
+        return ManifestError(f"{self.where}: {key} {problem}; the model folder is damaged, re-export it with --force")
+
+    def keys(self, d: Any, cls: type, key: str) -> None:
+        if not isinstance(d, dict):
+            raise self.fail(key, f"must be an object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        missing, unknown = sorted(required - set(d)), sorted(set(d) - names)
+        if missing:
+            raise self.fail(key, f"lacks {', '.join(missing)}")
+        if unknown:
+            raise self.fail(key, f"has unknown key(s) {', '.join(map(repr, unknown[:5]))}")
+
+    def integer(self, x: Any, key: str, low: int, high: int, *, none: bool = False) -> None:
+        if x is None and none:
+            return
+        if not _is_int(x) or not low <= x <= high:
+            null = " or null" if none else ""
+            raise self.fail(key, f"must be an integer in {low}..{high}{null}, got {x!r}")
+
+    def string(self, x: Any, key: str, *, none: bool = False, choices: tuple[str, ...] = ()) -> None:
+        if x is None and none:
+            return
+        if not isinstance(x, str) or (choices and x not in choices):
+            want = f"one of {', '.join(choices)}" if choices else "a string"
+            raise self.fail(key, f"must be {want}, got {x!r}")
+
+    def array(self, x: Any, key: str) -> list:
+        if not isinstance(x, list):
+            raise self.fail(key, f"must be a list, got {type(x).__name__}")
+        return x
+
+
+def check_manifest_dict(d: Any, where: str = MANIFEST_FILE) -> None:
+    """Raise ManifestError (one line naming ``where`` and the key) unless ``d`` is a manifest this runtime reads:
+    exactly the known keys, each of its type, dimensions within bounds, and consistent cross-references (every
+    linear's weight a param of shape [d_in, d_out], every group's layers real linears of its width)."""
+    v = _Schema(where)
+    v.keys(d, Manifest, "the manifest")
+    v.integer(d["format_version"], "format_version", FORMAT_VERSION, FORMAT_VERSION)
+    for key in ("architecture", "model_type", "source", "weights_sha256"):
+        v.string(d[key], key)
+    v.string(d["dtype"], "dtype", choices=DTYPES)
+    if d["dtype"] == "int4":
+        if d["int4_block_size"] not in INT4_BLOCK_SIZES:
+            raise v.fail("int4_block_size", f"must be one of {INT4_BLOCK_SIZES} for an int4 export")
+    else:
+        v.integer(d["int4_block_size"], "int4_block_size", 1, 1024, none=True)
+    v.integer(d["basis_rank"], "basis_rank", 1, MAX_BASIS_RANK)
+    v.integer(d["power_iters"], "power_iters", 0, MAX_POWER_ITERS)
+    v.integer(d["vocab_size"], "vocab_size", 1, MAX_VOCAB)
+    v.integer(d["pad_token_id"], "pad_token_id", 0, d["vocab_size"] - 1)
+    v.integer(d["bos_token_id"], "bos_token_id", 0, d["vocab_size"] - 1, none=True)
+    v.integer(d["eos_token_id"], "eos_token_id", 0, d["vocab_size"] - 1, none=True)
+    for i, name in enumerate(v.array(d["tokenizer_files"], "tokenizer_files")):
+        from runtime.paths import is_plain_name
+
+        if not is_plain_name(name) or name.startswith("."):
+            raise v.fail(f"tokenizer_files[{i}]", f"must be a plain file name inside the folder, got {name!r}")
+    hf = d["hf_config"]
+    if not isinstance(hf, dict):
+        raise v.fail("hf_config", f"must be an object, got {type(hf).__name__}")
+    for key in _HF_SIZES:
+        if key in hf and hf[key] is not None:
+            v.integer(hf[key], f"hf_config.{key}", 1, MAX_VOCAB if key == "vocab_size" else MAX_DIM)
+    secs = d.get("export_seconds", 0.0)
+    if not (isinstance(secs, int | float) and not isinstance(secs, bool) and 0 <= secs < 1e9):
+        raise v.fail("export_seconds", f"must be a number >= 0, got {secs!r}")
+    for i, f in enumerate(v.array(d.get("features", []), "features")):
+        v.string(f, f"features[{i}]")
+    splits = v.array(d.get("splits", []), "splits")
+    for i, s in enumerate(splits):
+        v.integer(s, f"splits[{i}]", 1, 4096)
+    if len(set(splits)) != len(splits):
+        raise v.fail("splits", f"lists a block twice: {splits}")
+
+    params: dict[str, list[int]] = {}
+    for i, p in enumerate(v.array(d.get("params", []), "params")):
+        key = f"params[{i}]"
+        v.keys(p, ParamSpec, key)
+        v.string(p["name"], f"{key}.name")
+        if p["name"] in params:
+            raise v.fail(f"{key}.name", f"{p['name']!r} is listed twice")
+        shape = v.array(p["shape"], f"{key}.shape")
+        if len(shape) > 8:
+            raise v.fail(f"{key}.shape", f"has {len(shape)} dimensions")
+        numel = 1
+        for j, dim in enumerate(shape):
+            v.integer(dim, f"{key}.shape[{j}]", 0, MAX_TENSOR_ELEMENTS)
+            numel *= dim
+        if numel > MAX_TENSOR_ELEMENTS:
+            raise v.fail(f"{key}.shape", f"{shape} holds {numel} elements, over the {MAX_TENSOR_ELEMENTS} bound")
+        v.string(p["kind"], f"{key}.kind", choices=KINDS)
+        v.string(p.get("layout", LAYOUT_HF), f"{key}.layout", choices=LAYOUTS)
+        params[p["name"]] = shape
+    if d["dtype"] == "fp32" and not params:
+        raise v.fail("params", "is empty, but an fp32 export binds its weights")
+
+    linears: dict[str, int] = {}
+    for i, lin in enumerate(v.array(d.get("linears", []), "linears")):
+        key = f"linears[{i}]"
+        v.keys(lin, LinearSpec, key)
+        for k in ("name", "role", "group"):
+            v.string(lin[k], f"{key}.{k}")
+        if lin["name"] in linears:
+            raise v.fail(f"{key}.name", f"{lin['name']!r} is listed twice")
+        v.integer(lin["d_in"], f"{key}.d_in", 1, MAX_DIM)
+        v.integer(lin["d_out"], f"{key}.d_out", 1, MAX_DIM)
+        for k in ("weight", "bias"):
+            v.string(lin.get(k), f"{key}.{k}", none=True)
+        w = lin["weight"]
+        if w is not None and params.get(w) != [lin["d_in"], lin["d_out"]]:
+            raise v.fail(
+                f"{key}.weight", f"{w!r} must be a param of shape [d_in, d_out] = {[lin['d_in'], lin['d_out']]}"
+            )
+        b = lin.get("bias")
+        if b is not None and params.get(b) != [lin["d_out"]]:
+            raise v.fail(f"{key}.bias", f"{b!r} must be a param of shape [d_out] = [{lin['d_out']}]")
+        linears[lin["name"]] = lin["d_in"]
+
+    groups: set[str] = set()
+    for i, g in enumerate(v.array(d.get("groups", []), "groups")):
+        key = f"groups[{i}]"
+        v.keys(g, GroupSpec, key)
+        v.string(g["name"], f"{key}.name")
+        if g["name"] in groups:
+            raise v.fail(f"{key}.name", f"{g['name']!r} is listed twice")
+        v.integer(g["d_in"], f"{key}.d_in", 1, MAX_DIM)
+        for j, layer in enumerate(v.array(g["layers"], f"{key}.layers")):
+            if linears.get(layer) != g["d_in"]:
+                raise v.fail(f"{key}.layers[{j}]", f"{layer!r} must be a linear with d_in = {g['d_in']}")
+        groups.add(g["name"])
+    for i, lin in enumerate(d.get("linears", [])):
+        if lin["group"] not in groups:
+            raise v.fail(f"linears[{i}].group", f"{lin['group']!r} is not a group of the manifest")
