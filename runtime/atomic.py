@@ -35,6 +35,7 @@ Use ``check_replaceable(dest, force=...)`` to fail on an existing output *before
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -47,7 +48,9 @@ from typing import Any
 from runtime.errors import ZoEdgeError
 
 __all__ = [
+    "WRITE_ERRNOS",
     "FolderExistsError",
+    "WriteError",
     "atomic_folder",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -70,6 +73,14 @@ _LEFTOVER_RE = re.compile(r"^\.(?:tmp|trash)-(.*)-(\d+)-[0-9a-f]+$")
 
 class FolderExistsError(ZoEdgeError, FileExistsError):
     """The output folder already holds something and ``--force`` was not given (or it is a file)."""
+
+
+class WriteError(ZoEdgeError, OSError):
+    """A write refused by the disk or the folder (full, read-only, no permission): the old file is kept."""
+
+
+#: errno values that mean "this folder cannot take the write" (the user's disk or permissions, not a zo-edge bug)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 
 # --- files ----------------------------------------------------------------------------------------------------------
@@ -134,8 +145,13 @@ def atomic_write_bytes(
     try:
         write(tmp, data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, ZoEdgeError) and e.errno in WRITE_ERRNOS:
+            raise WriteError(
+                f"cannot write {path} ({os.strerror(e.errno).lower()}; {len(data) if isinstance(data, bytes) else 0}"
+                " bytes needed); the previous file is kept. Free space or fix the folder's permissions"
+            ) from None
         raise
     fsync_dir(path.parent)
     return path

@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from runtime.atomic import (  # atomic_write_* are re-exported: runtime/loop.py writes config.json with them
+    WRITE_ERRNOS,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -46,14 +49,19 @@ from runtime.atomic import (  # atomic_write_* are re-exported: runtime/loop.py 
     write_file,
 )
 from runtime.atomic import data_chunks as _chunks  # noqa: F401  (the crash tests tear writes through it)
+from runtime.contract import CHECKPOINT_FORMAT_VERSION, META_FORMAT_VERSION, META_WEIGHTS_SHA256
 from runtime.errors import ZoEdgeError
+from runtime.paths import inside
 from runtime.safetensors_io import read_safetensors_writable, safetensors_chunks
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointWriteError",
     "NoCheckpointError",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_meta",
     "checkpoint_name",
     "is_complete",
     "latest_checkpoint",
@@ -67,6 +75,14 @@ __all__ = [
 
 class NoCheckpointError(ZoEdgeError, FileNotFoundError):
     """A run folder (or checkpoint path) without a complete checkpoint: the user names the wrong folder."""
+
+
+class CheckpointError(ZoEdgeError, ValueError):
+    """A checkpoint whose meta or arrays are damaged (or were edited): refused before anything trains on them."""
+
+
+class CheckpointWriteError(ZoEdgeError, OSError):
+    """A save that failed for lack of space or permission; the previous checkpoint is untouched."""
 
 
 ARRAYS_FILE = "arrays.safetensors"
@@ -161,9 +177,10 @@ def save_checkpoint(
     assert isinstance(meta, dict), f"checkpoint meta must be a dict, got {type(meta).__name__}"
     assert meta.get("step", step) == step, f"meta['step'] = {meta.get('step')} but saving step {step}"
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    final = _build_folder(run_dir / checkpoint_name(step), arrays, {**meta, "step": step})
-    atomic_write_bytes(run_dir / LATEST_FILE, (final.name + "\n").encode("utf-8"), write=_write_file)
+    with _explained(run_dir, arrays):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        final = _build_folder(run_dir / checkpoint_name(step), arrays, {**meta, "step": step})
+        atomic_write_bytes(run_dir / LATEST_FILE, (final.name + "\n").encode("utf-8"), write=_write_file)
     for old in list_checkpoints(run_dir)[:-keep]:
         if old != final:
             _discard(old)
@@ -182,8 +199,43 @@ def save_named(run_dir: str | os.PathLike, name: str, arrays: dict[str, np.ndarr
     assert not _CKPT_RE.match(name), f"checkpoint name {name!r} clashes with step checkpoints; use save_checkpoint"
     assert isinstance(meta, dict), f"checkpoint meta must be a dict, got {type(meta).__name__}"
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return _build_folder(run_dir / name, arrays, dict(meta))
+    with _explained(run_dir, arrays):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return _build_folder(run_dir / name, arrays, dict(meta))
+
+
+class _explained:
+    """Turn a failed write (disk full, read-only or foreign folder) into one CheckpointWriteError line that says
+    how many bytes the checkpoint needs and how many are free; other exceptions pass through unchanged. The
+    folder-building protocol has already removed its temp folder by then, so the previous checkpoint is intact."""
+
+    def __init__(self, run_dir: Path, arrays: dict[str, np.ndarray]) -> None:
+        self.run_dir, self.arrays = run_dir, arrays
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, OSError) or isinstance(exc, ZoEdgeError):
+            return False
+        if exc.errno not in WRITE_ERRNOS:
+            return False
+        need = sum(a.nbytes for a in self.arrays.values()) + 64 * 1024
+        try:
+            free = f"{shutil.disk_usage(_existing(self.run_dir)).free / 2**20:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        why = os.strerror(exc.errno).lower()
+        raise CheckpointWriteError(
+            f"cannot save a checkpoint in {self.run_dir} ({why}): it needs about {need / 2**20:.1f} MiB "
+            f"({free}); the previous checkpoint is kept. Free space or fix the folder's permissions, then --resume",
+        ) from None
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 # --- find and load ------------------------------------------------------------------------------------------------
@@ -234,8 +286,12 @@ def load_checkpoint(path_or_run_dir: str | os.PathLike) -> tuple[dict[str, np.nd
         found = latest_checkpoint(path)
         if found is None:
             raise NoCheckpointError(f"no complete checkpoint at {path} (neither a checkpoint folder nor a run dir)")
+        inside(path, found.name, what=f"{path} checkpoint")  # a symlinked ckpt_* must not lead out of the run
         path = found
+    for name in (META_FILE, ARRAYS_FILE, ARRAYS_FALLBACK):
+        inside(path, name, what=f"{path} checkpoint file")
     meta = json.loads((path / META_FILE).read_text("utf-8"))
+    check_meta(meta, path / META_FILE)
     if (path / ARRAYS_FILE).is_file():
         arrays = read_safetensors_writable(path / ARRAYS_FILE)  # one writable buffer, no second copy
     else:
@@ -257,4 +313,64 @@ def load_trained_checkpoint(
     if path is None:
         raise NoCheckpointError(f"{run_dir} has no checkpoint; train first (zo-edge train --out {run_dir})")
     arrays, meta = load_checkpoint(path)
+    for name, a in arrays.items():  # eval, merge and the demo must never score or deploy NaN weights
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise CheckpointError(f"{path}: {name} holds NaN/inf; this checkpoint is damaged, use another one")
     return arrays, meta, path
+
+
+# --- meta schema --------------------------------------------------------------------------------------------------
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _position(x: Any) -> bool:
+    """A data-iterator position: a non-negative int, a string tag, or a list of non-negative ints."""
+    if isinstance(x, str):
+        return True
+    if isinstance(x, list):
+        return all(_is_int(v) and v >= 0 for v in x)
+    return _is_int(x) and x >= 0
+
+
+def check_meta(meta: Any, where: str | Path) -> None:
+    """Refuse a checkpoint meta that zo-edge did not write: ``CheckpointError`` naming the file and the key.
+
+    Checks the types of every key the loop, eval and merge read (step >= 0, the format version, the base's hash,
+    the method name, the best score, the config) and the data iterator's position (every count >= 0), so a meta
+    edited by hand or by an attacker cannot make resume train from a negative offset or crash on a wrong type.
+    Whether the run belongs to this model (hash, format version value) is checked by its reader against the model.
+    """
+
+    def bad(key: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {key} {problem}; the checkpoint is damaged, delete it to use an older one")
+
+    if not isinstance(meta, dict):
+        raise bad("meta", f"is a {type(meta).__name__}, not an object")
+    step = meta.get("step", 0)  # a named checkpoint (best) may lack it; a ckpt_<step> folder must match its name
+    if not _is_int(step) or step < 0:
+        raise bad("step", f"must be an integer >= 0, got {step!r}")
+    m = _CKPT_RE.match(Path(where).parent.name)
+    if m and meta.get("step") != int(m.group(1)):
+        raise bad("step", f"is {meta.get('step')!r} but the folder is {Path(where).parent.name}")
+    version = meta.get(META_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION)
+    if not _is_int(version):
+        raise bad(META_FORMAT_VERSION, f"must be an integer, got {version!r}")
+    for key in (META_WEIGHTS_SHA256, "method"):
+        if key in meta and not isinstance(meta[key], str):
+            raise bad(key, f"must be a string, got {meta[key]!r}")
+    if "best" in meta:
+        best = meta["best"]
+        if not (isinstance(best, int | float) and not isinstance(best, bool)) or math.isnan(best) or best == math.inf:
+            raise bad("best", f"must be a number (or -Infinity), got {best!r}")
+    if "config" in meta and not isinstance(meta["config"], dict):
+        raise bad("config", f"must be an object, got {type(meta['config']).__name__}")
+    if "data" in meta:
+        data = meta["data"]
+        if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            raise bad("data", f"must be an object, got {type(data).__name__}")
+        for key, value in data.items():
+            if not _position(value):
+                raise bad(f"data.{key}", f"must be a count >= 0 (or a list of them), got {value!r}")

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runtime.errors import ZoEdgeError
+from runtime.paths import inside, is_plain_name
 
 __all__ = [
     "ADAPTER_FILE",
@@ -349,8 +350,6 @@ class Manifest:
     def load(cls, model_dir: str | Path) -> Manifest:
         """Read and check ``model_dir/manifest.json``: its schema (``check_manifest_dict``) and that every file it
         names (tokenizer files) is a plain name inside ``model_dir``, symlinks included (``runtime.paths``)."""
-        from runtime.paths import inside
-
         path = Path(model_dir) / MANIFEST_FILE
         if not Path(model_dir).is_dir():
             raise ManifestError(
@@ -473,8 +472,6 @@ def check_manifest_dict(d: Any, where: str = MANIFEST_FILE) -> None:
     v.integer(d["bos_token_id"], "bos_token_id", 0, d["vocab_size"] - 1, none=True)
     v.integer(d["eos_token_id"], "eos_token_id", 0, d["vocab_size"] - 1, none=True)
     for i, name in enumerate(v.array(d["tokenizer_files"], "tokenizer_files")):
-        from runtime.paths import is_plain_name
-
         if not is_plain_name(name) or name.startswith("."):
             raise v.fail(f"tokenizer_files[{i}]", f"must be a plain file name inside the folder, got {name!r}")
     hf = d["hf_config"]

@@ -9,10 +9,33 @@ W_hf += α Q Pᵀ is done as an sgemm into the Fortran-ordered view Wᵀ of the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 from scipy.linalg import blas
 
-__all__ = ["add_dense", "add_lowrank", "hf_view"]
+from runtime.contract import ManifestError, ParamSpec
+
+__all__ = ["add_dense", "add_lowrank", "check_params", "hf_view"]
+
+
+def check_params(specs: Sequence[ParamSpec], arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    """Refuse a params file that does not hold what the manifest promises: every param present, float32, of the
+    manifest's exact shape (never broadcast), and finite. Training on a float64, reshaped or NaN base would run, and
+    silently save garbage; this is the one check ``GraphSession`` runs when it opens a model folder."""
+    for spec in specs:
+        a = arrays.get(spec.name)
+        if a is None:
+            raise ManifestError(f"{path} lacks {spec.name!r}, which the manifest lists; re-export the model --force")
+        if a.dtype != np.float32:
+            raise ManifestError(f"{path}: {spec.name} is {a.dtype}, not float32; re-export the model with --force")
+        if list(a.shape) != list(spec.shape):
+            raise ManifestError(
+                f"{path}: {spec.name} has shape {list(a.shape)}, the manifest says {spec.shape}; re-export the model"
+            )
+        if not np.isfinite(a).all():
+            raise ManifestError(f"{path}: {spec.name} holds NaN/inf; re-export the model with --force")
 
 
 def hf_view(weight_in_out: np.ndarray) -> np.ndarray:

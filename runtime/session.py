@@ -15,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from runtime import contract
 from runtime.batch import Batch
 from runtime.contract import Manifest
+from runtime.params import check_params
+from runtime.paths import check_graph_file
 from runtime.providers import computed_precision, full_name, resolve_providers
 from runtime.safetensors_io import read_safetensors_writable
 
@@ -73,8 +76,15 @@ class GraphSession:
         graph = self.model_dir / graph_file
         if not graph.is_file():
             raise contract.ManifestError(f"{graph} is missing; re-export the model with `zo-edge export --force`")
+        check_graph_file(self.model_dir, graph_file)  # inside the folder, external data too; parses (runtime.paths)
         self.graph_file = graph_file
-        self.session = ort.InferenceSession(str(graph), opts, providers=self.providers, provider_options=provider_opts)
+        try:
+            self.session = ort.InferenceSession(
+                str(graph), opts, providers=self.providers, provider_options=provider_opts
+            )
+        except (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf, ort_errors.NoSuchFile) as e:
+            first = str(e).strip().splitlines()[0][:300]  # a damaged graph file: one line, not the C++ context
+            raise contract.ManifestError(f"{graph} does not load ({first}); re-export it with --force") from None
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._input_names = {i.name for i in self.session.get_inputs()}
         self.params: dict[str, np.ndarray] = self._load_params() if params is None else params
@@ -119,11 +129,7 @@ class GraphSession:
         if not self.manifest.params:
             return {}
         arrays = read_safetensors_writable(self.model_dir / contract.PARAMS_FILE)
-        missing = [p.name for p in self.manifest.params if p.name not in arrays]
-        if missing:
-            raise contract.ManifestError(
-                f"{contract.PARAMS_FILE} lacks {missing[:3]}; re-export the model with --force"
-            )
+        check_params(self.manifest.params, arrays, self.model_dir / contract.PARAMS_FILE)  # dtype, shape, finite
         return {p.name: arrays[p.name] for p in self.manifest.params}
 
     def _default_ports(self) -> dict[str, np.ndarray]:

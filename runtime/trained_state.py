@@ -158,7 +158,7 @@ class TrainedState:
         for key, value in arrays.items():
             param = contract.parse_checkpoint_param_name(key)
             if param is not None:
-                if param not in self.params or self.params[param].shape != value.shape:
+                if param not in self.params or self.params[param].shape != value.shape or value.dtype.kind != "f":
                     raise ZoEdgeError(
                         f"checkpoint array {key} {value.shape} does not match this model; was the run made on "
                         "another model?"
@@ -172,7 +172,17 @@ class TrainedState:
         for layer, qp in adapters.items():
             spec = self.linears.get(layer)
             q, p = qp.get("q"), qp.get("p")
-            if spec is None or q is None or p is None or q.shape[0] != spec.d_out or p.shape[0] != spec.d_in:
+            if (
+                spec is None
+                or q is None
+                or p is None
+                or q.ndim != 2
+                or p.ndim != 2
+                or q.shape != (spec.d_out, p.shape[1])
+                or p.shape[0] != spec.d_in
+                or q.dtype.kind != "f"
+                or p.dtype.kind != "f"
+            ):
                 raise ZoEdgeError(f"checkpoint adapter for {layer!r} does not match this model's layers")
             self.adapters[layer] = LowRank(q=np.array(q, np.float32), p=np.array(p, np.float32))
 
