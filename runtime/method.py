@@ -13,6 +13,8 @@ Interface (one file per method in zo_edge/methods/, registered where defined wit
     report = method.step(oracle, batch, objective, t)  # one ZO step at step index t (0-based)
     method.trainable(oracle)                           # the coordinates the optimizer updates ({} if none)
     method.state_dict() / method.load_state_dict(arrays)
+    probe = method.probe(oracle, batch, objective, t)  # federated: step t's scalars g_k, nothing applied
+    method.replay(oracle, t, probe.scalars)           # apply step t from its scalars alone -> False if skipped
 
 Class-level declarations (read by the CLI, the config, the benchmarks and the tests; never a written-out list):
 
@@ -26,6 +28,8 @@ Class-level declarations (read by the CLI, the config, the benchmarks and the te
 * ``direct_sgd``: the update is a rank-r SGD step written straight into W (LOZO, SubZero, AGZO): plain SGD only,
   no momentum or weight decay (their state would be model-sized); the learning rate comes from the schedule at the
   count of applied updates, the same clock the optimizer's per-key counters keep.
+* ``not_federated``: why the method cannot run federated (zo_edge/federated/), or "" when ``step`` is exactly
+  ``probe`` then ``replay`` (same arithmetic), so a replica holding only (seed, t, scalars) lands on the same bits.
 * A method with ``needs_calibration`` has a ``calib_batches`` field in its ``Config``: how many batches the loop
   draws for ``calibrate``.
 """
@@ -43,7 +47,9 @@ if TYPE_CHECKING:
     from runtime.batch import Batch
     from runtime.oracle import Objective, Oracle
 
-__all__ = ["METHODS", "MethodError", "Optimizer", "StepReport", "ZOMethod", "get_method", "register_method"]
+__all__ = [
+    "METHODS", "MethodError", "Optimizer", "Probe", "StepReport", "ZOMethod", "get_method", "register_method",
+]  # fmt: skip
 
 
 class MethodError(ZoEdgeError, ValueError):
@@ -60,6 +66,16 @@ class StepReport:
     t_sample: float = 0.0
     skipped: bool = False  # a non-finite loss or update: nothing was applied
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Probe:
+    """Step t probed, nothing applied: what a federated client sends (per query k, g_k), and its batch loss."""
+
+    scalars: np.ndarray  # [queries] float64 projected gradients g_k (empty when skipped)
+    loss: float
+    forwards: int
+    skipped: bool = False  # a non-finite loss: no scalars
 
 
 class Optimizer(Protocol):
@@ -82,6 +98,7 @@ class ZOMethod(Protocol):
     default_optimizer: ClassVar[str]
     optimizers: ClassVar[frozenset[str]]
     direct_sgd: ClassVar[bool]
+    not_federated: ClassVar[str]
 
     def init(self, oracle: Oracle, seed: int) -> None: ...
 
@@ -95,12 +112,17 @@ class ZOMethod(Protocol):
 
     def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None: ...
 
+    def probe(self, oracle: Oracle, batch: Batch, objective: Objective, t: int) -> Probe: ...
+
+    def replay(self, oracle: Oracle, t: int, scalars: np.ndarray) -> bool: ...
+
 
 METHODS: dict[str, type] = {}
 
 _REQUIRED = (
     "Config", "bases", "changes_weights", "needs_calibration", "default_lr", "default_optimizer", "optimizers",
-    "direct_sgd", "init", "calibrate", "step", "trainable", "state_dict", "load_state_dict",
+    "direct_sgd", "not_federated", "init", "calibrate", "step", "trainable", "state_dict", "load_state_dict", "probe",
+    "replay",
 )  # fmt: skip
 
 

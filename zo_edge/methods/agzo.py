@@ -48,6 +48,10 @@ class AGZO(ZOBase):
     bases = frozenset({"fp32", "int4"})
     default_lr = 1e-4
     direct_sgd = True
+    not_federated = (
+        "its perturbation lies along each batch's own top activation directions, so every round would ship client-"
+        "data-dependent d_in x r bases per layer group; federate zo-act (one basis, summed once) or lozo instead"
+    )
 
     def init(self, oracle: Oracle, seed: int) -> None:
         self.check_base(oracle)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.method import MethodError, StepReport
+from runtime.method import MethodError, Probe, StepReport
 from runtime.oracle import Oracle
 from runtime.trained_state import LowRank
 from zo_edge import optim
@@ -102,6 +102,8 @@ class ZOBase:
     #: True for methods whose update is a rank-r SGD step written straight into W: plain SGD only (no momentum,
     #: no weight decay: their state would be model-sized), learning rate from the schedule
     direct_sgd: ClassVar[bool] = False
+    #: why the method cannot be federated ("" when step == probe + replay; zo_edge/federated/)
+    not_federated: ClassVar[str] = "its step is not a pure function of (seed, step, scalars)"
 
     def __init__(self, config: BaseConfig, optimizer: optim.Transform, schedule: optim.Schedule) -> None:
         self.config = config
@@ -130,6 +132,12 @@ class ZOBase:
         if oracle.trained.fold:
             return {s.weight: oracle.params[s.weight] for s in oracle.manifest.linears}
         return {f"{k}.q": a.q for k, a in oracle.trained.adapters.items()}
+
+    def probe(self, oracle: Oracle, batch, objective, t: int) -> Probe:
+        raise MethodError(f"{self.name} cannot be federated: {self.not_federated}")
+
+    def replay(self, oracle: Oracle, t: int, scalars: np.ndarray) -> bool:
+        raise MethodError(f"{self.name} cannot be federated: {self.not_federated}")
 
     # --- direct SGD (one clock: applied updates) -------------------------------------------------------------
     def _init_direct_sgd(self) -> None:
@@ -187,6 +195,7 @@ class LowRankSPSA(ZOBase):
 
     bases = frozenset({"fp32", "int4"})
     direct_sgd = True
+    not_federated = ""
 
     def init(self, oracle: Oracle, seed: int) -> None:
         self.check_base(oracle)
@@ -196,23 +205,38 @@ class LowRankSPSA(ZOBase):
     def perturbation(self, oracle: Oracle, t: int, k: int) -> dict[str, LowRank]:
         raise NotImplementedError
 
-    def step(self, oracle: Oracle, batch, objective, t: int):
+    def probe(self, oracle: Oracle, batch, objective, t: int, timer: Timer | None = None) -> Probe:
+        """Every query's central difference at the current W; nothing applied."""
         c = self.config
-        timer = Timer()
-        lr = self.direct_lr()
-        probes, gs, losses = [], [], []
+        timer = timer or Timer()
+        gs, losses = [], []
         for k in range(c.queries):
             with timer("sample"):
                 pert = self.perturbation(oracle, t, k)
             f_plus, f_minus, g = lowrank_spsa(oracle, batch, objective, pert, c.mu, timer)
-            if not finite(f_plus, f_minus, lr * g):
-                return timer.report(np.nan, np.nan, 2 * (k + 1), skipped=True)
-            probes.append((pert, g))
+            if not finite(f_plus, f_minus, g):
+                return Probe(np.zeros(0), np.nan, 2 * (k + 1), skipped=True)
             gs.append(g)
             losses.append(0.5 * (f_plus + f_minus))
+        return Probe(np.asarray(gs, np.float64), float(np.mean(losses)), 2 * c.queries)
+
+    def replay(self, oracle: Oracle, t: int, scalars: np.ndarray, timer: Timer | None = None) -> bool:
+        """W -= η g_k ΔW_k / q for each query (perturbations regenerated from (seed, t, k)); False: skipped."""
+        c = self.config
+        timer = timer or Timer()
+        lr = self.direct_lr()
+        if len(scalars) == 0 or not finite(lr * np.asarray(scalars)):
+            return False
         with timer("update"):
-            for pert, g in probes:
-                for layer, delta in pert.items():
+            for k, g in enumerate(float(s) for s in scalars):
+                for layer, delta in self.perturbation(oracle, t, k).items():
                     oracle.trained.apply_lowrank(layer, delta, -lr * g / c.queries)
         self.count_applied()
-        return timer.report(np.mean(losses), np.mean(gs), 2 * c.queries)
+        return True
+
+    def step(self, oracle: Oracle, batch, objective, t: int):
+        timer = Timer()
+        p = self.probe(oracle, batch, objective, t, timer)
+        if p.skipped or not self.replay(oracle, t, p.scalars, timer):
+            return timer.report(np.nan, np.nan, p.forwards, skipped=True)
+        return timer.report(p.loss, np.mean(p.scalars), p.forwards)

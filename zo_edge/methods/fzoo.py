@@ -57,6 +57,7 @@ class FZOO(ZOAct):
     default_lr = 2e-3
     default_optimizer = "sgd"
     optimizers = frozenset({"sgd", "adam"})
+    not_federated = "its step size is 1/std of the step's own probe losses (a batch statistic, not a scalar per seed)"
 
     def direction(self, oracle: Oracle, batch: Batch, objective: Objective, t: int, timer: Timer):
         """(f0, probe losses, ĝ per layer) at the current coefficients; None for ĝ if a loss is not finite."""

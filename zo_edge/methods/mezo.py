@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime import rng
 from runtime.batch import Batch
-from runtime.method import MethodError, register_method
+from runtime.method import MethodError, Probe, register_method
 from runtime.oracle import Objective, Oracle
 from zo_edge import optim
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
@@ -48,6 +48,7 @@ class MeZOConfig(BaseConfig):
 @register_method("mezo")
 class MeZO(ZOBase):
     Config = MeZOConfig
+    not_federated = ""
 
     def init(self, oracle: Oracle, seed: int) -> None:
         self.check_base(oracle)
@@ -68,6 +69,8 @@ class MeZO(ZOBase):
         optim.check_state_budget("full-space optimizer state", n_values, per_value, 4 * n_values)
         self.opt_state = self.optimizer.init({k: oracle.params[k] for k in self.names})
         self._scratch: np.ndarray | None = None
+        #: the step whose ±μ round trip ``probe`` last left in θ (federated replay must not retrace it twice)
+        self._probed: int | None = None
 
     def trainable(self, oracle: Oracle) -> dict[str, np.ndarray]:
         return {k: oracle.params[k] for k in self.names}
@@ -111,12 +114,55 @@ class MeZO(ZOBase):
                 with timer("update"):
                     oracle.trained.apply_dense(name, mu, z)
                     if ok:
-                        z *= np.float32(g / q)
-                        deltas, self.opt_state = self.optimizer.update({name: z}, self.opt_state, oracle.params)
-                        oracle.trained.apply_dense(name, 1.0, deltas[name])
+                        self._descend(oracle, name, z, g / q)
             gs.append(g)
             losses.append(0.5 * (f_plus + f_minus))
         return timer.report(np.mean(losses), np.mean(gs) if not skipped else np.nan, 2 * q, skipped)
+
+    def _descend(self, oracle: Oracle, name: str, z: np.ndarray, scale: float) -> None:
+        """θ_name ← optimizer(θ_name, grad = scale·z) (z is overwritten)."""
+        z *= np.float32(scale)
+        deltas, self.opt_state = self.optimizer.update({name: z}, self.opt_state, oracle.params)
+        oracle.trained.apply_dense(name, 1.0, deltas[name])
+
+    def _one_query(self) -> None:
+        if self.config.queries != 1:
+            raise MethodError("mezo federates with --queries 1 only: its queries update θ in turn within a step")
+
+    def probe(self, oracle: Oracle, batch: Batch, objective: Objective, t: int, timer: Timer | None = None) -> Probe:
+        """θ ± μz and back through ``step``'s own in-place ops (θ keeps their rounding drift, as in ``step``)."""
+        self._one_query()
+        mu, timer = self.config.mu, timer or Timer()
+        self._perturb(oracle, t, 0, mu, timer)
+        with timer("forward"):
+            f_plus = objective_mean(oracle, batch, objective)
+        self._perturb(oracle, t, 0, -2 * mu, timer)
+        with timer("forward"):
+            f_minus = objective_mean(oracle, batch, objective)
+        self._perturb(oracle, t, 0, mu, timer)
+        self._probed = t  # θ already went through step t's ±μ round trip (its bits drift by rounding)
+        if not finite(f_plus, f_minus):
+            return Probe(np.zeros(0), np.nan, 2, skipped=True)
+        return Probe(np.array([(f_plus - f_minus) / (2 * mu)]), 0.5 * (f_plus + f_minus), 2)
+
+    def replay(self, oracle: Oracle, t: int, scalars: np.ndarray, timer: Timer | None = None) -> bool:
+        """``step``'s update along g z, z regenerated per tensor from (seed, t, 0). A replica that did not probe
+        step t first retraces the probe's θ ± μz round trip without forwards: ``step`` leaves those rounding bits in
+        θ, so every replica must (empty ``scalars``: a skipped step, the round trip only)."""
+        self._one_query()
+        timer = timer or Timer()
+        if self._probed != t:
+            for scale in (self.config.mu, -2 * self.config.mu, self.config.mu):
+                self._perturb(oracle, t, 0, scale, timer)
+        self._probed = None
+        if len(scalars) != 1 or not finite(scalars):
+            return False
+        for name in self.names:
+            with timer("sample"):
+                z = self._z(t, 0, name, oracle.params[name].shape)
+            with timer("update"):
+                self._descend(oracle, name, z, float(scalars[0]))  # g / q, q = 1
+        return True
 
 
 def objective_mean(oracle: Oracle, batch: Batch, objective: Objective) -> float:

@@ -25,19 +25,20 @@ state is Adam's moments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from runtime import rng
 from runtime.batch import Batch
-from runtime.method import MethodError, register_method
+from runtime.method import MethodError, Probe, register_method
 from runtime.oracle import Objective, Oracle
 from runtime.trained_state import LowRank
 from zo_edge import optim
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
 
-__all__ = ["ZOAct", "ZOActConfig", "calibrate_bases"]
+__all__ = ["ZOAct", "ZOActConfig", "calibrate_bases", "sketch_sums"]
 
 
 @dataclass
@@ -57,22 +58,34 @@ class ZOActConfig(BaseConfig):
             raise MethodError(f"--oversample must be >= 0, got {self.oversample}")
 
 
+def sketch_sums(oracle: Oracle, batches: list[Batch], omega: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Σ over ``batches`` of Xᵀ(X Ω_g) per group, in float64: one calibration sweep (what a federated client sends)."""
+    total = {g: np.zeros(w.shape, np.float64) for g, w in omega.items()}
+    for b in batches:
+        for g, s in oracle.sketches(b, {g: w.astype(np.float32) for g, w in omega.items()}).items():
+            total[g] += s
+    return total
+
+
 def calibrate_bases(
-    oracle: Oracle, batches: list[Batch], rank: int, *, rounds: int = 2, oversample: int = 4, seed: int = 0
+    oracle: Oracle,
+    batches: list[Batch],
+    rank: int,
+    *,
+    rounds: int = 2,
+    oversample: int = 4,
+    seed: int = 0,
+    sweep: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Top-``rank`` input directions per activation group over all ``batches`` ((rounds + 1) passes per batch)."""
+    """Top-``rank`` input directions per activation group over all ``batches`` ((rounds + 1) passes per batch).
+
+    ``sweep`` replaces the local ``sketch_sums`` over ``batches`` (the federated server sums its clients')."""
     k = rank + oversample
     omega = {
         g.name: np.linalg.qr(rng.gaussian(seed, (g.d_in, min(k, g.d_in)), "zoact-omega", g.name))[0]
         for g in oracle.manifest.groups
     }
-
-    def sweep(om: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        total = {g: np.zeros(w.shape, np.float64) for g, w in om.items()}
-        for b in batches:
-            for g, s in oracle.sketches(b, {g: w.astype(np.float32) for g, w in om.items()}).items():
-                total[g] += s
-        return total
+    sweep = sweep or (lambda om: sketch_sums(oracle, batches, om))
 
     for _ in range(rounds):
         omega = {g: np.linalg.qr(y)[0] for g, y in sweep(omega).items()}
@@ -95,6 +108,7 @@ class ZOAct(ZOBase):
     default_lr = 2e-3
     default_optimizer = "adam"
     optimizers = frozenset({"sgd", "adam"})
+    not_federated = ""
 
     def init(self, oracle: Oracle, seed: int) -> None:
         self.check_base(oracle)
@@ -114,6 +128,10 @@ class ZOAct(ZOBase):
         bases = calibrate_bases(
             oracle, batches, c.rank, rounds=c.calib_rounds, oversample=c.oversample, seed=self.seed
         )
+        self.set_bases(oracle, bases)
+
+    def set_bases(self, oracle: Oracle, bases: dict[str, np.ndarray]) -> None:
+        """Install the activation bases A_g (from ``calibrate``, or sent by a federated server)."""
         for s in oracle.manifest.linears:
             oracle.trained.adapters[s.name].p[...] = bases[s.group]
 
@@ -121,17 +139,20 @@ class ZOAct(ZOBase):
         """The coefficients C_l (the adapters' q), stepped in place by the optimizer."""
         return {s.name: oracle.trained.adapters[s.name].q for s in oracle.manifest.linears}
 
-    def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int):
+    def _z(self, oracle: Oracle, t: int, k: int) -> dict[str, np.ndarray]:
+        """Z_l of query k at step t, per targeted linear: a pure function of (seed, t, k, layer)."""
+        r = self.config.rank
+        layers = oracle.manifest.linears
+        return {s.name: rng.gaussian(self.seed, (s.d_out, r), "zoact-Z", t, k, s.name) for s in layers}
+
+    def probe(self, oracle: Oracle, batch: Batch, objective: Objective, t: int, timer: Timer | None = None) -> Probe:
+        """f± of every query at the current C; nothing applied."""
         c = self.config
-        timer = Timer()
-        grads: dict[str, np.ndarray] = {}
+        timer = timer or Timer()
         gs, losses = [], []
         for k in range(c.queries):
             with timer("sample"):
-                z = {
-                    s.name: rng.gaussian(self.seed, (s.d_out, c.rank), "zoact-Z", t, k, s.name)
-                    for s in oracle.manifest.linears
-                }
+                z = self._z(oracle, t, k)
             with timer("forward"):
                 adapters = oracle.trained.adapters
                 pert = {n: LowRank(q=v, p=adapters[n].p) for n, v in z.items()}
@@ -142,19 +163,39 @@ class ZOAct(ZOBase):
                     np.mean(oracle.sample_losses(batch, objective, {n: d.scaled(-c.mu) for n, d in pert.items()}))
                 )
             if not finite(f_plus, f_minus):
-                return timer.report(np.nan, np.nan, 2 * (k + 1), skipped=True)
-            g = (f_plus - f_minus) / (2 * c.mu)
+                return Probe(np.zeros(0), np.nan, 2 * (k + 1), skipped=True)
+            gs.append((f_plus - f_minus) / (2 * c.mu))
+            losses.append(0.5 * (f_plus + f_minus))
+        return Probe(np.asarray(gs, np.float64), float(np.mean(losses)), 2 * c.queries)
+
+    def replay(self, oracle: Oracle, t: int, scalars: np.ndarray, timer: Timer | None = None) -> bool:
+        """C <- optimizer(C, Σ_k g_k Z_k / q), Z_k regenerated from (seed, t, k); False: skipped."""
+        c = self.config
+        timer = timer or Timer()
+        if len(scalars) == 0:
+            return False
+        grads: dict[str, np.ndarray] = {}
+        for k, g in enumerate(float(s) for s in scalars):
+            with timer("sample"):
+                z = self._z(oracle, t, k)
             for key, v in z.items():
                 if key in grads:
                     grads[key] += (g / c.queries) * v
                 else:
                     grads[key] = (g / c.queries) * v
-            gs.append(g)
-            losses.append(0.5 * (f_plus + f_minus))
         with timer("update"):
             params = self.trainable(oracle)
             deltas, self.opt_state = self.optimizer.update(grads, self.opt_state, params)
             if not all(finite(d) for d in deltas.values()):
-                return timer.report(np.mean(losses), np.nan, 2 * c.queries, skipped=True)
+                return False
             optim.apply_updates(params, deltas)
-        return timer.report(np.mean(losses), np.mean(gs), 2 * c.queries)
+        return True
+
+    def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int):
+        timer = Timer()
+        p = self.probe(oracle, batch, objective, t, timer)
+        if p.skipped:
+            return timer.report(np.nan, np.nan, p.forwards, skipped=True)
+        if not self.replay(oracle, t, p.scalars, timer):
+            return timer.report(p.loss, np.nan, p.forwards, skipped=True)
+        return timer.report(p.loss, np.mean(p.scalars), p.forwards)
