@@ -8,6 +8,7 @@ present), past_key_values.{i}.key/value; outputs logits and present.{i}.key/valu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,22 @@ class GenerateError(ZoEdgeError, FileNotFoundError):
 
 
 class Generator:
-    def __init__(self, onnx_dir: str | Path, provider: str = "cpu") -> None:
+    def __init__(
+        self, onnx_dir: str | Path, provider: str = "cpu", *, provider_options: Mapping[str, str] | None = None
+    ) -> None:
+        """``provider_options``: the first provider's options (``openvino``: ``precision=FP32``), as onnxruntime
+        takes them; the cross-provider report pins precision through it."""
         from tokenizers import Tokenizer
 
         onnx_dir = Path(onnx_dir)
         path = onnx_dir / "model.onnx"
         if not path.is_file():
             raise GenerateError(f"{path} not found: generate needs a merged model (zo-edge merge RUN --out DIR)")
-        self.session = ort.InferenceSession(str(path), providers=resolve_providers(provider))
+        self.providers = resolve_providers(provider)
+        self.provider_options = [dict(provider_options or {})] + [{} for _ in self.providers[1:]]
+        self.session = ort.InferenceSession(
+            str(path), providers=self.providers, provider_options=self.provider_options
+        )
         self.tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.past = sorted(n for n in self.inputs if n.startswith("past_key_values"))
@@ -66,6 +75,30 @@ class Generator:
         eos_token_id: int | None = None,
     ) -> str:
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        return self.tokenizer.decode(
+            self.generate_ids(
+                ids,
+                max_new_tokens,
+                sample=sample,
+                temperature=temperature,
+                top_k=top_k,
+                seed=seed,
+                eos_token_id=eos_token_id,
+            )
+        )
+
+    def generate_ids(
+        self,
+        ids: list[int],
+        max_new_tokens: int = 20,
+        *,
+        sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 50,
+        seed: int = 0,
+        eos_token_id: int | None = None,
+    ) -> list[int]:
+        """The new token ids after ``ids`` (a prompt already tokenized, BOS included if wanted), through the cache."""
         rng = np.random.default_rng(seed)
         past = self._empty_past()
         new: list[int] = []
@@ -95,4 +128,4 @@ class Generator:
                 break
             new.append(token)
             step_ids = [token]
-        return self.tokenizer.decode(new)
+        return new

@@ -243,6 +243,8 @@ def cmd_eval(a) -> int:
     tok = load_tokenizer(cfg.model)
     providers = cfg.provider_list()
     options = cfg.provider_options(providers)
+    if cfg.merged:
+        return _eval_merged(cfg, task, data, examples, tok, providers, options)
     results, oracles, missing = {}, {}, []
     for prov in providers:
         try:
@@ -290,6 +292,33 @@ def cmd_eval(a) -> int:
         print(format_report(report))
     if missing:
         print(f"not available here (skipped): {', '.join(missing)}")
+    return 0
+
+
+def _eval_merged(cfg, task, data, examples, tok, providers, options) -> int:
+    """``eval --merged DIR``: the cross-provider report of each deployable graph ``zo-edge merge`` wrote."""
+    from runtime.providers import available_providers, full_name
+    from zo_edge.config import AUTO
+    from zo_edge.cross_provider import format_report, merged_graphs, merged_report
+    from zo_edge.train import resolve_max_len
+
+    if cfg.template == AUTO:
+        raise ConfigError("--template auto scores prompts with the training graph; with --merged pass the template")
+    graphs = merged_graphs(cfg.merged)
+    have = [p for p in providers if full_name(p) in available_providers()]
+    if not have:
+        raise ConfigError(f"none of the providers {providers} is available here (available: {available_providers()})")
+    resolve_max_len(cfg, tok, task, data)
+    reports = {
+        d: merged_report(g, have, task, examples, tok, provider_options=options, max_len=cfg.max_len)
+        for d, g in graphs.items()
+    }
+    if cfg.json:
+        print(json.dumps({d: r.to_dict() for d, r in reports.items()}))
+        return 0
+    print("\n".join(format_report(r) for r in reports.values()))
+    if len(have) < len(providers):
+        print(f"not available here (skipped): {', '.join(p for p in providers if p not in have)}")
     return 0
 
 

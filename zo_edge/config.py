@@ -566,6 +566,9 @@ class EvalConfig(ScoringConfig):
     split: str = _f("test", "which split to score: test | dev")
     eval_examples: int = _f(500, "examples scored (0: all)")
     providers: str = _f("", "comma list: run the same evaluation on each available provider and compare")
+    merged: str = _f(
+        "", "a `zo-edge merge` output: evaluate its deployable graphs (onnx/, onnx-int4/) on each provider"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

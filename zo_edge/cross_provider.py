@@ -13,6 +13,19 @@ shows a jump at the exact layer where it happens (issue #17: OpenVINO's RoPE pos
 
 ``compare`` builds the report from finished evaluations; ``layer_divergence`` adds the per-layer part from live
 oracles; ``cross_provider_report`` does both from a model folder; ``format_report`` prints it.
+
+The deployable graphs (``zo-edge merge``'s optimum KV-cache decoders, ``onnx/`` and the INT4 ``onnx-int4/``) are
+what a device actually runs, so ``merged_report`` checks them the same way, as ``generate`` runs them (one sequence
+per pass, positions fed from outside, the cache grown token by token):
+
+    zo-edge eval artifacts/smollm2-fp32 --task rotten-tomatoes --providers cpu,openvino --merged runs/rt-merged \
+        --provider-option openvino:precision=FP32
+
+per provider, the classification scores from the last prompt token's log-probabilities (accuracy, macro-F1,
+agreement, |Δ log-likelihood|, flips, as above) and greedy decoding through the cache (how many prompts continue
+with the reference's exact tokens, and where the first one differs). Those graphs have no probe outputs, so there is
+no per-layer part; a drift there is located by running the training graph with the run's state
+(``cross_provider_report``), which computes the same function.
 """
 
 from __future__ import annotations
@@ -24,23 +37,40 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from runtime.batch import Batch
+from runtime.errors import ZoEdgeError
 from runtime.oracle import Oracle
 
 if TYPE_CHECKING:
+    from runtime.generate import Generator
     from runtime.tokenizer import Tokenizer
     from zo_edge.evaluate import EvalResult
     from zo_edge.tasks import Example, Task
 
 __all__ = [
     "CrossProviderReport",
+    "GreedyRow",
     "LayerDrift",
+    "MergedReportError",
     "ProviderRow",
     "compare",
+    "compare_greedy",
     "compare_providers",
     "cross_provider_report",
+    "evaluate_merged",
     "format_report",
+    "greedy_tokens",
     "layer_divergence",
+    "merged_graphs",
+    "merged_report",
 ]
+
+#: the subfolders of a ``zo-edge merge`` output that hold a deployable graph, and the weights each computes with
+MERGED_GRAPHS = {"onnx": "fp32", "onnx-int4": "int4"}
+
+
+class MergedReportError(ZoEdgeError, FileNotFoundError):
+    """A ``--merged`` folder that holds no merged graph (the message says what to pass)."""
+
 
 #: relative divergence above which a group counts as "drifted": fp32 reassociation stays near 1e-7..1e-6 through
 #: every layer (measured: SmolLM2-135M and the tiny test model, CPU vs OpenVINO at FP32); fp16/bf16 compute is
@@ -70,12 +100,26 @@ class LayerDrift:
 
 
 @dataclass
+class GreedyRow:
+    """Greedy decoding through a merged graph's KV cache on one provider, against the reference provider's."""
+
+    provider: str
+    prompts: int
+    new_tokens: int
+    identical: float  # fraction of prompts whose whole continuation equals the reference's
+    token_agreement: float  # fraction of (prompt, position) tokens equal to the reference's
+    first_divergence: list[int | None]  # per prompt: index of the first new token that differs (None: none)
+    tokens: list[list[int]]  # the continuations themselves (the reference's row is the one to read)
+
+
+@dataclass
 class CrossProviderReport:
     reference: str
     n: int
     label: str  # what was evaluated: "base", a run folder, a merged graph
     rows: list[ProviderRow]
     layers: list[LayerDrift] = field(default_factory=list)  # graph order; empty when not measured
+    greedy: list[GreedyRow] = field(default_factory=list)  # merged graphs only: greedy decoding per provider
 
     def row(self, provider: str) -> ProviderRow:
         return next(r for r in self.rows if r.provider == provider)
@@ -192,17 +236,177 @@ def cross_provider_report(
     )
 
 
+# --- the merged (deployable) graphs ------------------------------------------------------------------------------
+def merged_graphs(merged_dir: str | Path) -> dict[str, Path]:
+    """``{"fp32": DIR/onnx, "int4": DIR/onnx-int4}`` (those present) of a ``zo-edge merge`` output, or the one graph
+    when ``merged_dir`` is such a subfolder itself (its weights named by the folder's name)."""
+    merged_dir = Path(merged_dir)
+    if (merged_dir / "model.onnx").is_file():
+        return {MERGED_GRAPHS.get(merged_dir.name, "fp32"): merged_dir}
+    found = {
+        dtype: merged_dir / sub for sub, dtype in MERGED_GRAPHS.items() if (merged_dir / sub / "model.onnx").is_file()
+    }
+    if not found:
+        raise MergedReportError(
+            f"{merged_dir} holds no merged graph (no model.onnx in it or in {'/ or '.join(MERGED_GRAPHS)}/): "
+            "pass the --out of `zo-edge merge RUN --out DIR`"
+        )
+    return found
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def evaluate_merged(
+    generator: Generator, tokenizer: Tokenizer, task: Task, examples: list[Example], *, max_len: int = 64
+) -> EvalResult:
+    """Classification by the merged graph, one unpadded sequence per pass as ``generate`` feeds it.
+
+    The prompts (BOS, left truncation to ``max_len``) are ``zo_edge.batching``'s, so the scores are the training
+    graph's evaluation scores of the same state. Single-token label words (every built-in task): one pass over the
+    prompt, each word's log-probability at its last position. Otherwise one pass per (example, word), the word's
+    tokens' log-probabilities summed."""
+    from zo_edge.batching import candidate_batch, one_row_batch, single_token_words
+    from zo_edge.evaluate import EvalResult
+    from zo_edge.metrics import accuracy, confusion_matrix, macro_f1
+    from zo_edge.objectives import candidate_class_scores
+
+    if not examples:
+        raise ValueError("nothing to evaluate: the evaluation set is empty")
+    n_classes = len(task.classes)
+    scores = np.full((len(examples), n_classes), -np.inf)
+    stats: dict = {}
+    one_row = single_token_words(tokenizer, task)
+    for i, ex in enumerate(examples):
+        if one_row:
+            feeds, word_class = one_row_batch(tokenizer, [ex], task, max_len, stats=stats)
+            prompt = feeds["input_ids"][:, :-1]  # the row without its gold target token: the prompt itself
+            last = _log_softmax(generator.sequence_logits(prompt)[0, -1])
+            scores[i] = candidate_class_scores(last[feeds["candidate_ids"]][None], word_class, n_classes)[0]
+            continue
+        feeds, _, row_class = candidate_batch(tokenizer, [ex], task, max_len, stats=stats)
+        for r in range(len(row_class)):
+            keep = feeds["attention_mask"][r] == 1
+            ids, targets = feeds["input_ids"][r][keep], feeds["loss_mask"][r][keep] == 1
+            logp = _log_softmax(generator.sequence_logits(ids[None])[0])
+            t = np.flatnonzero(targets)  # token t is predicted from position t - 1
+            scores[i, row_class[r]] = max(scores[i, row_class[r]], float(logp[t - 1, ids[t]].sum()))
+    pred = np.argmax(scores, axis=1)
+    gold = np.array([task.class_index(e.label) for e in examples])
+    return EvalResult(
+        accuracy=accuracy(pred, gold),
+        macro_f1=macro_f1(pred, gold, n_classes),
+        confusion=confusion_matrix(pred, gold, n_classes).tolist(),
+        n=len(examples),
+        truncated=stats.get("truncated", 0),
+        predictions=pred,
+        loglik=scores,
+    )
+
+
+def greedy_tokens(
+    generator: Generator, tokenizer: Tokenizer, task: Task, examples: list[Example], *, max_len: int, new_tokens: int
+) -> list[list[int]]:
+    """``new_tokens`` greedy tokens after each example's prompt (as evaluated), through the graph's KV cache. No
+    stop at EOS: every provider decodes the same number of tokens, so the continuations compare position by
+    position."""
+    from zo_edge.batching import lm_batch
+
+    out = []
+    for ex in examples:
+        feeds = lm_batch(tokenizer, [ex], task, max_len)
+        prompt = feeds["input_ids"][0][feeds["loss_mask"][0] == 0]  # one unpadded row: prompt, then the gold word
+        out.append(generator.generate_ids([int(t) for t in prompt], new_tokens))
+    return out
+
+
+def compare_greedy(tokens: dict[str, list[list[int]]]) -> list[GreedyRow]:
+    """Per provider, its greedy continuations against the first provider's (same prompts, same length)."""
+    names = list(tokens)
+    ref = tokens[names[0]]
+    rows = []
+    for name in names:
+        got = tokens[name]
+        if len(got) != len(ref) or any(len(a) != len(b) for a, b in zip(got, ref, strict=True)):
+            raise ValueError(f"{name} decoded other prompts or lengths than {names[0]}: not one set")
+        first = [
+            next((j for j, (a, b) in enumerate(zip(g, r, strict=True)) if a != b), None)
+            for g, r in zip(got, ref, strict=True)
+        ]
+        same = sum(a == b for g, r in zip(got, ref, strict=True) for a, b in zip(g, r, strict=True))
+        total = sum(len(r) for r in ref)
+        rows.append(
+            GreedyRow(
+                provider=name,
+                prompts=len(ref),
+                new_tokens=len(ref[0]) if ref else 0,
+                identical=float(np.mean([f is None for f in first])) if first else 1.0,
+                token_agreement=same / total if total else 1.0,
+                first_divergence=first,
+                tokens=[list(map(int, g)) for g in got],
+            )
+        )
+    return rows
+
+
+def merged_report(
+    onnx_dir: str | Path,
+    providers: list[str],
+    task: Task,
+    examples: list[Example],
+    tokenizer: Tokenizer,
+    *,
+    provider_options: dict[str, dict[str, str]] | None = None,
+    max_len: int = 64,
+    greedy_prompts: int = 8,
+    new_tokens: int = 16,
+    model_dtype: str | None = None,
+) -> CrossProviderReport:
+    """One merged graph (``DIR/onnx`` or ``DIR/onnx-int4``) on each provider: the last-token classification
+    report (the first provider is the reference) and greedy decoding of the first ``greedy_prompts`` prompts.
+
+    ``model_dtype`` (for the precision column): the weights the graph computes with; by default read from the
+    folder's name (``merged_graphs``)."""
+    from runtime.generate import Generator
+    from runtime.providers import computed_precision
+
+    onnx_dir = Path(onnx_dir)
+    dtype = model_dtype or MERGED_GRAPHS.get(onnx_dir.name, "fp32")
+    generators = {
+        p: Generator(onnx_dir, p, provider_options=(provider_options or {}).get(p) or None) for p in providers
+    }
+    results = {p: evaluate_merged(g, tokenizer, task, examples, max_len=max_len) for p, g in generators.items()}
+    probe = examples[:greedy_prompts]
+    greedy = {
+        p: greedy_tokens(g, tokenizer, task, probe, max_len=max_len, new_tokens=new_tokens)
+        for p, g in generators.items()
+    }
+    report = compare(
+        results,
+        precisions={
+            p: computed_precision(g.providers[0], g.provider_options[0], dtype) for p, g in generators.items()
+        },
+        options={p: g.provider_options[0] for p, g in generators.items()},
+        label=f"merged {onnx_dir}",
+    )
+    report.greedy = compare_greedy(greedy) if probe and new_tokens else []
+    return report
+
+
 def format_report(report: CrossProviderReport, *, flips_shown: int = 10, threshold: float = DRIFT_THRESHOLD) -> str:
     """The report as text: a table per provider, the flipped examples, and where each provider's drift starts."""
     lines = [f"cross-provider report ({report.label}, n={report.n}, against {report.reference}):"]
     lines.append(
-        f"  {'provider':<12} {'precision':<18} {'accuracy':>8} {'macro-F1':>8} {'agree':>7} "
+        f"  {'provider':<12} {'precision':<20} {'accuracy':>8} {'macro-F1':>8} {'agree':>7} "
         f"{'mean|Δll|':>10} {'max|Δll|':>10}  options"
     )
     for r in report.rows:
         opts = ",".join(f"{k}={v}" for k, v in r.options.items()) or "-"
         lines.append(
-            f"  {r.provider:<12} {r.precision:<18} {r.accuracy:>8.4f} {r.macro_f1:>8.4f} {r.agreement:>7.4f} "
+            f"  {r.provider:<12} {r.precision:<20} {r.accuracy:>8.4f} {r.macro_f1:>8.4f} {r.agreement:>7.4f} "
             f"{r.mean_abs_dloglik:>10.2e} {r.max_abs_dloglik:>10.2e}  {opts}"
         )
     for r in report.rows[1:]:
@@ -225,4 +429,12 @@ def format_report(report: CrossProviderReport, *, flips_shown: int = 10, thresho
                 f"largest {div[worst]:.1e} at {report.layers[worst].group}; largest jump x{jumps[jump]:.0f} "
                 f"at {report.layers[jump].group})"
             )
+    for g in report.greedy[1:]:
+        diverged = [(i, f) for i, f in enumerate(g.first_divergence) if f is not None]
+        where = ", ".join(f"prompt {i} at token {f}" for i, f in diverged[:flips_shown]) or "none"
+        lines.append(
+            f"  {g.provider}: greedy decoding ({g.prompts} prompts x {g.new_tokens} tokens, KV cache): "
+            f"{g.identical:.0%} of continuations identical to {report.reference}'s, {g.token_agreement:.4f} of "
+            f"tokens; first differing token: {where}"
+        )
     return "\n".join(lines)

@@ -10,15 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from runtime.errors import ZoEdgeError
 from runtime.oracle import Oracle
 from runtime.session import GraphSession
 from runtime.trained_state import LowRank
 from zo_edge.cross_provider import (
     LayerDrift,
+    MergedReportError,
     compare,
+    compare_greedy,
     compare_providers,
     format_report,
     layer_divergence,
+    merged_graphs,
 )
 from zo_edge.evaluate import EvalResult
 
@@ -107,3 +111,85 @@ def test_layer_divergence_finds_the_group_where_computation_changes(tiny_export,
     rep = compare({"ref": _result([0], [[0.0, 0.0]], [0]), "other": _result([0], [[0.0, 0.0]], [0])}, layers=layers)
     assert rep.drift_starts("other") == "model.layers.0.attn_out"
     assert all(d.divergence["ref"] == 0.0 for d in layers)
+
+
+def test_greedy_comparison_against_hand_computed_numbers():
+    ref = [[5, 6, 7, 8], [1, 2, 3, 4]]
+    rows = compare_greedy({"cpu": ref, "openvino": [[5, 6, 7, 8], [1, 2, 9, 9]]})
+    cpu, ov = rows
+    assert (cpu.identical, cpu.token_agreement, cpu.first_divergence) == (1.0, 1.0, [None, None])
+    # prompt 1 differs from its third token on: 1 of 2 continuations identical, 6 of 8 tokens equal
+    assert (ov.identical, ov.token_agreement, ov.first_divergence) == (0.5, 0.75, [None, 2])
+    assert (ov.prompts, ov.new_tokens) == (2, 4)
+    with pytest.raises(ValueError, match="not one set"):
+        compare_greedy({"cpu": ref, "openvino": [[5, 6, 7]]})
+    rep = compare({"cpu": CPU, "openvino": OV}, label="merged x/onnx")
+    rep.greedy = rows
+    text = format_report(rep)
+    assert "50% of continuations identical" in text and "prompt 1 at token 2" in text
+    assert rep.to_dict()["greedy"][1]["first_divergence"] == [None, 2]
+
+
+def test_merged_graphs_finds_the_merge_outputs_and_refuses_other_folders(tmp_path):
+    for sub in ("onnx", "onnx-int4"):
+        (tmp_path / "m" / sub).mkdir(parents=True)
+        (tmp_path / "m" / sub / "model.onnx").write_bytes(b"")
+    assert merged_graphs(tmp_path / "m") == {"fp32": tmp_path / "m" / "onnx", "int4": tmp_path / "m" / "onnx-int4"}
+    assert merged_graphs(tmp_path / "m" / "onnx-int4") == {"int4": tmp_path / "m" / "onnx-int4"}
+    (tmp_path / "run").mkdir()
+    with pytest.raises(MergedReportError, match="zo-edge merge") as info:
+        merged_graphs(tmp_path / "run")
+    assert "\n" not in str(info.value) and isinstance(info.value, ZoEdgeError)
+
+
+# --- every provider onnxruntime lists here: the positions and ports path (issue #17) ------------------------------
+def _listed_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+@pytest.mark.parametrize("provider", _listed_providers())
+def test_every_listed_provider_computes_positions_and_ports_as_torch(tiny_export, tiny, provider):
+    """Issue #17's bug (an int64 ``Clip`` that OpenVINO evaluated as clip to [0, 0], so every RoPE position was 0)
+    passed on CPU and hid at a random base: it shows with ragged left padding (positions from the mask) and a
+    nonzero P/Q adapter on every linear (the trained-state path). Each provider onnxruntime lists in this
+    environment must give torch's row losses there: torch with W + Q Pᵀ in the weights, each row run alone without
+    its pads (positions 0..n-1 by construction, nothing exported involved). The OpenVINO venv runs the same check
+    against CPU (tests/openvino); CUDA, QNN and the rest are not installed here, so they are unverified. (The main
+    venv's onnxruntime also lists AzureExecutionProvider, a remote-endpoint provider that claims no local node: its
+    session runs on the CPU kernels behind it, which this checks as well.)"""
+    import torch
+
+    from runtime import contract
+
+    exp = tiny_export("llama")
+    try:
+        sess = GraphSession(exp.dir, provider)
+    except Exception as e:  # noqa: BLE001 - a listed provider that cannot run a local graph says so here
+        pytest.skip(f"{provider} is listed but cannot create a session here: {str(e).splitlines()[0]}")
+    rng = np.random.default_rng(7)
+    pq = {
+        s.name: (
+            (rng.standard_normal((s.d_in, 2)) / np.sqrt(s.d_in)).astype(np.float32),
+            (rng.standard_normal((s.d_out, 2)) * 0.5).astype(np.float32),
+        )
+        for s in exp.manifest.linears
+    }
+    ports = {contract.port_p(n): p for n, (p, _) in pq.items()} | {contract.port_q(n): q for n, (_, q) in pq.items()}
+    ref = exp.reference
+    with torch.no_grad():
+        for name, (p, q) in pq.items():
+            ref.get_submodule(name).weight.add_(torch.from_numpy(q) @ torch.from_numpy(p).T)
+        try:
+            for seed, rows, seq in ((0, 3, 8), (1, 5, 13)):
+                batch = tiny.make_batch(tiny.VOCAB, seed=seed, batch=rows, seq=seq)
+                want = tiny.torch_row_losses(ref, batch, unpadded=True)[0].numpy()
+                base = sess.forward(batch)[contract.OUTPUT_ROW_NLL]
+                got = sess.forward(batch, ports)[contract.OUTPUT_ROW_NLL]
+                np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=f"{provider}: B={rows} T={seq}")
+                assert np.max(np.abs(got - base)) > 1e-2, "the adapter did not change the losses: a vacuous check"
+        finally:
+            for name, (p, q) in pq.items():
+                ref.get_submodule(name).weight.sub_(torch.from_numpy(q) @ torch.from_numpy(p).T)
+    assert sess.session.get_providers()[0] == provider, sess.session.get_providers()
