@@ -8,6 +8,10 @@ runtime computes their output once (runtime/prefix_cache.py) and runs only the s
                     ports of blocks S.. ─▶ blocks[S:] (PortedLinear) ─▶ final norm ─▶ the full graph's loss head
                     ─▶ row_nll, row_count, row_candidate_logp, probes of blocks S..
 
+S = n (the number of blocks) is the head's split: the prefix is the whole stack and the suffix only the final norm
+and the loss head, so a ``--layers head`` run (the final norm's gain, every block frozen) costs one prefix pass per
+training example for the whole run and next to nothing per ± pass.
+
 Both graphs read the model's parameters as ``param::`` inputs, the same names and values as ``model.onnx`` (so one
 ``params.safetensors`` feeds all three, bound zero-copy from the same numpy buffers); ``input_ids`` enter the suffix
 only for the loss targets. Positions come from the attention mask in both halves exactly as in the full graph, and
@@ -74,15 +78,16 @@ def suffix_layout(layout: PortLayout, start: int) -> PortLayout:
 
 # --- writing the pair ------------------------------------------------------------------------------------------
 def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool) -> list[int]:
-    """Block boundaries to export: "auto" = the top quarter's (S = n - max(1, n // 4)) where the family supports
-    splits and the export is fp32, "none", or a comma list of boundaries in 1..n-1."""
+    """Block boundaries to export: "auto" = the top quarter's (S = n - max(1, n // 4)) and the head's (S = n: the
+    suffix is the final norm and the loss head alone, for ``--layers head``) where the family supports splits and
+    the export is fp32, "none", or a comma list of boundaries in 1..n."""
     from export.config import ExportConfigError
 
     spec = spec.strip().lower()
     if spec == "none" or (spec == "auto" and (int4 or not arch.supports_splits or n_layers < 2)):
         return []
     if spec == "auto":
-        return [n_layers - max(1, n_layers // 4)]
+        return [n_layers - max(1, n_layers // 4), n_layers]
     if not arch.supports_splits:
         raise ExportConfigError(f"--splits: {arch.name} models have no split graphs yet (Llama family only); omit it")
     if int4:
@@ -91,9 +96,9 @@ def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool) -> 
         splits = sorted({int(x) for x in spec.split(",")})
     except ValueError:
         raise ExportConfigError(f"--splits {spec!r}: use auto, none or block boundaries like 20,24") from None
-    bad = [s for s in splits if not 1 <= s < n_layers]
+    bad = [s for s in splits if not 1 <= s <= n_layers]
     if bad:
-        raise ExportConfigError(f"--splits {bad[0]}: a boundary must be in 1..{n_layers - 1}")
+        raise ExportConfigError(f"--splits {bad[0]}: a boundary must be in 1..{n_layers} ({n_layers}: the head's)")
     return splits
 
 

@@ -25,6 +25,8 @@ from zo_edge.methods import get_method
         ("12-14", [12, 13, 14]),
         ("0-1, 10,29", [0, 1, 10, 29]),
         ("5", [5]),
+        ("head", [30]),
+        ("top:2, head", [28, 29, 30]),
     ],
 )
 def test_parse_layers(spec, want):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import checkpoint
+from runtime import checkpoint, contract
+from runtime.layers import n_blocks
 from runtime.loop import LoopConfig, train
 from runtime.oracle import Oracle, lm_objective
 from runtime.prefix_cache import choose_split, make_oracle
@@ -22,7 +23,7 @@ from zo_edge.methods import get_method
 @pytest.fixture(scope="module")
 def fp32(tiny_export):
     exp = tiny_export("llama")
-    assert exp.manifest.splits == [1], exp.manifest.splits
+    assert exp.manifest.splits == [1, 2], exp.manifest.splits  # auto: the top quarter's and the head's
     return exp
 
 
@@ -37,6 +38,7 @@ def test_choose_split():
     assert choose_split([20, 24], [22, 29]) == 20
     assert choose_split([20, 24], [3, 29]) is None
     assert choose_split([20], None) is None
+    assert choose_split([23, 30], [30]) == 30  # --layers head on 30 blocks: the whole stack is the prefix
 
 
 def test_cached_losses_equal_the_full_graph(fp32, tiny):
@@ -79,6 +81,29 @@ def test_cached_step_equals_the_uncached_step(fp32, tiny, name):
     a, b = full.trained.arrays(include_params=True), cached.trained.arrays(include_params=True)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_head_only_run_trains_the_final_norm_behind_the_head_split(fp32, tiny):
+    """``--layers head``: every block is the cached prefix, the suffix is the final norm + head; MeZO's steps equal
+    the full graph's, and the final norm is the only parameter that moves."""
+    batch = tiny.make_batch(tiny.VOCAB, seed=6, batch=4, seq=9)
+    head = [n_blocks(fp32.manifest)]
+    full = Oracle(GraphSession(fp32.dir), blocks=head)
+    cached, split = make_oracle(fp32.dir, blocks=head)
+    assert split == head[0] and cached.prefix is not None
+    assert [p.kind for p in cached.manifest.params] == ["norm"] and not cached.manifest.linears
+    base = {k: v.copy() for k, v in full.trained.arrays(include_params=True).items()}
+    reports = []
+    for oracle in (full, cached):
+        method = _method("mezo")
+        method.init(oracle, 0)
+        reports.append([method.step(oracle, batch, lm_objective, t).loss for t in range(3)])
+    np.testing.assert_allclose(reports[1], reports[0], rtol=1e-5, atol=1e-5)
+    after = cached.trained.arrays(include_params=True)
+    moved = sorted(k for k in base if not np.array_equal(after[k], base[k]))
+    assert moved == [contract.checkpoint_param_name(cached.manifest.params[0].name)], moved
+    lengths = {int(n) for n in batch.attention_mask.sum(axis=1)}
+    assert cached.prefix.prefix_passes == len(lengths), "the prefix ran again after the first pass over the batch"
 
 
 class _Cycling:

@@ -11,7 +11,8 @@ Three regenerations of z per query (the restore and the update share one); on Sm
 dominates the step, so z is drawn in parallel chunks, and ``dist="rademacher"`` makes it ~5x cheaper (see
 benchmarks). One tensor-sized temporary exists at a time (the embedding's, 113 MB, is the largest).
 Paper defaults (its repo): lr 1e-6, μ 1e-3, batch 16, SGD; weight decay enters as θ −= η(g z + λθ).
-Model-sized optimizer state is refused beyond momentum (Adam would cost 8 bytes per parameter).
+Model-sized optimizer state is refused beyond momentum (Adam would cost 8 bytes per parameter); a small selection
+(``--layers head``, a few blocks' norms: state under ``SMALL_STATE`` of the model's bytes) may use Adam.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from runtime.oracle import Objective, Oracle
 from zo_edge import optim
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
 
-__all__ = ["MeZO", "MeZOConfig"]
+__all__ = ["SMALL_STATE", "MeZO", "MeZOConfig"]
+
+#: optimizer state always allowed, as a fraction of the model's weight bytes (Adam on 2.5% of the values)
+SMALL_STATE = 0.05
 
 
 @dataclass
@@ -63,10 +67,14 @@ class MeZO(ZOBase):
         # the manifest the oracle shows: every param, or only the trained blocks' (--layers)
         self.names = [p.name for p in oracle.manifest.params if wanted is None or p.kind in wanted]
         # Probe the optimizer's state size on one value before allocating it for the whole model: momentum (4 B per
-        # value, 1x the model) is allowed, Adam (8 B, 2x) is refused with its cost named.
+        # value, 1x the model) is allowed, Adam (8 B, 2x) is refused with its cost named — unless the trained
+        # selection is small (``--layers head``: the final norm's 576 values), where Adam's moments cost nothing.
         per_value = optim.state_nbytes(self.optimizer.init({"probe": np.zeros(1024, np.float32)})) // 1024
         n_values = sum(oracle.params[k].size for k in self.names)
-        optim.check_state_budget("full-space optimizer state", n_values, per_value, 4 * n_values)
+        model_bytes = sum(v.nbytes for v in oracle.params.values())
+        optim.check_state_budget(
+            "full-space optimizer state", n_values, per_value, max(4 * n_values, int(SMALL_STATE * model_bytes))
+        )
         self.opt_state = self.optimizer.init({k: oracle.params[k] for k in self.names})
         self._scratch: np.ndarray | None = None
         #: the step whose ±μ round trip ``probe`` last left in θ (federated replay must not retrace it twice)
