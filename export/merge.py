@@ -1,21 +1,26 @@
-"""``zo-edge merge RUN --out DIR``: make what a run trained deployable.
+"""``zo-edge merge RUN --out DIR [--format adapter,hf,onnx,peft,gguf,...]``: make what a run trained deployable.
 
-* fp32 base: the trained weights (folded updates, plus any adapter C Aᵀ / Q Pᵀ folded in) are written as a Hugging
-  Face folder (``hf/``: safetensors + config + tokenizer) that transformers loads, and exported with optimum-onnx
-  (``main_export``, task text-generation-with-past) to ``onnx/``, which optimum's ORTModelForCausalLM and
-  ``zo-edge generate`` load.
-* Any base: the adapter alone (``adapter.safetensors`` with P/Q per layer, ΔW = Q Pᵀ in HF orientation, plus
+Each ``--format`` is one writer in the registry of ``export.formats`` (peft and gguf live there, one module each);
+the default (no ``--format``) is what merge always wrote, registered here:
+
+* ``adapter``: the adapter alone (``adapter.safetensors`` with P/Q per layer, ΔW = Q Pᵀ in HF orientation, plus
   ``adapter.json`` naming the base by its weight hash), so several personalisations can share one base.
-* INT4 base: folding ΔW into the weights and re-quantizing would change the function that was trained. So
-  ``onnx-int4/`` is the base exported with optimum from its *dequantized* weights, re-quantized with the same
-  MatMulNBits settings (symmetric re-quantization of dequantized blocks reproduces the same codes and scales), with
-  the trained low-rank branch y += (x A) Cᵀ added beside each quantized MatMul as float initializers: the function
-  that was trained, at INT4 size, with a KV cache. ``hf/`` + ``onnx/`` hold the same function in fp32 (dequantized
-  base + ΔW) for tools that want a plain model.
+* ``hf``: the trained weights (folded updates, plus any adapter C Aᵀ / Q Pᵀ folded in) as a Hugging Face folder
+  (``hf/``: safetensors + config + tokenizer) that transformers loads;
+* ``onnx``: that folder exported with optimum-onnx (``main_export``, task text-generation-with-past) to ``onnx/``,
+  which optimum's ORTModelForCausalLM and ``zo-edge generate`` load. INT4 base: folding ΔW into the weights and
+  re-quantizing would change the function that was trained. So ``onnx-int4/`` is the base exported with optimum
+  from its *dequantized* weights, re-quantized with the same MatMulNBits settings (symmetric re-quantization of
+  dequantized blocks reproduces the same codes and scales), with the trained low-rank branch y += (x A) Cᵀ added
+  beside each quantized MatMul as float initializers: the function that was trained, at INT4 size, with a KV
+  cache. ``hf/`` + ``onnx/`` hold the same function in fp32 (dequantized base + ΔW) for tools that want a plain
+  model.
 
-Array names are ``runtime.contract``'s (one scheme for checkpoints and ``adapter.safetensors``); what differs by
-family (HF weight layout, buffers the HF model rebuilds) comes from the ``Architecture`` declaration. The output is
-built by ``runtime.atomic.atomic_folder``: a failed (even forced) merge leaves the previous output untouched.
+``MergeContext`` is what every writer gets: the trained state and the products writers share (merged state dict,
+merged/base HF folders, LoRA factors), each built once. Array names are ``runtime.contract``'s (one scheme for
+checkpoints and ``adapter.safetensors``); what differs by family (HF weight layout, buffers the HF model rebuilds)
+comes from the ``Architecture`` declaration. The output is built by ``runtime.atomic.atomic_folder``: a failed (even
+forced) merge leaves the previous output untouched.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from export.formats import FormatError, register_format
 from runtime import checkpoint, contract
 from runtime.atomic import atomic_folder, check_replaceable
 from runtime.contract import Manifest
 from runtime.errors import ZoEdgeError
 
-__all__ = ["MergeError", "merge_run"]
+__all__ = ["MergeContext", "MergeError", "merge_run"]
 
 
 class MergeError(ZoEdgeError, ValueError):
@@ -73,11 +79,109 @@ def _check_base(meta: dict, manifest: Manifest, ckpt: Path, model_dir: Path) -> 
         )
 
 
+class MergeContext:
+    """What every format writer gets (``export.formats``): the run's trained state, its base, and the products
+    several writers share, each built once on first use (the merged HF state dict, merged/base HF folders).
+
+    ``adapters``: layer -> (Q [d_out, k], P [d_in, k]), ΔW = Q Pᵀ in HF orientation (runtime.trained_state's one
+    factor order; ZO-Act's C Aᵀ is Q = C, P = A). ``trained_params``: HF key -> new value of every tensor the run
+    changed in place (MeZO, Zoop, low-rank methods folded into fp32 weights): a dense update.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        out_dir: Path,
+        model_dir: Path,
+        manifest: Manifest,
+        arrays: dict[str, np.ndarray],
+        checkpoint_path: Path,
+        formats: list[str],
+        scratch: Path,
+        gguf_metadata: Path | None = None,
+    ) -> None:
+        self.run_dir, self.out_dir, self.model_dir = run_dir, out_dir, model_dir
+        self.manifest = manifest
+        self.arrays = arrays
+        self.checkpoint_path = checkpoint_path
+        self.formats = formats
+        self.scratch = scratch
+        self.gguf_metadata = gguf_metadata
+        self.adapters = _adapters(arrays)
+        self.trained_params = _trained_params(arrays)
+        #: one line per thing a writer chose not to write, and why (the CLI prints them)
+        self.notes: list[str] = []
+        self._state: dict[str, np.ndarray] | None = None
+        self._hf: dict[str, Path] = {}
+
+    def merged_state(self) -> dict[str, np.ndarray]:
+        """HF state dict (numpy float32, the family's HF layout) of base + trained params + ΔW of every adapter."""
+        if self._state is None:
+            self._state = _merged_state(self.model_dir, self.manifest, self.arrays, self.adapters)
+        return self._state
+
+    def merged_hf(self, out_root: Path) -> Path:
+        """The merged model as an HF folder: ``out_root/hf`` when ``hf`` is a requested format, else scratch."""
+        if "merged" not in self._hf:
+            path = out_root / "hf" if "hf" in self.formats else self.scratch / "hf"
+            _write_hf(path, self.model_dir, self.manifest, self.arrays, self.adapters, state=self.merged_state())
+            self._hf["merged"] = path
+        return self._hf["merged"]
+
+    def base_hf(self, path: Path | None = None) -> Path:
+        """The base the run trained on (INT4: dequantized) as an HF folder, at ``path`` or in scratch."""
+        if "base" not in self._hf:
+            path = path or self.scratch / "base-hf"
+            _write_hf(path, self.model_dir, self.manifest, {}, {})
+            self._hf["base"] = path
+        return self._hf["base"]
+
+    def lora(self, fmt: str) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """(rank r, layer -> (B [d_out, r], A [r, d_in])) with ΔW = B A exactly, for a LoRA format ``fmt``.
+
+        Layers whose rank is below r are padded with zero columns/rows (exact: they add nothing), so one
+        ``lora_alpha = r`` gives every layer the scaling 1 that LoRA consumers compute as alpha / r.
+        Refused in one line when the run changed weights densely (no LoRA can hold that) or holds no adapter."""
+        if self.trained_params:
+            raise FormatError(
+                f"--format {fmt}: {self.checkpoint_path} changed {len(self.trained_params)} weight tensors in place "
+                "(a dense update: mezo/zoop, or lozo/subzero/agzo folded into fp32 weights), which no LoRA adapter "
+                "can hold; use --format hf or gguf (the merged model), or train zo-act, or lozo/subzero/agzo on an "
+                "INT4 export (they train an adapter there)"
+            )
+        factors = {k: v for k, v in self.adapters.items() if v[0].shape[1] > 0}
+        if not factors:
+            raise FormatError(f"--format {fmt}: {self.checkpoint_path} holds no adapter; use --format hf")
+        rank = max(q.shape[1] for q, _ in factors.values())
+        out = {}
+        for layer, (q, p) in factors.items():
+            b = np.zeros((q.shape[0], rank), np.float32)
+            a = np.zeros((rank, p.shape[0]), np.float32)
+            b[:, : q.shape[1]] = q
+            a[: p.shape[1]] = p.T
+            out[layer] = (b, a)
+        return rank, out
+
+
 def merge_run(
-    run_dir: str | Path, out_dir: str | Path, *, which: str = "best", onnx: bool = True, force: bool = False
-):
-    """Write the deployable forms of ``run_dir``'s trained state into ``out_dir`` (see the module docstring)."""
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    which: str = "best",
+    formats: list[str] | None = None,
+    onnx: bool = True,
+    force: bool = False,
+    gguf_metadata: str | Path | None = None,
+    notes: list[str] | None = None,
+) -> Path:
+    """Write ``run_dir``'s trained state into ``out_dir`` in each of ``formats`` (``export.formats``; None: the
+    default ones, ``onnx`` False drops the ONNX export). Nothing is left at ``out_dir`` unless all succeed.
+    ``notes`` (a list) receives a line for each output a writer skipped, and why."""
+    from export.formats import parse_formats, registered_formats
+
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    names = parse_formats(formats, onnx=onnx)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise MergeError(f"{run_dir} is not a zo-edge run folder (no config.json)")
@@ -86,19 +190,49 @@ def merge_run(
     check_replaceable(out_dir, force=force)  # before anything is loaded
     arrays, meta, ckpt = checkpoint.load_trained_checkpoint(run_dir, which)
     _check_base(meta, manifest, ckpt, model_dir)
-    adapters = _adapters(arrays)
+    writers = registered_formats()
     with atomic_folder(out_dir, force=force) as tmp:
-        _write_adapter(tmp, adapters, manifest, ckpt)
-        hf = tmp / "hf"
-        _write_hf(hf, model_dir, manifest, arrays, adapters)
-        if onnx:
-            _export_onnx(hf, tmp / "onnx")
-        if onnx and manifest.dtype == "int4":
-            base = tmp / ".base"
-            _write_hf(base, model_dir, manifest, arrays, {})
-            _int4_with_adapter(base, tmp / "onnx-int4", manifest, adapters)
-            shutil.rmtree(base)
+        ctx = MergeContext(
+            run_dir=run_dir,
+            out_dir=out_dir,
+            model_dir=model_dir,
+            manifest=manifest,
+            arrays=arrays,
+            checkpoint_path=ckpt,
+            formats=names,
+            scratch=tmp / ".scratch",
+            gguf_metadata=Path(gguf_metadata) if gguf_metadata else None,
+        )
+        for name in names:
+            writers[name].write(ctx, tmp)
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+    if notes is not None:
+        notes.extend(ctx.notes)
     return out_dir
+
+
+# --- zo-edge's own formats ----------------------------------------------------------------------------------------
+@register_format("adapter", default=True, help="zo-edge's adapter (adapter.safetensors P/Q + adapter.json)")
+def _format_adapter(ctx: MergeContext, out: Path) -> list[str]:
+    _write_adapter(out, ctx.adapters, ctx.manifest, ctx.checkpoint_path)
+    return [contract.ADAPTER_FILE, contract.ADAPTER_INFO_FILE]
+
+
+@register_format("hf", default=True, help="merged Hugging Face folder (hf/: safetensors, config, tokenizer)")
+def _format_hf(ctx: MergeContext, out: Path) -> list[str]:
+    ctx.merged_hf(out)
+    return ["hf"]
+
+
+@register_format(
+    "onnx", default=True, help="optimum KV-cache ONNX of the merged model (onnx/; INT4 base: also onnx-int4/)"
+)
+def _format_onnx(ctx: MergeContext, out: Path) -> list[str]:
+    _export_onnx(ctx.merged_hf(out), out / "onnx")
+    if ctx.manifest.dtype != "int4":
+        return ["onnx"]
+    _int4_with_adapter(ctx.base_hf(), out / "onnx-int4", ctx.manifest, ctx.adapters)
+    return ["onnx", "onnx-int4"]
 
 
 def _write_adapter(out: Path, adapters, manifest: Manifest, ckpt: Path) -> None:
@@ -122,11 +256,9 @@ def _write_adapter(out: Path, adapters, manifest: Manifest, ckpt: Path) -> None:
     (out / contract.ADAPTER_INFO_FILE).write_text(json.dumps(info, indent=1))
 
 
-def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters) -> None:
-    """Params (folded training updates if the run changed them) + adapters -> an HF folder transformers loads."""
-    import torch
+def _merged_state(model_dir: Path, manifest: Manifest, arrays, adapters) -> dict[str, np.ndarray]:
+    """Params (folded training updates if the run changed them) + adapters ΔW -> the HF state dict (numpy)."""
     from safetensors.numpy import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from export.architectures import get_architecture
 
@@ -144,13 +276,24 @@ def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters) 
         if spec.name in adapters:
             q, p = adapters[spec.name]
             state[f"{spec.name}.weight"] += q.astype(np.float64) @ p.astype(np.float64).T
+    if arch.weight_layout == contract.LAYOUT_IN_OUT:  # GPT-2's Conv1D
+        for key in stored_in_out & set(state):
+            state[key] = np.ascontiguousarray(state[key].T)
+    return state
+
+
+def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters, state=None) -> None:
+    """The merged state (``_merged_state``, or ``state`` when already built) -> an HF folder transformers loads."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from export.architectures import get_architecture
+
+    arch = get_architecture(manifest.model_type)
+    state = _merged_state(model_dir, manifest, arrays, adapters) if state is None else state
     config = AutoConfig.for_model(**manifest.hf_config)
     model = AutoModelForCausalLM.from_config(config)
-    torch_state = {}
-    for key, value in state.items():
-        if key in stored_in_out and arch.weight_layout == contract.LAYOUT_IN_OUT:  # GPT-2's Conv1D
-            value = value.T
-        torch_state[key] = torch.from_numpy(np.ascontiguousarray(value))
+    torch_state = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state.items()}
     missing, unexpected = model.load_state_dict(torch_state, strict=False)
     # What the HF model rebuilds itself: its constant buffers, and a tied head (tie_weights below)
     tied_head = f"{arch.lm_head_path}.weight" if config.tie_word_embeddings else None

@@ -356,14 +356,33 @@ def cmd_prompts(a) -> int:
 
 # --- merge / generate ---------------------------------------------------------------------------------------------
 def _add_merge(sub) -> None:
-    p = sub.add_parser("merge", help="fold a run's trained state into a deployable model (HF folder + ONNX + adapter)")
+    from export.formats import registered_formats
+
+    formats = registered_formats()
+    listing = "; ".join(f"{n}: {f.help}" for n, f in formats.items())
+    default = ",".join(n for n, f in formats.items() if f.default)
+    p = sub.add_parser("merge", help="write a run's trained state as deployable files (--format: HF, ONNX, PEFT, ...)")
     p.add_argument("run", help="run folder (the --out of zo-edge train)")
     p.add_argument("--out", required=True, help="output folder (required; refused if it exists, unless --force)")
+    p.add_argument(
+        "--format",
+        action="append",
+        metavar="NAME[,NAME]",
+        help=f"what to write, a comma list or repeated ({listing}) (default: {default})",
+    )
     p.add_argument(
         "--checkpoint", default="best", choices=("best", "latest"), help="which checkpoint of RUN (default: best)"
     )
     p.add_argument(
-        "--no-onnx", action="store_true", help="skip the optimum ONNX (KV-cache) export (default: off, it is written)"
+        "--no-onnx",
+        action="store_true",
+        help="without --format: skip the optimum ONNX (KV-cache) export (default: off, it is written)",
+    )
+    p.add_argument(
+        "--gguf-metadata",
+        metavar="FILE.gguf",
+        help="--format gguf: the GGUF whose tokenizer and general metadata are copied (default: the export's "
+        "source, when it was a .gguf)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing output folder (default: off)")
     p.set_defaults(func=cmd_merge)
@@ -372,15 +391,34 @@ def _add_merge(sub) -> None:
 def cmd_merge(a) -> int:
     from export.merge import merge_run
 
-    out = merge_run(a.run, a.out, which=a.checkpoint, onnx=not a.no_onnx, force=a.force)
+    notes: list[str] = []
+    out = merge_run(
+        a.run,
+        a.out,
+        which=a.checkpoint,
+        formats=a.format,
+        onnx=not a.no_onnx,
+        force=a.force,
+        gguf_metadata=a.gguf_metadata,
+        notes=notes,
+    )
     print(f"merged {a.run} into {out}: " + ", ".join(sorted(x.name for x in out.iterdir())))
+    for note in notes:
+        print(f"  note: {note}")
     return 0
 
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a merged model (greedy or sampling)")
-    p.add_argument("model", help="merged folder (zo-edge merge) or its onnx/ subfolder")
-    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("model", help="merged folder (zo-edge merge, with its onnx/) or that onnx/ subfolder")
+    p.add_argument("prompt", help="the text to continue (with --chat: the user's message)")
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wrap the prompt in the model's chat template as a user turn and print the reply (default: on when "
+        "the model's tokenizer has a chat template, as instruct models do)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate at most (default: 30)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (default: off, greedy)")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, with --sample (default: 0.8)")

@@ -1,0 +1,91 @@
+"""``--format peft``: the trained adapter as a standard PEFT LoRA folder (``peft/``), loaded with no merge::
+
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(base, "runs/rt-merged/peft")     # base: the model the run trained on
+
+ZO-Act's ΔW = C Aᵀ and the low-rank adapters of LOZO/SubZero/AGZO (ΔW = Q Pᵀ, ``runtime.trained_state.LowRank``)
+are LoRA-shaped: ``lora_B = Q`` [d_out, r], ``lora_A = Pᵀ`` [r, d_in], and ``lora_alpha = r`` makes peft's scaling
+alpha / r exactly 1 (``MergeContext.lora`` pads every layer to one r with zeros, which adds nothing). Keys are
+peft's ``base_model.model.<module>.lora_A.weight``; ``target_modules`` lists the full module names, so peft wraps
+exactly the layers that have an adapter. GPT-2's Conv1D gets ``fan_in_fan_out`` (its weight is [d_in, d_out]);
+A and B keep the same shapes there.
+
+The base: an fp32 export trained on its source's own weights, so ``base_model_name_or_path`` is that source (a
+GGUF source loads with ``from_pretrained(folder, gguf_file=...)``). An INT4 export trained on the dequantized INT4
+weights, which no source file holds: the base is written beside as ``hf-base/`` and named there.
+
+A run that changed weights densely (MeZO, Zoop, low-rank updates folded into fp32 weights) is refused in one line
+(``MergeContext.lora``): use ``--format hf`` or ``gguf``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from export.formats import register_format
+from runtime import contract
+
+if TYPE_CHECKING:
+    from export.merge import MergeContext
+
+__all__ = ["PEFT_DIR", "write_peft"]
+
+PEFT_DIR = "peft"
+BASE_DIR = "hf-base"
+
+
+def _base_name(ctx: MergeContext, out: Path) -> str:
+    """What ``base_model_name_or_path`` names: the source (fp32), or the dequantized base written beside (INT4)."""
+    if ctx.manifest.dtype == "int4":
+        ctx.base_hf(out / BASE_DIR)
+        return str((ctx.out_dir / BASE_DIR).resolve())
+    from export.source import SourceError, resolve_source
+
+    try:
+        src = resolve_source(ctx.manifest.source)
+    except SourceError:  # an in-memory export, or a source moved since: the manifest's label is all we know
+        return ctx.manifest.source
+    return str((src.folder / src.gguf_file) if src.gguf_file else src.folder.resolve())
+
+
+@register_format("peft", help="LoRA adapter for transformers + peft (peft/: adapter_config.json + safetensors)")
+def write_peft(ctx: MergeContext, out: Path) -> list[str]:
+    from safetensors.numpy import save_file
+
+    from export.architectures import get_architecture
+
+    rank, factors = ctx.lora("peft")
+    written = []
+    base = _base_name(ctx, out)
+    if ctx.manifest.dtype == "int4":
+        written.append(BASE_DIR)
+    folder = out / PEFT_DIR
+    folder.mkdir(parents=True)
+    tensors = {}
+    for layer, (b, a) in factors.items():
+        tensors[f"base_model.model.{layer}.lora_A.weight"] = np.ascontiguousarray(a, np.float32)
+        tensors[f"base_model.model.{layer}.lora_B.weight"] = np.ascontiguousarray(b, np.float32)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    conv1d = get_architecture(ctx.manifest.model_type).weight_layout == contract.LAYOUT_IN_OUT
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": rank,
+        "lora_alpha": rank,  # scaling = alpha / r = 1: ΔW = B A exactly
+        "lora_dropout": 0.0,
+        "target_modules": sorted(factors),
+        "fan_in_fan_out": conv1d,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return [PEFT_DIR, *written]
