@@ -14,6 +14,10 @@ in one batch is reused in any other batch layout. A run's k-shot training set fi
 tokens x 576 floats = 4.7 MB); beyond ``budget_mb`` new rows are still computed (once per batch, for all passes
 of that step) but not kept. Dev and test rows scored through the same oracle are cached too, within the
 budget (the dev split is re-scored at every evaluation).
+
+At the head's split (S = n, ``--layers head``: only the final norm trains) nothing above the prefix mixes
+positions, so the cache keeps only the positions the loss head reads (one per row in the one-row classification
+layout): d floats a row, so a user's whole file is computed once and then every step costs the head alone.
 """
 
 from __future__ import annotations
@@ -30,18 +34,28 @@ __all__ = ["PrefixCache", "choose_split", "make_oracle"]
 class PrefixCache:
     """Hidden states at the split for any batch: from the cache, or one prefix-graph pass over the missing rows."""
 
-    def __init__(self, prefix: GraphSession, budget_mb: float = 512.0) -> None:
+    def __init__(self, prefix: GraphSession, budget_mb: float = 512.0, scored_only: bool = False) -> None:
         self.prefix = prefix
         self.budget = int(budget_mb * 2**20)
+        #: keep only the positions the loss head reads (the head's split: no block above the prefix mixes
+        #: positions, so the others never reach an output); a row then costs d floats per scored position
+        #: instead of T x d, and a whole user file fits (RT's 10k training rows: 23 MB instead of ~2 GB)
+        self.scored_only = scored_only
         self.rows: dict[bytes, np.ndarray] = {}
         self.nbytes = 0
         self.hits = 0
         self.misses = 0
         self.prefix_passes = 0
 
-    @staticmethod
-    def _key(batch: Batch, i: int) -> bytes:
-        return batch.input_ids[i][batch.attention_mask[i] != 0].tobytes()
+    def _key(self, batch: Batch, i: int) -> bytes:
+        real = batch.attention_mask[i] != 0
+        key = batch.input_ids[i][real].tobytes()
+        return key + b"|" + _scored(batch, i)[real].tobytes() if self.scored_only else key
+
+    def _kept(self, batch: Batch, i: int) -> np.ndarray:
+        """The positions of row ``i`` the cache keeps: its real tokens, or only the scored ones."""
+        real = batch.attention_mask[i] != 0
+        return real & _scored(batch, i) if self.scored_only else real
 
     def hidden(self, batch: Batch) -> np.ndarray:
         """[B, T, d] float32 hidden states entering the split block, laid out like ``batch`` (padding: zeros)."""
@@ -62,7 +76,7 @@ class PrefixCache:
             out = self.prefix.forward(sub, fetch=(contract.OUTPUT_HIDDEN,))[contract.OUTPUT_HIDDEN]
             self.prefix_passes += 1
             for j, i in enumerate(group):
-                row = np.ascontiguousarray(out[j, sub.attention_mask[j] != 0], np.float32)
+                row = np.ascontiguousarray(out[j, self._kept(sub, j)], np.float32)
                 fresh[i] = row
                 if self.nbytes + row.nbytes <= self.budget:
                     self.rows[keys[i]] = row
@@ -70,7 +84,7 @@ class PrefixCache:
         d = next(iter(fresh.values())).shape[1] if fresh else self.rows[keys[0]].shape[1]
         hidden = np.zeros((batch.size, batch.input_ids.shape[1], d), np.float32)
         for i, k in enumerate(keys):
-            hidden[i, batch.attention_mask[i] != 0] = fresh[i] if i in fresh else self.rows[k]
+            hidden[i, self._kept(batch, i)] = fresh[i] if i in fresh else self.rows[k]
         return hidden
 
     def stats(self) -> dict[str, float]:
@@ -80,6 +94,15 @@ class PrefixCache:
             "prefix_hits": self.hits,
             "prefix_misses": self.misses,
         }
+
+
+def _scored(batch: Batch, i: int) -> np.ndarray:
+    """[T] bool: the positions whose hidden state the loss head reads in row ``i`` (position t predicts token t + 1
+    where both are real and t + 1 is under the loss mask; export/graph.py ``row_losses``)."""
+    m, a = batch.loss_mask[i] != 0, batch.attention_mask[i] != 0
+    out = np.zeros(m.shape, bool)
+    out[:-1] = m[1:] & a[1:] & a[:-1]
+    return out
 
 
 def choose_split(splits: list[int], blocks: list[int] | None) -> int | None:
@@ -114,5 +137,7 @@ def make_oracle(
         return Oracle(GraphSession(model_dir, **kw), micro_batch=micro_batch, blocks=blocks), None
     prefix = GraphSession(model_dir, graph_file=contract.prefix_graph_file(split), **kw)
     suffix = GraphSession(model_dir, graph_file=contract.suffix_graph_file(split), params=prefix.params, **kw)
-    cache = PrefixCache(prefix, cache_mb)
+    from runtime.layers import n_blocks
+
+    cache = PrefixCache(prefix, cache_mb, scored_only=split >= n_blocks(prefix.manifest))
     return Oracle(suffix, micro_batch=micro_batch, blocks=blocks, prefix=cache), split

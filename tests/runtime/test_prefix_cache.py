@@ -90,7 +90,7 @@ def test_head_only_run_trains_the_final_norm_behind_the_head_split(fp32, tiny):
     head = [n_blocks(fp32.manifest)]
     full = Oracle(GraphSession(fp32.dir), blocks=head)
     cached, split = make_oracle(fp32.dir, blocks=head)
-    assert split == head[0] and cached.prefix is not None
+    assert split == head[0] and cached.prefix is not None and cached.prefix.scored_only
     assert [p.kind for p in cached.manifest.params] == ["norm"] and not cached.manifest.linears
     base = {k: v.copy() for k, v in full.trained.arrays(include_params=True).items()}
     reports = []
@@ -102,6 +102,8 @@ def test_head_only_run_trains_the_final_norm_behind_the_head_split(fp32, tiny):
     after = cached.trained.arrays(include_params=True)
     moved = sorted(k for k in base if not np.array_equal(after[k], base[k]))
     assert moved == [contract.checkpoint_param_name(cached.manifest.params[0].name)], moved
+    scored = int((batch.loss_mask[:, 1:] * batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).sum())
+    assert sum(r.shape[0] for r in cached.prefix.rows.values()) == scored, "the head split keeps only scored positions"
     lengths = {int(n) for n in batch.attention_mask.sum(axis=1)}
     assert cached.prefix.prefix_passes == len(lengths), "the prefix ran again after the first pass over the batch"
 
