@@ -81,6 +81,32 @@ test-openvino-real: $(STAMP) $(OV_STAMP) $(OV_REAL)/manifest.json $(OV_REAL_MERG
 bench-cross-provider: $(STAMP) $(OV_STAMP) $(OV_REAL)/manifest.json
 	$(OV_VENV)/bin/python benchmarks/cross_provider.py --model $(OV_REAL)
 
+# onnxruntime-genai (`zo-edge merge --format genai`). Its builder imports transformers-5 classes from 0.16 on (the
+# main venv pins < 4.58); 0.15.2 (the genai extra) builds with the main venv's torch + transformers and needs only
+# onnxruntime >= 1.28, which the main venv has, so it installs there and changes nothing else (+37 MB). The folder
+# it builds runs in a torch-free .venv-genai (onnxruntime-genai + onnxruntime + numpy: 215 MB), as a device has it.
+# tests/genai are in the main suite (the slow one reuses its SmolLM2 export), so test-main gets both first.
+.PHONY: test-genai
+GENAI_VENV := .venv-genai
+GENAI_STAMP := $(GENAI_VENV)/.installed
+GENAI_BUILDER := $(VENV)/.genai-builder
+GENAI_PIN = $(shell sed -n 's/^genai = \["\(.*\)"\]/\1/p' pyproject.toml)
+$(GENAI_BUILDER): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q "$(GENAI_PIN)"
+	$(BIN)/python -c "import peft" 2>/dev/null || $(BIN)/pip install -q --no-deps peft
+	touch $(GENAI_BUILDER)
+
+$(GENAI_STAMP): pyproject.toml
+	$(PY) -m venv $(GENAI_VENV)
+	$(GENAI_VENV)/bin/pip install -q --upgrade pip
+	$(GENAI_VENV)/bin/pip install -q "$(GENAI_PIN)"
+	touch $(GENAI_STAMP)
+
+test-main: $(GENAI_BUILDER) $(GENAI_STAMP)
+
+test-genai: $(GENAI_BUILDER) $(GENAI_STAMP)
+	$(BIN)/python -m pytest -q -rs tests/genai
+
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m "not slow"
 

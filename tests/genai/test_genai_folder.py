@@ -25,7 +25,7 @@ from export.formats.genai_folder import ADAPTER_FILE, GENAI_DIR, LORA_A, LORA_B
 from export.merge import merge_run
 from runtime import checkpoint, contract
 
-PROMPTS = [[1, 520, 1300, 77, 9001, 42], [17, 4096, 28, 311], [2001, 5, 999, 12345, 7, 64, 3000]]
+PROMPTS = [[1, 52, 130, 77, 501, 42], [17, 406, 28, 311], [201, 5, 99, 345, 7, 64, 300]]
 MAX_LENGTH = 16
 
 
