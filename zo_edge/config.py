@@ -179,9 +179,19 @@ def _method_config(method: str, cls: type, knobs: dict[str, Any], where: str = "
     for k, v in values.items():
         if specs[k].kind is float and v is not None:
             _require(math.isfinite(v), f"{where}{specs[k].flag} must be finite, got {v!r}")
+        if specs[k].kind is int and v is not None:
+            cap = _KNOB_CAPS.get(k, MAX_COUNT)
+            _require(v <= cap, f"{where}{specs[k].flag} must be <= {cap}, got {v}")
     # the method's Config checks its own ranges (one line, MethodError) in its __post_init__
     return cls.Config(**values)
 
+
+#: Upper bounds no real run comes near, so that a typo (an extra 000) fails in one line instead of allocating
+#: rank x d_in per layer (a MemoryError deep in numpy) or overflowing an int64 seed or position.
+MAX_COUNT = 2**31 - 1  # any count, period or size flag
+MAX_SEED = 2**63 - 1
+MAX_LEN = 2**16  # tokens per sequence
+_KNOB_CAPS = {"rank": 4096, "queries": 4096, "oversample": 4096, "calib_batches": 100_000, "calib_rounds": 1000}
 
 #: ``--template auto``: choose among the task's candidate prompts on the dev split (zo_edge.prompts)
 AUTO = "auto"
@@ -227,7 +237,8 @@ class DataFields:
             ):
                 _require(not given, f"{name} applies to --data (task user-data), not to --task {self.task}")
         _require(
-            self.max_len == 0 or self.max_len >= 8, f"--max-len must be 0 (auto) or >= 8 tokens, got {self.max_len}"
+            self.max_len == 0 or 8 <= self.max_len <= MAX_LEN,
+            f"--max-len must be 0 (auto) or 8..{MAX_LEN} tokens, got {self.max_len}",
         )
         _require(
             not (self.template == AUTO and self.labels),
@@ -273,8 +284,10 @@ class SessionFields:
 
     def _check_session(self, providers: list[str]) -> None:
         """``providers``: the ones this command runs on (an option naming any other is refused, not ignored)."""
-        _require(self.threads >= 0, f"--threads must be >= 0 (0: all cores), got {self.threads}")
-        _require(self.micro_batch >= 0, f"--micro-batch must be >= 0 (0: whole batch), got {self.micro_batch}")
+        _require(0 <= self.threads <= 4096, f"--threads must be in 0..4096 (0: all cores), got {self.threads}")
+        _require(
+            0 <= self.micro_batch <= MAX_COUNT, f"--micro-batch must be >= 0 (0: whole batch), got {self.micro_batch}"
+        )
         self.provider_options(providers)
 
     def provider_options(self, providers: list[str]) -> dict[str, dict[str, str]]:
@@ -356,10 +369,12 @@ class TrainConfig(DataFields, SessionFields):
         self._check_session([self.provider])
         for name, low in (("steps", 1), ("batch_size", 1), ("save_every", 1), ("k", 0), ("dev_k", 0)):
             value = getattr(self, name)
-            _require(value >= low, f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-        for name in ("eval_examples", "eval_every", "seed"):
+            flag = "--" + name.replace("_", "-")
+            _require(low <= value <= MAX_COUNT, f"{flag} must be in {low}..{MAX_COUNT}, got {value}")
+        for name in ("eval_examples", "eval_every"):
             value = getattr(self, name)
-            _require(value >= 0, f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            _require(0 <= value <= MAX_COUNT, f"--{name.replace('_', '-')} must be in 0..{MAX_COUNT}, got {value}")
+        _require(0 <= self.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
         _require(self.balance in BALANCE_CHOICES, f"--balance must be one of {', '.join(BALANCE_CHOICES)}")
         _require(
             self.objective in OBJECTIVES,
@@ -541,7 +556,8 @@ class ScoringConfig(DataFields, SessionFields):
         )
         for name in ("seed", "k", "dev_k"):
             value = getattr(self, name)
-            _require(value >= 0, f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            cap = MAX_SEED if name == "seed" else MAX_COUNT
+            _require(0 <= value <= cap, f"--{name.replace('_', '-')} must be in 0..{cap}, got {value}")
 
     def provider_list(self) -> list[str]:
         return [self.provider]

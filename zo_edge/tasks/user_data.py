@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ def _cell(value, what: str) -> str:
         raise ValueError(f"{what} is missing")
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"{what} is {type(value).__name__}, expected text or a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{what} is {value}, expected text or a finite number")
     s = str(value).strip()
     if not s:
         raise ValueError(f"{what} is empty")
@@ -72,6 +75,15 @@ def read_rows(path: Path, text_fields: list[str], label_field: str, skip_bad_row
         except ValueError as e:
             bad.append(f"line {lineno}: {e}")
 
+    try:
+        _read(path, fmt, take, bad, skip_bad_rows, wanted)
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path} is not UTF-8 text (bad byte at offset {e.start}); save it as UTF-8") from None
+    return rows, bad
+
+
+def _read(path: Path, fmt: str, take, bad: list[str], skip_bad_rows: bool, wanted: list[str]) -> None:
+    """Feed every record of the file to ``take`` (malformed lines go to ``bad``)."""
     with open(path, encoding="utf-8-sig", newline="") as f:
         if fmt == "jsonl":
             for lineno, line in enumerate(f, 1):
@@ -110,7 +122,6 @@ def read_rows(path: Path, text_fields: list[str], label_field: str, skip_bad_row
                     else:
                         take(start, dict(zip(header, cells, strict=True)))
                 start = reader.line_num + 1
-    return rows, bad
 
 
 @register_task("user-data")
