@@ -135,6 +135,9 @@ class MergeContext:
             path = path or self.scratch / "base-hf"
             _write_hf(path, self.model_dir, self.manifest, {}, {})
             self._hf["base"] = path
+        elif path is not None and path != self._hf["base"]:  # built in scratch by an earlier writer (genai)
+            shutil.copytree(self._hf["base"], path)
+            self._hf["base"] = path
         return self._hf["base"]
 
     def lora(self, fmt: str) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]:

@@ -60,6 +60,17 @@ def _word_tokenizer(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
+@pytest.fixture(scope="session")
+def without_final_eos():
+    """``f(torch tokens, prompt, eos ids)``: torch's greedy sequence as genai reports it (genai ends on an EOS
+    without appending it, see run_genai.py)."""
+
+    def strip(tokens: list[int], prompt: list[int], eos: list[int]) -> list[int]:
+        return tokens[:-1] if len(tokens) > len(prompt) and tokens[-1] in eos else tokens
+
+    return strip
+
+
 @dataclass
 class GenaiTiny:
     dir: Path  # zo-edge export (with the SmolLM2 tokenizer: the builder and genai need a real one)

@@ -4,8 +4,10 @@
 
 REQUEST: {"folder": genai folder, "adapters": {name: .onnx_adapter path}, "active": [null | name, ...],
 "prompts": [[token ids], ...], "max_length": total tokens}. Output: {"<name or ''>": {"tokens": [[ids], ...],
-"logits": [[vocab floats at each prompt's last position], ...]}}, each prompt generated alone (batch 1), with one
-``og.Model`` and its ``og.Adapters`` shared by every activation: the run-time swap the format exists for.
+"logits": [[vocab floats at each prompt's last position], ...]}, "eos": [ids]}, each prompt generated alone
+(batch 1), with one ``og.Model`` and its ``og.Adapters`` shared by every activation: the run-time swap the format
+exists for. genai stops on an EOS id of genai_config.json without putting it into the sequence (torch's generate
+keeps it), so the EOS ids are returned for the comparison.
 Imports nothing but onnxruntime_genai and numpy, so it also shows the folder runs where torch is absent.
 """
 
@@ -39,6 +41,8 @@ def main() -> None:
                 gen.generate_next_token()
             tokens.append([int(t) for t in gen.get_sequence(0)])
         out[active or ""] = {"tokens": tokens, "logits": logits}
+    eos = json.loads(open(f"{req['folder']}/genai_config.json").read())["model"]["eos_token_id"]
+    out["eos"] = eos if isinstance(eos, list) else [eos]
     print(json.dumps(out))
 
 

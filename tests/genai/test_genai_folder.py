@@ -119,7 +119,7 @@ def test_folder_layout_and_adapter_file(merged):
             assert not np.any(a_[:, k:]) and not np.any(b_[k:]), f"{lin.name}: padding is not zero"
 
 
-def test_generation_matches_merged_and_base(merged, genai_run, genai_tiny, tmp_path):
+def test_generation_matches_merged_and_base(merged, genai_run, genai_tiny, without_final_eos, tmp_path):
     from transformers import AutoModelForCausalLM
 
     _, runs = merged
@@ -136,6 +136,7 @@ def test_generation_matches_merged_and_base(merged, genai_run, genai_tiny, tmp_p
     for name, (d, _) in runs.items():
         refs[name] = _torch_greedy(AutoModelForCausalLM.from_pretrained(d / "hf").float().eval(), PROMPTS)
     for name, (tokens, logits) in refs.items():
+        tokens = [without_final_eos(t, p, got["eos"]) for t, p in zip(tokens, PROMPTS, strict=True)]
         assert got[name]["tokens"] == tokens, f"adapter {name or 'off'}: genai {got[name]['tokens']} != {tokens}"
         np.testing.assert_allclose(np.array(got[name]["logits"]), np.array(logits), rtol=1e-4, atol=1e-4)
     assert refs["a"][0] != refs[""][0], "run A's adapter does not change greedy tokens: the check would be vacuous"
@@ -158,3 +159,20 @@ def test_dense_run_and_missing_builder_are_one_line(genai_tiny, tmp_path, monkey
     with pytest.raises(FormatError, match=r"pip install \"zo-edge\[genai\]\""):
         genai_folder._check_builder()
     assert not (tmp_path / "out").exists()
+
+
+def test_base_folder_built_in_scratch_is_copied_where_a_later_writer_asks(tmp_path, monkeypatch):
+    """genai (registered before peft) builds the base in scratch; peft on an INT4 base then asks for it at
+    out/hf-base, and must get it there, not the scratch path that is removed after the merge."""
+    import export.merge
+
+    def fake_write_hf(path: Path, *args, **kwargs) -> None:
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+
+    monkeypatch.setattr(export.merge, "_write_hf", fake_write_hf)
+    ctx = export.merge.MergeContext.__new__(export.merge.MergeContext)
+    ctx.scratch, ctx.model_dir, ctx.manifest, ctx._hf = tmp_path / "scratch", None, None, {}
+    assert ctx.base_hf() == tmp_path / "scratch" / "base-hf"
+    assert ctx.base_hf(tmp_path / "out" / "hf-base") == tmp_path / "out" / "hf-base"
+    assert (tmp_path / "out" / "hf-base" / "config.json").is_file()
