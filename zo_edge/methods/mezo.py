@@ -52,6 +52,8 @@ class MeZOConfig(BaseConfig):
 @register_method("mezo")
 class MeZO(ZOBase):
     Config = MeZOConfig
+    # Adam only where its moments are small (init's budget check): a --layers head / few-norms selection
+    optimizers = frozenset({"sgd", "adam"})
     not_federated = ""
 
     def init(self, oracle: Oracle, seed: int) -> None:
