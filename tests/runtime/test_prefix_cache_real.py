@@ -49,3 +49,31 @@ def test_cached_zo_act_steps_equal_the_full_graph_on_smollm2(real_model_dirs):
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4, atol=1e-4)
     assert cached.session.takes_hidden and cached.prefix.prefix_passes > 0, "the cached oracle ran the full graph"
     assert cached.prefix.hits > 0, "the cached rows were recomputed at every pass"
+
+
+def test_head_only_mezo_steps_equal_the_full_graph_on_smollm2(real_model_dirs):
+    """``--layers head`` on the real model: the whole stack cached (the head's split), MeZO + Adam on the final
+    norm only, same losses as the full graph step for step, and no block's weight moves."""
+    folder = real_model_dirs["fp32"]["dir"]
+    session = GraphSession(folder, threads=2)
+    head = [n_blocks(session.manifest)]
+    assert head[0] in session.manifest.splits, "the default fp32 export must carry the head's split"
+    full = Oracle(session, blocks=head)
+    cached, used = make_oracle(folder, blocks=head, threads=2)
+    assert used == head[0] and cached.prefix.scored_only
+    task = get_task("rotten-tomatoes")
+    data = task.load(seed=0, k=8)
+    batches = TaskBatches(task, data.train, load_tokenizer(folder), 8, 64, 0, "classification", candidate_scoring=True)
+    batch, objective = batches.next()
+    losses, finals = [], []
+    for oracle in (full, cached):
+        cls = get_method("mezo")
+        sched = optim.constant(1e-2)
+        method = cls(cls.Config(dist="rademacher", queries=2), optim.make_optimizer("adam", sched), sched)
+        method.init(oracle, 0)
+        assert method.names == [p.name for p in oracle.manifest.params] and len(method.names) == 1
+        losses.append([method.step(oracle, batch, objective, t).loss for t in range(3)])
+        finals.append(oracle.params[method.names[0]].copy())
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(finals[1], finals[0], rtol=1e-5, atol=1e-6)
+    assert cached.prefix.prefix_passes > 0 and cached.prefix.hits > 0
