@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-main test-fast test-openvino test-openvino-real bench-cross-provider bench bench-scaling bench-alignment bench-accuracy bench-tta lint install clean
+.PHONY: demo test test-main install-deploy test-fast test-openvino test-openvino-real bench-cross-provider bench bench-scaling bench-alignment bench-accuracy bench-tta lint install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,13 +18,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The deploy extra: the consumers `zo-edge merge --format peft,gguf` is tested against (tests/export/test_formats*.py).
+# llama-cpp-python is an sdist that compiles llama.cpp (only the library: no tools, examples or multimodal), which
+# takes minutes on 2 cores, so it is a step of its own that `make test` runs once (stamp).
+DEPLOY_STAMP := $(VENV)/.deploy-installed
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+$(DEPLOY_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -e ".[deploy]"
+	touch $(DEPLOY_STAMP)
+
+install-deploy: $(DEPLOY_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/zo-edge demo
 
 # Everything: the main suite (incl. slow real-model tests), then the OpenVINO cross-provider tests in their own venv.
 test: test-main test-openvino
 
-test-main: $(STAMP)
+test-main: $(STAMP) $(DEPLOY_STAMP)
 	$(BIN)/python -m pytest -q -rs
 
 # onnxruntime-openvino replaces the onnxruntime module, so it gets a torch-free virtualenv of its own; the model it

@@ -1,14 +1,20 @@
 """Text generation from a merged model's KV-cache ONNX graph (optimum's text-generation-with-past layout).
 
     zo-edge generate runs/rt-merged "The movie was" --max-new-tokens 20 [--sample --temperature 0.8 --top-k 50]
+    zo-edge generate runs/rt-merged "Is this review positive? A fine film."   # an instruct model: --chat is on
 
-onnxruntime + tokenizers only (device side). Inputs found by name: input_ids, attention_mask, position_ids (if
-present), past_key_values.{i}.key/value; outputs logits and present.{i}.key/value.
+onnxruntime + tokenizers (+ jinja2 for chat templates) only (device side). Inputs found by name: input_ids,
+attention_mask, position_ids (if present), past_key_values.{i}.key/value; outputs logits and present.{i}.key/value.
+
+``chat``: an instruct model expects its chat template around the user's text (SmolLM2-Instruct: ChatML turns), so
+``generate(prompt, chat=True)`` renders ``[{"role": "user", "content": prompt}]`` with the folder's template
+(``runtime.tokenizer.ChatTemplate``) and the assistant turn's opening. Generation stops at the model's end-of-turn
+/ EOS ids (``generation_config.json`` and ``config.json`` ``eos_token_id``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +22,7 @@ import onnxruntime as ort
 
 from runtime.errors import ZoEdgeError
 from runtime.providers import resolve_providers
+from runtime.tokenizer import ChatTemplate
 
 __all__ = ["GenerateError", "Generator"]
 
@@ -42,6 +49,9 @@ class Generator:
             str(path), providers=self.providers, provider_options=self.provider_options
         )
         self.tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
+        #: the folder's chat template (None: a base model, prompts go in as they are)
+        self.chat_template = ChatTemplate.from_folder(onnx_dir)
+        self.eos_token_ids = _eos_ids(onnx_dir)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.past = sorted(n for n in self.inputs if n.startswith("past_key_values"))
 
@@ -73,7 +83,15 @@ class Generator:
         top_k: int = 50,
         seed: int = 0,
         eos_token_id: int | None = None,
+        chat: bool = False,
+        stop_at_eos: bool = False,
     ) -> str:
+        """The continuation of ``prompt`` (``chat``: the assistant's reply to it as a user turn), as text;
+        ``stop_at_eos``: stop at the model's own EOS / end-of-turn ids (``eos_token_ids``)."""
+        if chat:
+            if self.chat_template is None:
+                raise GenerateError("this model's tokenizer has no chat template: drop --chat")
+            prompt = self.chat_template.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
         return self.tokenizer.decode(
             self.generate_ids(
@@ -84,6 +102,7 @@ class Generator:
                 top_k=top_k,
                 seed=seed,
                 eos_token_id=eos_token_id,
+                stop_ids=self.eos_token_ids if stop_at_eos else (),
             )
         )
 
@@ -97,8 +116,11 @@ class Generator:
         top_k: int = 50,
         seed: int = 0,
         eos_token_id: int | None = None,
+        stop_ids: Collection[int] = (),
     ) -> list[int]:
-        """The new token ids after ``ids`` (a prompt already tokenized, BOS included if wanted), through the cache."""
+        """The new token ids after ``ids`` (a prompt already tokenized, BOS included if wanted), through the cache;
+        generation ends before ``eos_token_id`` or any of ``stop_ids``."""
+        stop = set(stop_ids) | ({eos_token_id} if eos_token_id is not None else set())
         rng = np.random.default_rng(seed)
         past = self._empty_past()
         new: list[int] = []
@@ -124,8 +146,27 @@ class Generator:
                 token = int(top[rng.choice(len(top), p=p / p.sum())])
             else:
                 token = int(np.argmax(logits))
-            if eos_token_id is not None and token == eos_token_id:
+            if token in stop:
                 break
             new.append(token)
             step_ids = [token]
         return new
+
+
+def _eos_ids(folder: Path) -> tuple[int, ...]:
+    """The ids that end a reply: ``eos_token_id`` of generation_config.json and config.json (an int or a list)."""
+    import json
+
+    ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text()).get("eos_token_id")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+    return tuple(ids)

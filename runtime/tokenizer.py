@@ -6,10 +6,16 @@ they are passed in, because a tokenizer.json alone does not say which token pads
 
     tok = Tokenizer.from_manifest_dict("artifacts/smollm2", {"pad_token_id": 2, "bos_token_id": 1, "eos_token_id": 2})
     tok.encode(" great")  # no special tokens added; callers decide about BOS
+
+Chat templates (``ChatTemplate``): an instruct model's folder carries its Jinja template (``chat_template.jinja``,
+or ``chat_template`` in ``tokenizer_config.json``), which is rendered with ``jinja2`` in a sandbox, the way
+transformers renders it (trim_blocks, lstrip_blocks, loopcontrols, ``raise_exception``), so any model's template
+works, not only ChatML. ``jinja2`` is a small pure-Python core dependency; runtime still never imports transformers.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +23,11 @@ from tokenizers import Tokenizer as _RustTokenizer
 
 from runtime.errors import ZoEdgeError
 
-__all__ = ["TOKENIZER_FILE", "Tokenizer", "TokenizerError"]
+__all__ = ["CHAT_TEMPLATE_FILE", "TOKENIZER_FILE", "ChatTemplate", "Tokenizer", "TokenizerError"]
 
 TOKENIZER_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers >= 4.43 saves the template here
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # older saves keep it under "chat_template"
 
 
 class TokenizerError(ZoEdgeError, ValueError):
@@ -108,3 +116,72 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.model_dir)!r}, vocab={self.vocab_size}, pad={self._pad}, bos={self._bos})"
+
+
+class ChatTemplate:
+    """A model folder's chat template, rendered like ``transformers``' ``apply_chat_template(tokenize=False)``.
+
+    ``special`` holds the special-token strings a template may name (``bos_token``, ``eos_token``, ...), read from
+    the folder's tokenizer_config.json / special_tokens_map.json.
+    """
+
+    def __init__(self, source: str, special: dict[str, str] | None = None) -> None:
+        from jinja2.exceptions import TemplateError
+        from jinja2.ext import loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str) -> None:
+            raise TokenizerError(f"chat template: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
+        env.globals["raise_exception"] = raise_exception
+        try:
+            self._template = env.from_string(source)
+        except TemplateError as e:
+            raise TokenizerError(f"the chat template does not parse ({e}); fix chat_template.jinja") from None
+        self.source = source
+        self.special = dict(special or {})
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> ChatTemplate | None:
+        """The folder's template, or None when its tokenizer has none (a base model)."""
+        folder = Path(folder)
+        config = _read_json(folder / TOKENIZER_CONFIG_FILE)
+        if (folder / CHAT_TEMPLATE_FILE).is_file():
+            source = (folder / CHAT_TEMPLATE_FILE).read_text()
+        else:
+            source = config.get("chat_template")
+        if isinstance(source, list):  # several named templates: the default one, as transformers picks it
+            source = next((t.get("template") for t in source if t.get("name") == "default"), None)
+        if not isinstance(source, str) or not source.strip():
+            return None
+        special = {}
+        for key, value in {**_read_json(folder / "special_tokens_map.json"), **config}.items():
+            if key.endswith("_token"):
+                value = value.get("content") if isinstance(value, dict) else value
+                if isinstance(value, str):
+                    special[key] = value
+        return cls(source, special)
+
+    def render(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text for ``messages`` ([{"role": "user", "content": ...}, ...]), ending with the assistant
+        turn's opening when ``add_generation_prompt``."""
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return self._template.render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **self.special
+            )
+        except TemplateError as e:
+            raise TokenizerError(f"the chat template failed on these messages ({e})") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+    return data if isinstance(data, dict) else {}

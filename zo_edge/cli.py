@@ -434,15 +434,25 @@ def cmd_generate(a) -> int:
     folder = Path(a.model)
     if (folder / "onnx").is_dir():
         folder = folder / "onnx"
-    elif (folder / "adapter.json").is_file():
+    elif not (folder / "model.onnx").is_file() and (folder / "adapter.json").is_file():
         raise ConfigError(
-            f"{a.model} holds an adapter for an INT4 base only; generation from INT4 + adapter is not built yet"
+            f"{a.model} has no onnx/ folder: merge the run again with the default formats or --format onnx"
         )
+    if a.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     g = Generator(folder, a.provider)
+    chat = g.chat_template is not None if a.chat is None else a.chat
     text = g.generate(
-        a.prompt, a.max_new_tokens, sample=a.sample, temperature=a.temperature, top_k=a.top_k, seed=a.seed
+        a.prompt,
+        a.max_new_tokens,
+        sample=a.sample,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        seed=a.seed,
+        chat=chat,
+        stop_at_eos=True,
     )
-    print(a.prompt + text)
+    print(text if chat else a.prompt + text)
     return 0
 
 
