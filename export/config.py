@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from runtime.errors import ZoEdgeError
 
-__all__ = ["ExportConfig", "ExportConfigError"]
+__all__ = ["ACCURACY_LEVELS", "ATTENTION_MODES", "ExportConfig", "ExportConfigError"]
 
 
 class ExportConfigError(ZoEdgeError, ValueError):
@@ -14,6 +14,9 @@ class ExportConfigError(ZoEdgeError, ValueError):
 
 
 _BLOCK_SIZES = (32, 64, 128)
+ATTENTION_MODES = ("eager", "fused")
+#: MatMulNBits accuracy levels: 0 = unset (onnxruntime's default: fp32 compute), 1 fp32, 2 fp16, 3 bf16, 4 int8
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 @dataclass
@@ -34,7 +37,24 @@ class ExportConfig:
     #: quarter's, fp32 Llama family), "none", or a comma list such as "20,24"
     splits: str = "auto"
 
+    #: "eager" (MatMul/Softmax, runs on every provider) or "fused": onnxruntime's com.microsoft GroupQueryAttention
+    #: (Llama family; no [B, H, T, T] buffers; CPU/CUDA onnxruntime only, so OpenVINO refuses such an export)
+    attention: str = "eager"
+    #: MatMulNBits ``accuracy_level`` of an INT4 export (0 = onnxruntime's default, fp32 compute; 4 = int8 compute
+    #: with the activations quantized per block; its measured speed and accuracy: RESULTS.md "Export options")
+    accuracy_level: int = 0
+    #: INT4 only: quantize the token embedding (GatherBlockQuantized) and the LM head (MatMulNBits) too, instead of
+    #: keeping them float (on SmolLM2 the tied embedding is 113 MB of the INT4 export's 170)
+    int4_embedding: bool = False
+
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_MODES:
+            raise ExportConfigError(f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}")
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise ExportConfigError(f"--accuracy-level must be one of {ACCURACY_LEVELS}, got {self.accuracy_level}")
+        if (self.accuracy_level or self.int4_embedding) and not self.int4:
+            flag = "--accuracy-level" if self.accuracy_level else "--int4-embedding"
+            raise ExportConfigError(f"{flag} applies to INT4 exports only; add --int4")
         if self.block_size not in _BLOCK_SIZES:
             raise ExportConfigError(f"--block-size must be one of {_BLOCK_SIZES}, got {self.block_size}")
         if not 1 <= self.basis_rank <= 16:

@@ -27,7 +27,8 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from export.architectures import get_architecture
-from export.architectures.base import Architecture
+from export.architectures.base import Architecture, transformers_version
+from export.architectures.fused_attention import FUSED_ATTENTION, register_fused_attention
 from export.config import ExportConfig
 from export.graph import PortLayout, TrainingForward, install_ports
 from export.quantize import quantize_int4
@@ -220,6 +221,8 @@ def export_model(
     t0 = time.time()
     model = model.float().eval()
     hf_config = model.config.to_dict()
+    if cfg.attention == "fused":
+        _use_fused_attention(model, arch)
     layout = install_ports(model, arch, roles, cfg.basis_rank)
     wrapper = TrainingForward(model, arch, layout, cfg.power_iters)
     head = arch.lm_head_weight(model)
@@ -237,7 +240,14 @@ def export_model(
             raise ExportError("could not locate the LM head MatMul in the traced graph")
         weights_sha256 = weights_sha256 or _arrays_sha256(arrays)
         if cfg.int4:
-            graph_model = quantize_int4(graph_model, arrays, cfg.block_size)
+            embed_name = contract.param_name(next(k for k in arrays if k.startswith(arch.embed_path)))
+            graph_model = quantize_int4(
+                graph_model,
+                arrays,
+                cfg.block_size,
+                accuracy_level=cfg.accuracy_level,
+                embedding=(embed_name, head_name) if cfg.int4_embedding else None,
+            )
             specs = []
         else:
             save_file(arrays, str(tmp / contract.PARAMS_FILE))
@@ -280,7 +290,7 @@ def export_model(
             ],
             export_seconds=round(time.time() - t0, 2),
             splits=splits,
-            features=list(contract.FEATURES),
+            features=_features(cfg),
         )
         (tmp / contract.MANIFEST_FILE).write_text(manifest.to_json())
     return manifest
@@ -300,6 +310,27 @@ def export_source(model: str, out_dir: str | Path, cfg: ExportConfig | None = No
     return export_model(
         hf_model, tokenizer, out_dir, cfg, source_label=src.label, weights_sha256=src.weights_sha256(), force=force
     )
+
+
+def _use_fused_attention(model: nn.Module, arch: Architecture) -> None:
+    """Switch ``model``'s attention to export/architectures/fused_attention.py (checked first, one-line errors)."""
+    problem = arch.fused_attention_problem(model.config)
+    if problem:
+        raise ExportError(f"--attention fused: {problem}; use --attention eager")
+    if transformers_version() < (4, 53):  # the ready-4D-mask trace patch hands the blocks the key-padding bias
+        raise ExportError("--attention fused needs transformers >= 4.53; upgrade it or use --attention eager")
+    register_fused_attention()
+    model.config._attn_implementation = FUSED_ATTENTION
+
+
+def _features(cfg: ExportConfig) -> list[str]:
+    """The manifest's optional capabilities: every export's, plus those of the options chosen."""
+    features = list(contract.FEATURES)
+    if cfg.attention == "fused":
+        features.append(contract.FEATURE_FUSED_ATTENTION)
+    if cfg.int4_embedding:
+        features.append(contract.FEATURE_INT4_EMBEDDING)
+    return features
 
 
 def _arrays_sha256(arrays: dict[str, np.ndarray]) -> str:

@@ -2,7 +2,16 @@
 
 Only MatMuls whose weight is a constant initializer are quantized, so the low-rank ports (graph inputs) stay
 float and keep working on top of the INT4 weights. The LM head is a Gemm over the (tied) embedding, which the
-quantizer leaves alone: the embedding is stored once, in float, shared by Gather and the head.
+quantizer leaves alone: by default the embedding is stored once, in float, shared by Gather and the head.
+
+``--int4-embedding`` quantizes that float too (``quantize_embedding``), once, symmetric 4-bit blocks along d::
+
+    E [V, d] float ─▶ packed [V, d/bs, bs/2] uint8 + scales [V, d/bs] ─┬─▶ MatMulNBits(h, K=d, N=V) = h Eᵀ  (head)
+                                                                      └─▶ Reshape [V, d/2] ─▶ GatherBlockQuantized
+                                                                           (ids, gather_axis 0, quantize_axis 1)
+
+Both read the same codes and scales, so the head and the embedding stay tied (they dequantize to the same matrix)
+and the 113 MB float table of SmolLM2 becomes 14 MB + 3.5 MB of scales. An untied head gets its own MatMulNBits.
 """
 
 from __future__ import annotations
@@ -15,7 +24,11 @@ from onnx import numpy_helper
 
 from runtime import contract
 
-__all__ = ["dequantize_matmulnbits", "freeze_params", "quantize_int4"]
+__all__ = ["HEAD_NODE", "dequantize_matmulnbits", "freeze_params", "quantize_embedding", "quantize_int4"]
+
+#: name of the LM head's MatMulNBits node (``quantize_embedding``): its weight is the [V, d] head/embedding, so
+#: ``dequantize_matmulnbits`` returns it in that orientation
+HEAD_NODE = "zo_edge/lm_head/MatMulNBits"
 
 
 def freeze_params(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
@@ -28,39 +41,163 @@ def freeze_params(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arrays[key]), graph_name))
 
 
-def quantize_int4(model: onnx.ModelProto, arrays: dict[str, np.ndarray], block_size: int) -> onnx.ModelProto:
-    """fp32 training graph + its params -> INT4 training graph (symmetric blocks along d_in)."""
+def quantize_int4(
+    model: onnx.ModelProto,
+    arrays: dict[str, np.ndarray],
+    block_size: int,
+    *,
+    accuracy_level: int = 0,
+    embedding: tuple[str, str] | None = None,
+) -> onnx.ModelProto:
+    """fp32 training graph + its params -> INT4 training graph (symmetric blocks along d_in).
+
+    ``accuracy_level``: MatMulNBits' compute type (0 = onnxruntime's default, fp32; 4 = int8 activations).
+    ``embedding``: (embedding graph name, LM-head weight graph name) to quantize with ``quantize_embedding`` too.
+    """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     freeze_params(model, arrays)
     # The quantizer logs one INFO line per MatMul; hundreds on a real model.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True)
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level or None
+    )
     quantizer.process()
-    return quantizer.model.model
+    out = quantizer.model.model
+    if embedding is not None:
+        quantize_embedding(out, *embedding, block_size=block_size, accuracy_level=accuracy_level)
+    return out
+
+
+def _pack_rows(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, K] float -> MatMulNBits codes [N, K/bs, bs/2] uint8 and scales [N, K/bs] (symmetric, zero point 8),
+    with onnxruntime's own quantization kernel, so the codes are the ones MatMulNBitsQuantizer would write."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+    n, k = weight.shape
+    blocks = k // block_size
+    packed = np.zeros((n, blocks, block_size // 2), np.uint8)
+    scales = np.zeros((n, blocks), np.float32)
+    zero_points = np.zeros((n, (blocks + 1) // 2), np.uint8)
+    kn = np.ascontiguousarray(weight.T, dtype=np.float32)  # the kernel takes the [K, N] MatMul weight
+    quantize_matmul_4bits(packed, kn, scales, zero_points, block_size, n, k, True)
+    return packed, scales
+
+
+def quantize_embedding(
+    model: onnx.ModelProto, embed_name: str, head_name: str, *, block_size: int, accuracy_level: int = 0
+) -> None:
+    """Replace the float embedding's Gather by GatherBlockQuantized and the head's Gemm(h, W, transB=1) by
+    MatMulNBits, in place (module diagram); a tied head (``head_name == embed_name``) shares one set of codes."""
+    from onnx import helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    new_inits: list[onnx.TensorProto] = []
+    codes: dict[str, tuple[str, str, int, int]] = {}  # float name -> (codes, scales, V, d)
+    for name in dict.fromkeys((embed_name, head_name)):
+        weight = numpy_helper.to_array(inits[name])
+        vocab, dim = weight.shape
+        if dim % block_size:
+            raise ValueError(f"--int4-embedding: d = {dim} is not a multiple of --block-size {block_size}")
+        packed, scales = _pack_rows(weight, block_size)
+        new_inits += [numpy_helper.from_array(packed, f"{name}_Q4"), numpy_helper.from_array(scales, f"{name}_scales")]
+        codes[name] = (f"{name}_Q4", f"{name}_scales", vocab, dim)
+    nodes: list[onnx.NodeProto] = []
+    replaced = {"Gather": 0, "Gemm": 0}
+    for node in graph.node:
+        if node.op_type == "Gather" and node.input[0] == embed_name:
+            packed, scales, vocab, dim = codes[embed_name]
+            flat = f"{packed}_rows"
+            nodes.append(helper.make_node("Reshape", [packed, f"{flat}_shape"], [flat], name=f"{flat}/Reshape"))
+            new_inits.append(numpy_helper.from_array(np.array([vocab, dim // 2], np.int64), f"{flat}_shape"))
+            nodes.append(
+                helper.make_node(
+                    "GatherBlockQuantized",
+                    [flat, node.input[1], scales],
+                    list(node.output),
+                    name=node.name or "zo_edge/embed/GatherBlockQuantized",
+                    domain="com.microsoft",
+                    bits=4,
+                    block_size=block_size,
+                    gather_axis=0,
+                    quantize_axis=1,
+                )
+            )
+            replaced["Gather"] += 1
+        elif node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] == head_name:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs.get("transB") == 1 and not attrs.get("transA"), f"unexpected head Gemm {attrs}"
+            packed, scales, vocab, dim = codes[head_name]
+            has_bias = len(node.input) > 2 and node.input[2]
+            out = f"{node.output[0]}_nobias" if has_bias else node.output[0]
+            nodes.append(
+                helper.make_node(
+                    "MatMulNBits",
+                    [node.input[0], packed, scales],
+                    [out],
+                    name=HEAD_NODE,
+                    domain="com.microsoft",
+                    K=dim,
+                    N=vocab,
+                    bits=4,
+                    block_size=block_size,
+                    **({"accuracy_level": accuracy_level} if accuracy_level else {}),
+                )
+            )
+            if has_bias:
+                nodes.append(
+                    helper.make_node("Add", [out, node.input[2]], list(node.output), name=f"{HEAD_NODE}/bias")
+                )
+            replaced["Gemm"] += 1
+        else:
+            nodes.append(node)
+    if replaced != {"Gather": 1, "Gemm": 1}:
+        raise ValueError(f"--int4-embedding: expected one embedding Gather and one head Gemm, found {replaced}")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    keep = [i for i in graph.initializer if i.name not in codes]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+
+
+def _dequantize_blocks(packed: np.ndarray, scales: np.ndarray, n: int, k: int, block: int) -> np.ndarray:
+    """Codes [N, n_blocks, block/2] uint8 + scales -> float [N, K] (symmetric 4-bit, zero point 8, low nibble
+    first: both MatMulNBits and GatherBlockQuantized read them so)."""
+    packed = packed.reshape(n, -1, block // 2)
+    low = (packed & 0x0F).astype(np.int8)
+    high = (packed >> 4).astype(np.int8)
+    q = np.stack([low, high], axis=-1).reshape(n, packed.shape[1], block)  # [N, n_blocks, block]
+    w = (q.astype(np.float32) - 8.0) * scales.reshape(n, -1)[:, :, None]
+    return w.reshape(n, -1)[:, :k]
 
 
 def dequantize_matmulnbits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The float [K, N] weight each MatMulNBits node computes with, keyed by the name of its original weight.
+    """The float weight each MatMulNBits / GatherBlockQuantized node computes with, keyed by the name of the
+    float weight it replaced, in that weight's orientation: [K, N] for a linear's MatMul, [V, d] for the LM head
+    (``HEAD_NODE``) and the embedding (tied: both give the same matrix).
 
     Used by tests and by INT4 merges: symmetric 4-bit, zero point 8, per block of ``block_size`` rows of K.
     """
     inits = {i.name: i for i in model.graph.initializer}
+    reshaped = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Reshape"}
     out: dict[str, np.ndarray] = {}
     for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "GatherBlockQuantized":
+            codes = reshaped.get(node.input[0], node.input[0])
+            packed, scales = numpy_helper.to_array(inits[codes]), numpy_helper.to_array(inits[node.input[2]])
+            vocab = packed.shape[0]
+            dim = scales.shape[-1] * attrs["block_size"]
+            out[codes.removesuffix("_Q4")] = _dequantize_blocks(packed, scales, vocab, dim, attrs["block_size"])
+            continue
         if node.op_type != "MatMulNBits":
             continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
-        packed = numpy_helper.to_array(inits[node.input[1]])  # [N, n_blocks, block/2] uint8
-        scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, -1)  # [N, n_blocks]
-        low = (packed & 0x0F).astype(np.int8)
-        high = (packed >> 4).astype(np.int8)
-        q = np.stack([low, high], axis=-1).reshape(n, packed.shape[1], block)  # [N, n_blocks, block]
         if len(node.input) > 3 and node.input[3]:
             zp = numpy_helper.to_array(inits[node.input[3]])
             raise NotImplementedError(f"asymmetric MatMulNBits ({zp.shape}) is not produced by zo-edge")
-        w = (q.astype(np.float32) - 8.0) * scales[:, :, None]
-        name = node.input[1].removesuffix("_Q4")
-        out[name] = np.ascontiguousarray(w.reshape(n, -1)[:, :k].T)
+        k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
+        packed = numpy_helper.to_array(inits[node.input[1]])  # [N, n_blocks, block/2] uint8
+        w = _dequantize_blocks(packed, numpy_helper.to_array(inits[node.input[2]]), n, k, block)  # [N, K]
+        out[node.input[1].removesuffix("_Q4")] = np.ascontiguousarray(w if node.name == HEAD_NODE else w.T)
     return out

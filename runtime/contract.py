@@ -67,6 +67,7 @@ __all__ = [
     "FEATURES",
     "FEATURE_CANDIDATE_SCORING",
     "FEATURE_FUSED_ATTENTION",
+    "FEATURE_INT4_EMBEDDING",
     "FEATURE_MASKED_POSITIONS",
     "FORMAT_VERSION",
     "GRAPH_FILE",
@@ -160,6 +161,8 @@ FEATURES = (FEATURE_CANDIDATE_SCORING, FEATURE_MASKED_POSITIONS)  # what this ex
 # ``--attention fused``: attention is onnxruntime's com.microsoft::GroupQueryAttention (CPU and CUDA kernels only);
 # the runtime refuses such an export on a provider without it (OpenVINO) instead of failing inside onnxruntime.
 FEATURE_FUSED_ATTENTION = "fused_attention"
+# ``--int4-embedding``: the token embedding is GatherBlockQuantized and the LM head MatMulNBits (no float table)
+FEATURE_INT4_EMBEDDING = "int4_embedding"
 
 
 # --- every graph tensor name comes from one of these functions -------------------------------------------------

@@ -25,7 +25,10 @@ from runtime.paths import check_graph_file
 from runtime.providers import computed_precision, full_name, resolve_providers
 from runtime.safetensors_io import read_safetensors_writable
 
-__all__ = ["GraphSession"]
+__all__ = ["FUSED_ATTENTION_PROVIDERS", "GraphSession"]
+
+#: providers with onnxruntime's com.microsoft GroupQueryAttention kernel (``--attention fused`` exports)
+FUSED_ATTENTION_PROVIDERS = frozenset({"CPUExecutionProvider", "CUDAExecutionProvider"})
 
 
 class GraphSession:
@@ -57,6 +60,11 @@ class GraphSession:
             raise contract.ManifestError(
                 f"{self.model_dir} was exported before the position fix that OpenVINO needs (it would run with RoPE "
                 "off there); re-export it with `zo-edge export --force`"
+            )
+        if self.manifest.has(contract.FEATURE_FUSED_ATTENTION) and self.providers[0] not in FUSED_ATTENTION_PROVIDERS:
+            raise contract.ManifestError(
+                f"{self.model_dir} was exported with --attention fused (onnxruntime's com.microsoft "
+                f"GroupQueryAttention), which {self.providers[0]} does not run; re-export it with --attention eager"
             )
         #: the options each provider of the chain was created with, by full onnxruntime name
         self.provider_options: dict[str, dict[str, str]] = self._options_per_provider(provider_options)

@@ -133,6 +133,19 @@ def _add_export(sub) -> None:
         help="block boundaries with prefix/suffix graphs for --layers training: auto (the top quarter's, fp32 Llama "
         "family), none, or a list like 20,24 (default: auto)",
     )
+    p.add_argument(
+        "--attention",
+        default="eager",
+        choices=("eager", "fused"),
+        help="eager (runs on every provider) or fused: onnxruntime's GroupQueryAttention, Llama family, CPU/CUDA "
+        "onnxruntime only (default: eager)",
+    )
+    p.add_argument(
+        "--int4-embedding", action="store_true", help="INT4: quantize the embedding and LM head too (default: off)"
+    )
+    p.add_argument(
+        "--accuracy-level", type=int, default=0, help="INT4: MatMulNBits accuracy_level, 4 = int8 compute (default: 0)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output folder (default: off)")
     p.set_defaults(func=cmd_export)
 
@@ -148,6 +161,9 @@ def cmd_export(a) -> int:
         basis_rank=a.basis_rank,
         power_iters=a.power_iters,
         splits=a.splits,
+        attention=a.attention,
+        int4_embedding=a.int4_embedding,
+        accuracy_level=a.accuracy_level,
     )
     t0 = time.time()
     m = export_source(a.model, a.out, cfg, force=a.force)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from export.architectures.fused_attention import FUSED_ATTENTION, key_padding_bias
 from export.config import ExportConfigError
 from runtime import contract
 from runtime.errors import ZoEdgeError
@@ -42,11 +43,13 @@ __all__ = [
     "TracePatch",
     "UnsupportedArchitectureError",
     "additive_causal_mask",
+    "block_attention_mask",
     "get_architecture",
     "register_architecture",
     "registered_architectures",
     "tiny_cases",
     "transformers_version",
+    "uses_fused_attention",
 ]
 
 _REGISTRY: dict[str, type[Architecture]] = {}
@@ -108,6 +111,19 @@ def additive_causal_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> to
     return (1.0 - allowed.to(dtype)) * torch.finfo(dtype).min
 
 
+def uses_fused_attention(model: nn.Module) -> bool:
+    """Whether ``model`` runs ``--attention fused`` (the exporter set its attention implementation to it)."""
+    return getattr(model.config, "_attn_implementation", None) == FUSED_ATTENTION
+
+
+def block_attention_mask(model: nn.Module, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The 4D mask every block gets: ``additive_causal_mask`` for eager attention, ``key_padding_bias`` (no causal
+    part: GroupQueryAttention adds it) for fused attention."""
+    if uses_fused_attention(model):
+        return key_padding_bias(attention_mask, dtype)
+    return additive_causal_mask(attention_mask, dtype)
+
+
 # --- trace patches ---------------------------------------------------------------------------------------------
 def transformers_version() -> tuple[int, ...]:
     """The installed transformers version as a comparable tuple, e.g. (4, 57, 6)."""
@@ -149,7 +165,7 @@ def _ready_4d_mask(model: nn.Module) -> Iterator[None]:
 
     def forward(*args, attention_mask=None, **kwargs):
         if attention_mask is not None and attention_mask.dim() == 2:
-            attention_mask = additive_causal_mask(attention_mask, model.dtype)
+            attention_mask = block_attention_mask(model, attention_mask, model.dtype)
         return original(*args, attention_mask=attention_mask, **kwargs)
 
     base.forward = forward
@@ -202,6 +218,9 @@ class Architecture:
     constant_buffers: ClassVar[tuple[str, ...]] = ()
     #: tracing workarounds, entered (if their version gate holds) only while torch.onnx.export runs
     trace_patches: ClassVar[tuple[TracePatch, ...]] = (READY_4D_MASK,)
+    #: whether ``--attention fused`` (export/architectures/fused_attention.py) fits the family's attention module:
+    #: it must call transformers' attention interface with q/k/v after RoPE
+    supports_fused_attention: ClassVar[bool] = False
     #: extra tiny test cases for export paths the plain tiny config does not take: case -> (model_type, overrides)
     tiny_variants: ClassVar[dict[str, tuple[str, dict[str, Any]]]] = {}
 
@@ -238,6 +257,12 @@ class Architecture:
 
     def final_norm(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.name}: layer splits are not declared (supports_splits = False)")
+
+    def fused_attention_problem(self, config: Any) -> str:
+        """Why ``--attention fused`` cannot export a model of this config ("" when it can)."""
+        if not self.supports_fused_attention:
+            return f"{self.name} models are exported with eager attention only (supports_fused_attention = False)"
+        return ""
 
     def logits_transform(self, logits: torch.Tensor) -> torch.Tensor:
         """Map the LM head's output [N, V] to the logits the loss uses; identity here. E.g. Gemma-2's final soft

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from export.architectures.base import Architecture, additive_causal_mask, register_architecture
+from export.architectures.base import Architecture, block_attention_mask, register_architecture
 from runtime import contract
 
 
@@ -34,17 +34,27 @@ class Llama(Architecture):
     tiny_variants = {"llama-untied": ("llama", {"tie_word_embeddings": False})}
 
     supports_splits = True
+    supports_fused_attention = True
 
     def run_blocks(self, model, hidden, attention_mask, position_ids, start, stop):
         """What LlamaModel.forward does between its embedding and its final norm, for blocks[start:stop]: the
-        rotary embeddings of the positions and the same additive causal mask the traced full graph gets."""
+        rotary embeddings of the positions and the same 4D mask the traced full graph gets (``block_attention_mask``:
+        eager or fused attention)."""
         base = model.model
-        mask = additive_causal_mask(attention_mask, hidden.dtype)
+        mask = block_attention_mask(model, attention_mask, hidden.dtype)
         rope = base.rotary_emb(hidden, position_ids)
         for block in base.layers[start:stop]:
             out = block(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=rope)
             hidden = out[0] if isinstance(out, tuple) else out  # transformers < 4.54 returned a tuple
         return hidden
+
+    def fused_attention_problem(self, config) -> str:
+        """GroupQueryAttention here is full causal attention: a sliding window (Mistral's, Qwen2's sliding layers)
+        would be silently dropped, so such configs stay eager."""
+        sliding = "sliding_attention" in (getattr(config, "layer_types", None) or [])
+        if sliding or (config.model_type == "mistral" and getattr(config, "sliding_window", None)):
+            return "this config uses sliding-window attention, which the fused export does not implement"
+        return super().fused_attention_problem(config)
 
     def final_norm(self, model, hidden):
         return model.model.norm(hidden)
