@@ -1,0 +1,117 @@
+"""The first-order ceiling of ``--layers head``: how far training only the final norm's gain can go on a task.
+
+    python benchmarks/head_ceiling.py --task rotten-tomatoes --prompt chat --n-train 1000 --n-test 500
+
+With every block frozen, the model's class scores are ``(RMSNorm(h) ⊙ g) · W[c]`` at the scoring position: the gain
+g (d values, 576 on SmolLM2-135M) is a linear classifier over the normalised last hidden state whose direction per
+coordinate is fixed by the label words' head rows. This script computes h once with torch (the export's source
+model, the same prompt and left-padded positions as the ONNX graph), then fits g by backprop + Adam (full batch,
+300 steps, lr 1e-2) on the first n of a shuffled training pool, for several n, and scores the fixed test split. It
+also fits an unconstrained linear probe (W and a bias free: 2 x d + 2 values) for comparison. The ZO runs of
+``zo-edge train --layers head`` are measured against these numbers (benchmarks/RESULTS.md §6).
+
+Not in CI: it loads the real model and encodes n_train + n_test prompts (a few minutes on 2 idle cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def features(model, tok, task, examples, cand_ids, max_len: int = 128):
+    """(normalised last hidden state [N, d], zero-shot class logits [N, C], labels [N]) at the scoring position."""
+    import torch
+
+    gain = model.model.norm.weight.detach()
+    xs, zs, ys = [], [], []
+    for i in range(0, len(examples), 16):
+        chunk = examples[i : i + 16]
+        enc = [tok.encode(task.render(e), add_special_tokens=False)[-max_len:] for e in chunk]
+        t = max(map(len, enc))
+        pad = tok.pad_token_id or 0
+        ids = torch.tensor([[pad] * (t - len(e)) + e for e in enc])
+        mask = torch.tensor([[0] * (t - len(e)) + [1] * len(e) for e in enc])
+        with torch.no_grad():
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1) * mask, output_hidden_states=True
+            )
+        xs.append((out.hidden_states[-1][:, -1] / gain).numpy())  # HF's last hidden state is after the final norm
+        zs.append(out.logits[:, -1, cand_ids].numpy())
+        ys += [task.class_index(e.label) for e in chunk]
+    return np.concatenate(xs), np.concatenate(zs), np.array(ys)
+
+
+def fit(make, params, x, y, steps: int = 300, lr: float = 1e-2):
+    import torch
+
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(make(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss)
+
+
+def main() -> None:
+    import torch
+
+    from export.source import resolve_source
+    from zo_edge.tasks import get_task
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="rotten-tomatoes")
+    ap.add_argument("--prompt", default="chat", help="a name from the task's prompt_candidates()")
+    ap.add_argument("--n-train", type=int, default=1000)
+    ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "head_ceiling.json"))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    task = get_task(a.task)
+    task = task.with_prompt(next(p for p in task.prompt_candidates() if p.name == a.prompt))
+    data = task.load(seed=0, k=None, dev_k=None)
+    model, tok = resolve_source("smollm2-135m").load()
+    cand = [tok.encode(ws[0], add_special_tokens=False)[0] for ws in task.verbalizer.values()]
+    order = np.random.default_rng(0).permutation(len(data.train))[: a.n_train]
+    t0 = time.time()
+    xtr, _, ytr = features(model, tok, task, [data.train[i] for i in order], cand)
+    xte, zte, yte = features(model, tok, task, data.test[: a.n_test], cand)
+    enc_s = time.time() - t0
+    g0, w = model.model.norm.weight.detach().clone(), model.lm_head.weight.detach()[cand].clone()
+    xtr, ytr, xte, yte = torch.tensor(xtr), torch.tensor(ytr), torch.tensor(xte), torch.tensor(yte)
+
+    def acc(logits) -> float:
+        return float((logits.argmax(1) == yte).float().mean())
+
+    rows = {"zero_shot": acc(torch.tensor(zte)), "n_test": len(yte), "encode_s": round(enc_s, 1), "by_n": []}
+    for n in sorted({n for n in (32, 64, 256, 1000, a.n_train) if n <= a.n_train}):
+        g = g0.clone().requires_grad_(True)
+        gain_loss = fit(lambda x, g=g: (x * g) @ w.T, [g], xtr[:n], ytr[:n])
+        with torch.no_grad():
+            gain_acc = acc((xte * g) @ w.T)
+        wp, bp = (w * g0).clone().requires_grad_(True), torch.zeros(len(cand), requires_grad=True)
+        probe_loss = fit(lambda x, wp=wp, bp=bp: x @ wp.T + bp, [wp, bp], xtr[:n], ytr[:n])
+        with torch.no_grad():
+            probe_acc = acc(xte @ wp.T + bp)
+        rows["by_n"].append(
+            {"n_train": n, "gain_acc": gain_acc, "gain_train_loss": gain_loss, "probe_acc": probe_acc,
+             "probe_train_loss": probe_loss}
+        )  # fmt: skip
+        print(f"n={n}: final-norm gain {gain_acc:.3f}  linear probe {probe_acc:.3f}", flush=True)
+    se = (rows["zero_shot"] * (1 - rows["zero_shot"]) / len(yte)) ** 0.5
+    print(f"zero-shot {rows['zero_shot']:.3f} ± {se:.3f} (n={len(yte)})")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"task": a.task, "prompt": a.prompt, **rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
