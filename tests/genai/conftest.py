@@ -73,8 +73,9 @@ def without_final_eos():
 
 @dataclass
 class GenaiTiny:
-    dir: Path  # zo-edge export (with the SmolLM2 tokenizer: the builder and genai need a real one)
-    reference: object  # the untouched torch model of that export
+    dir: Path  # zo-edge fp32 export (with a tokenizer: the builder and genai need one)
+    int4_dir: Path  # the same model exported INT4 (block 32)
+    reference: object  # the untouched torch model of those exports
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +101,7 @@ def genai_tiny(tmp_path_factory) -> GenaiTiny:
         for _, p in sorted(model.named_parameters()):
             p.add_(torch.randn(p.shape, generator=g) * (1.2 / p.shape[-1] ** 0.5))  # ~ unit-scale activations
     reference = copy.deepcopy(model)
-    out = tmp_path_factory.mktemp("genai-tiny") / "export"
-    export_model(model, tok, out, ExportConfig(), force=True)
-    return GenaiTiny(out, reference)
+    root = tmp_path_factory.mktemp("genai-tiny")
+    export_model(copy.deepcopy(model), tok, root / "int4", ExportConfig(int4=True), force=True)
+    export_model(model, tok, root / "fp32", ExportConfig(), force=True)
+    return GenaiTiny(root / "fp32", root / "int4", reference)

@@ -142,6 +142,33 @@ def test_generation_matches_merged_and_base(merged, genai_run, genai_tiny, witho
     assert refs["a"][0] != refs[""][0], "run A's adapter does not change greedy tokens: the check would be vacuous"
 
 
+def test_int4_base_with_peft_alongside(genai_run, genai_tiny, without_final_eos, tmp_path):
+    """INT4 base (where LOZO/SubZero/AGZO train adapters): the genai folder is the dequantized base at fp32 plus
+    LoRA inputs. Merged together with --format peft (which writes the dequantized base as hf-base/ beside, after
+    genai built it in scratch): genai off = torch on hf-base/, adapter on = torch on the merged hf/."""
+    from transformers import AutoModelForCausalLM
+
+    manifest = contract.Manifest.load(genai_tiny.int4_dir)
+    run = _run_folder(tmp_path, genai_tiny.int4_dir, _adapters(manifest, 2), "run-int4")
+    notes: list[str] = []
+    out = merge_run(run, tmp_path / "merged", which="latest", formats=["genai", "hf", "peft"], notes=notes)
+    assert any("INT4" in n for n in notes), notes
+    request = {
+        "folder": str(out / GENAI_DIR),
+        "adapters": {"c": str(out / GENAI_DIR / ADAPTER_FILE)},
+        "active": [None, "c"],
+        "prompts": PROMPTS,
+        "max_length": MAX_LENGTH,
+    }
+    got = genai_run(request, tmp_path)
+    for name, hf in (("", out / "hf-base"), ("c", out / "hf")):
+        tokens, logits = _torch_greedy(AutoModelForCausalLM.from_pretrained(hf).float().eval(), PROMPTS)
+        tokens = [without_final_eos(t, p, got["eos"]) for t, p in zip(tokens, PROMPTS, strict=True)]
+        assert got[name]["tokens"] == tokens, f"INT4, adapter {name or 'off'}: {got[name]['tokens']} != {tokens}"
+        np.testing.assert_allclose(np.array(got[name]["logits"]), np.array(logits), rtol=1e-4, atol=1e-4)
+    assert got["c"]["tokens"] != got[""]["tokens"], "the INT4 run's adapter does not change greedy tokens"
+
+
 def test_dense_run_and_missing_builder_are_one_line(genai_tiny, tmp_path, monkeypatch):
     import export.formats.genai_folder as genai_folder
 
