@@ -130,8 +130,8 @@ def _add_export(sub) -> None:
     p.add_argument(
         "--splits",
         default="auto",
-        help="block boundaries with prefix/suffix graphs for --layers training: auto (the top quarter's, fp32 Llama "
-        "family), none, or a list like 20,24 (default: auto)",
+        help="block boundaries with prefix/suffix graphs for --layers training: auto (the top quarter's and the "
+        "head's, fp32 Llama family), none, or a list like 20,24,30 (default: auto)",
     )
     p.add_argument(
         "--attention",

@@ -336,7 +336,11 @@ class TrainConfig(DataFields, SessionFields):
     )
     eval_every: int = _f(0, "dev evaluation every N steps (0: at the end only)")
     save_every: int = _f(50, "checkpoint every N steps")
-    layers: str = _f("all", "transformer blocks trained: all | top:N | bottom:N | ranges/lists like 0-3,10")
+    layers: str = _f(
+        "all",
+        "transformer blocks trained: all | top:N | bottom:N | ranges/lists like 0-3,10 | head (the final norm only, "
+        "every block a cached prefix; with blocks: top:2,head)",
+    )
     balance: str = _f(
         "auto", "class-balanced training batches: auto (when the classes differ 1.5x or more) | on | off"
     )
