@@ -271,9 +271,9 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     except (OSError, UnicodeDecodeError):
         name = ""
     if name and "/" not in name and not name.startswith(".") and is_complete(run_dir / name):
-        return run_dir / name
+        return inside(run_dir, name, what=f"{run_dir} checkpoint")  # a symlinked ckpt_* must not lead out
     found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+    return inside(run_dir, found[-1].name, what=f"{run_dir} checkpoint") if found else None
 
 
 def load_checkpoint(path_or_run_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
@@ -308,7 +308,8 @@ def load_trained_checkpoint(
     The one place that decides which checkpoint "the trained model" is: eval, merge and the demo all use it.
     """
     run_dir = Path(run_dir)
-    path = run_dir / "best" if which == "best" and is_complete(run_dir / "best") else None
+    path = inside(run_dir, "best", what=f"{run_dir} checkpoint") if which == "best" else None
+    path = path if path is not None and is_complete(path) else None
     path = path or latest_checkpoint(run_dir)
     if path is None:
         raise NoCheckpointError(f"{run_dir} has no checkpoint; train first (zo-edge train --out {run_dir})")

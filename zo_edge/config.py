@@ -244,6 +244,11 @@ class DataFields:
             not (self.template == AUTO and self.labels),
             "--template auto picks a prompt with its own label words: drop --labels (or give --template too)",
         )
+        if self.labels:
+            words = [w.strip() for part in self.labels.split(",") for w in part.partition("=")[2].split("|")]
+            words = [w for w in words if w]
+            same = sorted({w for w in words if words.count(w) > 1})
+            _require(not same, f"--labels {self.labels!r}: {', '.join(same)} used twice; one word per class")
         if self.task != "user-data" and (self.template or self.labels):
             self.make_task()  # a built-in task is cheap to build (no data read): check the override's classes now
 

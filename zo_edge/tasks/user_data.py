@@ -52,6 +52,8 @@ def _cell(value, what: str) -> str:
     s = str(value).strip()
     if not s:
         raise ValueError(f"{what} is empty")
+    if "\x00" in s:  # a NUL byte: a binary or corrupted file, not text
+        raise ValueError(f"{what} holds a NUL byte")
     return s
 
 
@@ -181,6 +183,8 @@ class UserData(Task):
             raise TaskError(
                 f"{path}: label value(s) {unknown} not in the verbalizer {list(self.verbalizer)}: add them to labels"
             )
+        if len({e.label for e in self._rows}) < 2:
+            raise TaskError(f"{path}: every row has label {self._rows[0].label!r}; a classifier needs two classes")
         if not self.test_size:
             self.test_size = max(1, min(1000, len(self._rows) // 5))
         super().__post_init__()
