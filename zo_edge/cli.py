@@ -18,6 +18,7 @@ bug in zo-edge and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -334,7 +335,9 @@ def cmd_eval(a) -> int:
                 print(
                     format_prompt_table(scores) + f"\nprompt (--template auto, best on dev): {task.prompt.describe()}"
                 )
-        resolve_max_len(cfg, tok, task, data)
+        # --json prints the JSON document alone on stdout: the sizing line goes to stderr then
+        with contextlib.redirect_stdout(sys.stderr if cfg.json else sys.stdout):
+            resolve_max_len(cfg, tok, task, data)
         results[prov] = evaluate(oracle, tok, task, examples, max_len=cfg.max_len, normalize=cfg.length_normalize)
         oracles[prov] = oracle
     if not results:
