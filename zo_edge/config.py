@@ -379,7 +379,7 @@ class TrainConfig(DataFields, SessionFields):
         for name, low in (("steps", 1), ("batch_size", 1), ("save_every", 1), ("k", 0), ("dev_k", 0)):
             value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
-            _require(low <= value <= MAX_COUNT, f"{flag} must be in {low}..{MAX_COUNT}, got {value}")
+            _require(low <= value <= MAX_COUNT, f"{flag} must be >= {low} and <= {MAX_COUNT}, got {value}")
         for name in ("eval_examples", "eval_every"):
             value = getattr(self, name)
             _require(0 <= value <= MAX_COUNT, f"--{name.replace('_', '-')} must be in 0..{MAX_COUNT}, got {value}")

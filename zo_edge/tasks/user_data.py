@@ -184,7 +184,7 @@ class UserData(Task):
                 f"{path}: label value(s) {unknown} not in the verbalizer {list(self.verbalizer)}: add them to labels"
             )
         if len({e.label for e in self._rows}) < 2:
-            raise TaskError(f"{path}: every row has label {self._rows[0].label!r}; a classifier needs two classes")
+            raise TaskError(f"{path}: all rows have label {self._rows[0].label!r}; give two or more classes")
         if not self.test_size:
             self.test_size = max(1, min(1000, len(self._rows) // 5))
         super().__post_init__()
