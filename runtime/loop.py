@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -196,14 +197,19 @@ def train(
     step = start
     proc = psutil.Process(os.getpid())
     interrupted = _DeferredInterrupt()
+    # False from drawing a batch until the step that used it is counted: a checkpoint taken then would pair a data
+    # position past the batch with the step before it (or θ mid-perturbation), so it is never saved
+    consistent = True
     try:
         while step < cfg.steps:
             if interrupted.pending:
                 raise KeyboardInterrupt
+            interrupted.__enter__()  # a Ctrl-C from here to the end of the iteration waits for it (see the class)
+            consistent = False
             batch, objective = data.next()
-            with interrupted:
-                report = method.step(oracle, batch, objective, step)
+            report = method.step(oracle, batch, objective, step)
             step += 1
+            consistent = True
             bad = bad + 1 if report.skipped else 0
             row = {"step": step, **{k: v for k, v in asdict(report).items() if k != "extra"}, **report.extra}
             row["rss_mb"] = round(proc.memory_info().rss / 2**20, 1)
@@ -220,9 +226,13 @@ def train(
                 best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, weights_changed)
             if step % cfg.save_every == 0 and step < cfg.steps:
                 save(step)
+            interrupted.__exit__()
     except KeyboardInterrupt:
         interrupted.restore()
-        save(step)
+        if consistent:
+            save(step)
+        else:  # a second Ctrl-C inside a step: its state is half-made; the last checkpoint stands
+            print(f"interrupted inside step {step + 1}: resuming starts from the last checkpoint", file=sys.stderr)
         raise
     finally:
         interrupted.restore()
@@ -246,8 +256,9 @@ def _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, w
 
 
 class _DeferredInterrupt:
-    """Defers SIGINT while a step runs: the first Ctrl-C is remembered and acted on between steps (so the step in
-    flight finishes and its state is consistent); a second one interrupts at once. Main thread only (elsewhere
+    """Defers SIGINT during a loop iteration (drawing the batch, the step, its log, evaluation and save): the first
+    Ctrl-C is remembered and acted on between iterations (so the step in flight finishes, the data position and the
+    step count agree, and θ is not mid-perturbation); a second one interrupts at once. Main thread only (elsewhere
     Python delivers no signals to us anyway)."""
 
     def __init__(self) -> None:
@@ -268,7 +279,7 @@ class _DeferredInterrupt:
         self._active = True
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._active = False
 
     def restore(self) -> None:
