@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 
 from runtime import checkpoint, contract
-from runtime.atomic import atomic_write_json, atomic_write_text
+from runtime.atomic import WRITE_ERRNOS, WriteError, atomic_write_json, atomic_write_text
 from runtime.batch import Batch
 from runtime.errors import ZoEdgeError
 from runtime.method import StepReport, ZOMethod
@@ -289,8 +289,16 @@ class _DeferredInterrupt:
 
 
 def _log(path: Path, row: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(row, default=float) + "\n")
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise WriteError(
+            f"cannot append to {path} ({os.strerror(e.errno).lower()}); the run's checkpoints are kept. Free space or "
+            "fix the folder's permissions, then --resume"
+        ) from None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

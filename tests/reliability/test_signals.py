@@ -81,3 +81,24 @@ def test_interrupted_run_resumes_bit_exact(rel_env, uninterrupted, tmp_path, sig
     assert meta["step"] == STEPS and got.keys() == uninterrupted.keys()
     differ = [k for k in got if not np.array_equal(got[k], uninterrupted[k])]
     assert not differ, f"resumed after {signal.Signals(sig).name} at step {step}: {len(differ)} arrays differ"
+
+
+def test_metrics_append_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """A metrics line that cannot be written (disk full) is the user's WriteError, not an OSError traceback."""
+    import builtins
+    import errno
+
+    from runtime import loop
+    from runtime.atomic import WriteError
+
+    real_open = builtins.open
+
+    def full(path, mode="r", *a, **k):
+        if "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(WriteError) as info:
+        loop._log(tmp_path / "metrics.jsonl", {"step": 1})
+    assert "\n" not in str(info.value) and "metrics.jsonl" in str(info.value)
