@@ -250,3 +250,116 @@ def test_eval_on_two_providers_prints_the_cross_provider_report(tiny_lm_dirs, ca
     assert "cross-provider report (base, n=8, against cpu)" in out, out
     assert "CPUExecutionProvider: no prediction flips vs cpu" in out, out
     assert "hidden-state drift stays below" in out, out
+
+
+# --- eval on the user's data, --run alone, chat generation (issue #15) --------------------------------------------
+def _reviews(path: Path, n: int = 40) -> Path:
+    words = {"pos": ["fine", "lovely", "moving", "sharp"], "neg": ["dull", "flat", "tired", "clumsy"]}
+    rows = ["text,label"] + [
+        f"a {words[lab][i % 4]} film number {i},{lab}" for i in range(n) for lab in ("pos", "neg")
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_eval_takes_the_train_data_flags_and_run_alone_scores_the_run(tiny_lm_dirs, tmp_path, capsys):
+    """Train on a CSV (--data alone means user-data), then eval: with the data flags (base model), and with --run
+    alone (model, data, template and labels from the run); a --template override on a built-in task is honoured."""
+    data = _reviews(tmp_path / "reviews.csv")
+    flags = ["--data", str(data), "--template", "Review: {text} Sentiment:", "--labels", "neg=bad,pos=good"]
+    run = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_lm_dirs["fp32"]), "--method", "zo-act", "--steps", "2", "--out", str(run)]
+    assert main([*argv, *flags, "--batch-size", "4", "--k", "8", "--dev-k", "4", "--eval-examples", "6"]) == 0
+    assert json.loads((run / "config.json").read_text())["task"] == "user-data"
+    capsys.readouterr()
+    assert main(["eval", str(tiny_lm_dirs["fp32"]), *flags, "--eval-examples", "6", "--json"]) == 0
+    base = json.loads(capsys.readouterr().out)["cpu"]
+    assert main(["eval", "--run", str(run), "--eval-examples", "6", "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)["cpu"]
+    held_out = json.loads((run / "test.json").read_text())
+    assert base["n"] == trained["n"] == 6
+    assert base["accuracy"] == held_out["before"]["accuracy"] and trained["accuracy"] == held_out["after"]["accuracy"]
+    # a built-in task takes another template and label words (checked against its own classes, in one line)
+    model = str(tiny_lm_dirs["fp32"])
+    rt = ["eval", model, "--task", "rotten-tomatoes", "--eval-examples", "6", "--json"]
+    assert main([*rt, "--template", "Movie: {text} Verdict:", "--labels", "rotten=awful,fresh=superb"]) == 0
+    assert json.loads(capsys.readouterr().out)["cpu"]["n"] == 6
+    assert main([*rt, "--template", "Movie: {text} Verdict:", "--labels", "neg=awful,pos=superb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the task's classes are ['fresh', 'rotten']" in err and "\n" not in err
+
+
+def test_eval_refuses_a_run_of_another_base_in_one_line(tiny_lm_dirs, tmp_path, capsys):
+    from runtime import contract
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": str(tiny_lm_dirs["fp32"]), "task": "rotten-tomatoes"}))
+    meta = {contract.META_FORMAT_VERSION: contract.CHECKPOINT_FORMAT_VERSION, contract.META_WEIGHTS_SHA256: "0" * 64}
+    checkpoint.save_checkpoint(run, 1, {}, meta)
+    for argv in (["eval", "--run", str(run)], ["eval", str(tiny_lm_dirs["fp32"]), "--run", str(run)]):
+        assert main([*argv, "--checkpoint", "latest", "--eval-examples", "4"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "another base model" in err and "\n" not in err, err
+
+
+def test_every_flag_of_every_command_has_a_help_text():
+    """No flag's help is empty or just its own name (issue #15: --nu, --dist, ... printed their names)."""
+    from zo_edge.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if action.dest in ("help",) or not action.option_strings and action.dest == "command":
+                continue
+            text = (action.help or "").strip()
+            flag = action.option_strings[0] if action.option_strings else action.dest
+            assert len(text) > 12 and text.lower().strip("-") != flag.strip("-").replace("-", " "), (name, flag, text)
+
+
+def test_chat_template_renders_like_transformers(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from runtime.tokenizer import ChatTemplate
+
+    template = ChatTemplate.from_folder(smollm2_dir)
+    assert template is not None, "SmolLM2-Instruct's tokenizer carries a chat template"
+    ref = AutoTokenizer.from_pretrained(smollm2_dir)
+    for messages in (
+        [{"role": "user", "content": "Is this review positive? A fine film."}],
+        [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+    ):
+        for gen in (True, False):
+            want = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+            assert template.render(messages, add_generation_prompt=gen) == want
+
+
+def test_generate_chat_wraps_the_prompt_in_the_template(tiny_lm_dirs, smollm2_dir, tmp_path, capsys):
+    """--chat is on for a model with a chat template: the reply equals the merged HF model's greedy reply to the
+    templated prompt (transformers' apply_chat_template, the independent reference); --no-chat continues the text."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run, merged = tmp_path / "run", tmp_path / "merged"
+    assert _train(tiny_lm_dirs["fp32"], run, "zo-act", 2) == 0
+    assert main(["merge", str(run), "--out", str(merged)]) == 0
+    for sub in ("hf", "onnx"):
+        shutil.copy2(smollm2_dir / "chat_template.jinja", merged / sub / "chat_template.jinja")
+    capsys.readouterr()
+    assert main(["generate", str(merged), "Is it good?", "--max-new-tokens", "5"]) == 0
+    reply = capsys.readouterr().out.removesuffix("\n")  # print's own newline (the reply may end in newlines)
+    ref_tok = AutoTokenizer.from_pretrained(merged / "hf")
+    ids = ref_tok.apply_chat_template([{"role": "user", "content": "Is it good?"}], add_generation_prompt=True)
+    model = AutoModelForCausalLM.from_pretrained(merged / "hf").eval()
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]), max_new_tokens=5, do_sample=False, eos_token_id=model.config.eos_token_id
+        )
+    new = out[0, len(ids) :].tolist()
+    new = new[: new.index(model.config.eos_token_id)] if model.config.eos_token_id in new else new
+    assert reply == ref_tok.decode(new)
+    assert main(["generate", str(merged), "It was", "--no-chat", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("It was")
