@@ -3,7 +3,8 @@
     ZO_EDGE_GENAI_REAL_MODEL=artifacts/shared-smollm2 .venv/bin/python -m pytest tests/genai -q -m slow
 
 The model is ZO_EDGE_GENAI_REAL_MODEL (an fp32 export) or the suite's own fp32 export (``real_model_dirs``). The run
-trains ZO-Act for 5 steps (lr 0.05, so that ΔW = C Aᵀ moves the logits well beyond float noise) and is merged with
+trains ZO-Act for 5 steps (lr 0.05, so that ΔW = C Aᵀ moves the logits beyond float noise); its latest checkpoint
+(the best on dev can be step 0, C = 0) is merged with
 ``--format genai,hf``. Greedy generation of two chat prompts in genai, adapter active, equals torch ``generate`` on
 the merged HF model; adapter off, torch on the base (the merged weights minus the run's ΔW, from its checkpoint).
 """
@@ -53,7 +54,7 @@ def test_zo_act_run_in_genai_matches_merged_and_base(genai_run, real_fp32, witho
     argv = ["train", "--model", str(real_fp32), "--method", "zo-act", "--steps", "5", "--batch-size", "4"]
     argv += ["--k", "4", "--dev-k", "2", "--eval-examples", "4", "--lr", "0.05", "--out", str(run)]
     assert main(argv) == 0
-    out = merge_run(run, tmp_path / "merged", formats=["genai", "hf"])
+    out = merge_run(run, tmp_path / "merged", which="latest", formats=["genai", "hf"])  # best may be step 0
 
     tok = AutoTokenizer.from_pretrained(out / "hf")
     prompts = [
@@ -87,4 +88,4 @@ def test_zo_act_run_in_genai_matches_merged_and_base(genai_run, real_fp32, witho
             assert got[name]["tokens"][i] == want, f"adapter {name or 'off'}, prompt {i}: {got[name]['tokens']}"
             np.testing.assert_allclose(got[name]["logits"][i], logits[i], rtol=1e-3, atol=2e-3)
     moved = max(float(np.max(np.abs(np.subtract(a, b)))) for a, b in zip(refs["run"][1], refs[""][1], strict=True))
-    assert moved > 0.02, f"5 ZO-Act steps moved the logits by only {moved:.2g}: the comparison would be vacuous"
+    assert moved > 1e-2, f"5 ZO-Act steps moved the logits by only {moved:.2g}: the comparison would be vacuous"
