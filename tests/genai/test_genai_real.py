@@ -73,7 +73,7 @@ def test_zo_act_run_in_genai_matches_merged_and_base(genai_run, real_fp32, witho
 
     merged = AutoModelForCausalLM.from_pretrained(out / "hf").float().eval()
     refs = {"run": _greedy(merged, prompts, longest + NEW_TOKENS)}
-    arrays, _, _ = checkpoint.load_trained_checkpoint(run)
+    arrays, _, _ = checkpoint.load_trained_checkpoint(run, "latest")
     state = merged.state_dict()
     for key, value in arrays.items():
         parsed = contract.parse_adapter_name(key)
