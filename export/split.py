@@ -78,7 +78,8 @@ def suffix_layout(layout: PortLayout, start: int) -> PortLayout:
 
 # --- writing the pair ------------------------------------------------------------------------------------------
 def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool) -> list[int]:
-    """Block boundaries to export: "auto" = the top quarter's (S = n - max(1, n // 4)) and the head's (S = n: the
+    """Block boundaries to export: "auto" = the top quarter's (S = n - max(1, n // 4)), the top block's (S = n - 1,
+    for ``--layers top:1,head``, the best recipe measured: benchmarks/RESULTS.md §7) and the head's (S = n: the
     suffix is the final norm and the loss head alone, for ``--layers head``) where the family supports splits and
     the export is fp32, "none", or a comma list of boundaries in 1..n."""
     from export.config import ExportConfigError
@@ -87,7 +88,7 @@ def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool) -> 
     if spec == "none" or (spec == "auto" and (int4 or not arch.supports_splits or n_layers < 2)):
         return []
     if spec == "auto":
-        return [n_layers - max(1, n_layers // 4), n_layers]
+        return sorted({n_layers - max(1, n_layers // 4), n_layers - 1, n_layers})
     if not arch.supports_splits:
         raise ExportConfigError(f"--splits: {arch.name} models have no split graphs yet (Llama family only); omit it")
     if int4:

@@ -630,7 +630,7 @@ class DemoConfig:
     force: bool = _f(
         False, "replace a non-empty --out that is not an earlier demo run (built aside, swapped at the end)"
     )
-    steps: int = _f(0, "training steps (0: the recipe's 250)")
+    steps: int = _f(0, "training steps (0: the recipe's 300)")
     eval_examples: int = _f(0, "held-out test sentences scored before and after (0: the recipe's 500)")
     int4: bool = _f(False, "train on the INT4 export instead of fp32")
 
