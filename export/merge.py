@@ -188,7 +188,14 @@ def merge_run(
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise MergeError(f"{run_dir} is not a zo-edge run folder (no config.json)")
-    model_dir = Path(json.loads(cfg_path.read_text())["model"])
+    try:
+        recorded = json.loads(cfg_path.read_text())
+        model_dir = Path(recorded["model"])
+    except (ValueError, KeyError, TypeError):
+        raise MergeError(
+            f'{cfg_path} is not a zo-edge run config (unreadable JSON or no "model" entry); pass the run folder '
+            "zo-edge train wrote, or restore its config.json"
+        ) from None
     manifest = Manifest.load(model_dir)
     check_replaceable(out_dir, force=force)  # before anything is loaded
     arrays, meta, ckpt = checkpoint.load_trained_checkpoint(run_dir, which)

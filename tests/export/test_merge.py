@@ -148,3 +148,14 @@ def test_adapter_names_round_trip():
     for other in (contract.checkpoint_param_name(layer), "C::x", f"{layer}.Q", contract.adapter_q_name("")):
         assert contract.parse_adapter_name(other) is None, other
     assert contract.parse_checkpoint_param_name(contract.adapter_q_name(layer)) is None
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"task": "rotten-tomatoes"}'])
+def test_damaged_run_config_is_one_line(tmp_path, text):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    with pytest.raises(MergeError) as e:
+        merge_run(run, tmp_path / "merged", which="latest", onnx=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value)
+    assert not (tmp_path / "merged").exists()

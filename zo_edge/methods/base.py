@@ -160,7 +160,12 @@ class ZOBase:
         for k, v in arrays.items():
             if k.startswith("state/"):
                 key = k.removeprefix("state/")
-                if key in self.state and self.state[key].shape == v.shape:
+                if key in self.state and self.state[key].shape != v.shape:
+                    raise MethodError(
+                        f"checkpoint state {key} has shape {v.shape}, this run's is {self.state[key].shape}: was the "
+                        "run made with another --rank or model? Resume with its own config"
+                    )
+                if key in self.state:
                     self.state[key][...] = v  # in place: other objects (the oracle's adapters) may hold these arrays
                 else:
                     self.state[key] = np.array(v, copy=True)
