@@ -271,7 +271,6 @@ def evaluate_merged(
     tokens' log-probabilities summed."""
     from zo_edge.batching import candidate_batch, one_row_batch, single_token_words
     from zo_edge.evaluate import EvalResult
-    from zo_edge.metrics import accuracy, confusion_matrix, macro_f1
     from zo_edge.objectives import candidate_class_scores
 
     if not examples:
@@ -294,17 +293,7 @@ def evaluate_merged(
             logp = _log_softmax(generator.sequence_logits(ids[None])[0])
             t = np.flatnonzero(targets)  # token t is predicted from position t - 1
             scores[i, row_class[r]] = max(scores[i, row_class[r]], float(logp[t - 1, ids[t]].sum()))
-    pred = np.argmax(scores, axis=1)
-    gold = np.array([task.class_index(e.label) for e in examples])
-    return EvalResult(
-        accuracy=accuracy(pred, gold),
-        macro_f1=macro_f1(pred, gold, n_classes),
-        confusion=confusion_matrix(pred, gold, n_classes).tolist(),
-        n=len(examples),
-        truncated=stats.get("truncated", 0),
-        predictions=pred,
-        loglik=scores,
-    )
+    return EvalResult.from_scores(scores, task, examples, stats.get("truncated", 0))
 
 
 def greedy_tokens(

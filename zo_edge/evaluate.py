@@ -43,6 +43,23 @@ class EvalResult:
     def summary(self) -> dict:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "n": self.n, "truncated": self.truncated}
 
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, task: Task, examples: list[Example], truncated: int) -> EvalResult:
+        """Metrics of ``scores`` [n, classes] (best log-likelihood per class) against the examples' labels: the one
+        place a score matrix becomes a result, for the training graph and for merged graphs alike."""
+        n_classes = len(task.classes)
+        pred = np.argmax(scores, axis=1)
+        gold = np.array([task.class_index(e.label) for e in examples])
+        return cls(
+            accuracy=accuracy(pred, gold),
+            macro_f1=macro_f1(pred, gold, n_classes),
+            confusion=confusion_matrix(pred, gold, n_classes).tolist(),
+            n=len(examples),
+            truncated=truncated,
+            predictions=pred,
+            loglik=scores,
+        )
+
 
 def evaluate(
     oracle: Oracle,
@@ -85,14 +102,4 @@ def evaluate(
                 normalize,
             )
         scores[start : start + len(chunk)] = chunk_scores
-    pred = np.argmax(scores, axis=1)
-    gold = np.array([task.class_index(e.label) for e in examples])
-    return EvalResult(
-        accuracy=accuracy(pred, gold),
-        macro_f1=macro_f1(pred, gold, n_classes),
-        confusion=confusion_matrix(pred, gold, n_classes).tolist(),
-        n=len(examples),
-        truncated=stats.get("truncated", 0),
-        predictions=pred,
-        loglik=scores,
-    )
+    return EvalResult.from_scores(scores, task, examples, stats.get("truncated", 0))
