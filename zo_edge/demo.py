@@ -173,13 +173,11 @@ def run_demo(a: DemoConfig) -> int:
         )
     plot = final / "loss.png"
     print()
-    print(f"  {cfg.task} held-out test (n={n})      accuracy   macro-F1")
-    print(f"  before (best prompt, zero-shot)     {before.accuracy:8.3f}   {before.macro_f1:8.3f}")
-    print(f"  after  ({cfg.method}, {cfg.steps} steps)        {after.accuracy:8.3f}   {after.macro_f1:8.3f}")
-    print(
-        f"  gain                                {after.accuracy - before.accuracy:+8.3f}   "
-        f"{after.macro_f1 - before.macro_f1:+8.3f}"
-    )
+    w = 40  # label column: the numbers line up whatever the method's name and step count
+    print(f"  {f'{cfg.task} held-out test (n={n})':<{w}}{'accuracy':>8}   {'macro-F1':>8}")
+    print(f"  {'before (best prompt, zero-shot)':<{w}}{before.accuracy:8.3f}   {before.macro_f1:8.3f}")
+    print(f"  {f'after  ({cfg.method}, {cfg.steps} steps)':<{w}}{after.accuracy:8.3f}   {after.macro_f1:8.3f}")
+    print(f"  {'gain':<{w}}{after.accuracy - before.accuracy:+8.3f}   {after.macro_f1 - before.macro_f1:+8.3f}")
     print(
         f"  training {train_s / 60:.1f} min, peak RSS {result['peak_rss_mb']:.0f} MiB (this process; the export ran "
         f"in its own); run folder {final}" + (f"; plot {plot}" if plot.is_file() else "")
