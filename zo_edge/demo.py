@@ -165,7 +165,7 @@ def run_demo(a: DemoConfig) -> int:
         load_run(p.oracle, tmp, "best")
         print(f"[4/4] re-scoring the same {n} test sentences with the best dev checkpoint ...", flush=True)
         after = evaluate_on(p, p.data.test, n)
-        plot_run(tmp)
+        plot_run(tmp, title=final.name)
         atomic_write_json(tmp / "config.json", {**cfg.to_dict(), "out": str(final)})
         atomic_write_json(
             tmp / "demo.json",

@@ -212,7 +212,7 @@ def load_run(oracle: Oracle, run: str | Path, which: str = "best") -> None:
     load_trained(oracle, arrays)
 
 
-def plot_run(run_dir: str | Path) -> Path | None:
+def plot_run(run_dir: str | Path, title: str = "") -> Path | None:
     """Training loss (and dev accuracy where evaluated) against step, as ``loss.png`` in the run folder."""
     try:
         import matplotlib
@@ -240,7 +240,7 @@ def plot_run(run_dir: str | Path) -> Path | None:
         ax2.set_ylabel("dev accuracy")
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
-    ax.set_title(run_dir.name)
+    ax.set_title(title or run_dir.name)  # a run built aside (atomic_folder) passes its final name
     fig.tight_layout()
     out = run_dir / "loss.png"
     fig.savefig(out, dpi=110)
