@@ -26,6 +26,7 @@ import numpy as np
 
 from runtime import contract
 from runtime.batch import Batch
+from runtime.layers import n_blocks
 from runtime.session import GraphSession
 
 __all__ = ["PrefixCache", "choose_split", "make_oracle"]
@@ -137,7 +138,5 @@ def make_oracle(
         return Oracle(GraphSession(model_dir, **kw), micro_batch=micro_batch, blocks=blocks), None
     prefix = GraphSession(model_dir, graph_file=contract.prefix_graph_file(split), **kw)
     suffix = GraphSession(model_dir, graph_file=contract.suffix_graph_file(split), params=prefix.params, **kw)
-    from runtime.layers import n_blocks
-
     cache = PrefixCache(prefix, cache_mb, scored_only=split >= n_blocks(prefix.manifest))
     return Oracle(suffix, micro_batch=micro_batch, blocks=blocks, prefix=cache), split

@@ -455,7 +455,7 @@ def _add_merge(sub) -> None:
     p.add_argument(
         "--gguf-metadata",
         metavar="FILE.gguf",
-        help="--format gguf: the GGUF whose tokenizer and general metadata are copied (default: the export's "
+        help="GGUF file whose tokenizer and general metadata the gguf format's files copy (default: the export's "
         "source, when it was a .gguf)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing output folder (default: off)")

@@ -19,6 +19,7 @@ from pathlib import Path
 from runtime.atomic import atomic_folder, atomic_write_json, check_replaceable
 from runtime.contract import FEATURES, MANIFEST_FILE, Manifest
 from runtime.errors import ZoEdgeError
+from runtime.layers import n_blocks
 from zo_edge.config import DemoConfig
 
 __all__ = ["DEMO", "DEMO_INT4", "DEMO_MARKER", "DemoError", "run_demo"]
@@ -89,15 +90,9 @@ def _stale_export(folder: Path, int4: bool) -> str:
         return f"lacks {', '.join(missing)}"
     if not int4 and not m.splits:
         return "has no split graphs"
-    if not int4 and _blocks(m) not in m.splits:
+    if not int4 and n_blocks(m) not in m.splits:
         return "has no head split (--layers head)"
     return ""
-
-
-def _blocks(m: Manifest) -> int:
-    from runtime.layers import n_blocks
-
-    return n_blocks(m)
 
 
 def ensure_export(artifacts: Path, int4: bool) -> Path:
