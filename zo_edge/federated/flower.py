@@ -15,6 +15,7 @@ round-trips every message through Flower's serialisation: the tests use it (no R
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -82,13 +83,24 @@ def wire_bytes(message: Message) -> int:
 class GridTransport:
     """node.Transport over a Flower Grid: Messages out, replies in (an error reply or a missing one is None)."""
 
-    def __init__(self, grid: Grid, timeout: float) -> None:
+    def __init__(self, grid: Grid, timeout: float, expected: int = 1) -> None:
         self.grid = grid
         self.timeout = timeout
+        self.expected = expected
         self.bytes = {"down": 0, "up": 0}
 
     def nodes(self) -> list[int]:
-        return sorted(self.grid.get_node_ids())
+        """The connected SuperNodes, once ``expected`` of them are (or ``timeout`` passes): the ServerApp can start
+        before its clients register (Flower's Ray engine does), and a round sampled from nobody is no round.
+        Flower's own strategies wait the same way (``strategy_utils.sample_nodes``)."""
+        deadline = time.monotonic() + self.timeout
+        while len(ids := list(self.grid.get_node_ids())) < self.expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not ids:
+            raise FederatedError(
+                f"no client connected within {self.timeout:g} s; start the SuperNodes, or raise --timeout"
+            )
+        return sorted(ids)
 
     def send(self, messages: dict[int, Msg], kind: str, group: str) -> dict[int, Msg | None]:
         mtype = MessageType.TRAIN if kind == "train" else MessageType.QUERY
@@ -157,7 +169,7 @@ def make_server_app(server: FedServer | None = None, out: str | None = None, on_
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         srv = server or FedServer(setup_from_run_config(context.run_config), evaluate=_evaluate)
-        srv.run(GridTransport(grid, srv.fed.timeout), on_round)
+        srv.run(GridTransport(grid, srv.fed.timeout, srv.fed.clients), on_round)
         save_run(srv, out or srv.cfg.out)
 
     return app

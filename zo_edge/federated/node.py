@@ -437,6 +437,8 @@ class FedServer:
             self.initial_eval = self.evaluate(self.p)
         for t in range(self.cfg.steps):
             joined = [n for n in order if joins.get(n, 0) <= t]
+            if not joined:
+                raise FederatedError(f"no client has joined by round {t}: check --join, or that the clients connected")
             k = max(1, int(round(self.fed.fraction * len(joined))))
             picked = sorted(rng.stream(self.cfg.seed, "fed-sample", t).choice(joined, k, replace=False).tolist())
             b0 = dict(transport.bytes)
