@@ -175,3 +175,23 @@ def test_ray_simulation_engine(tmp_path):
     assert [r.answered for r in ray_server.rounds] == [2, 2]
     assert ray_server.checksums[-1] == local.checksums[-1]
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+class _LateGrid:
+    """A Grid whose SuperNodes register after the ServerApp starts (Flower's Ray engine): empty ``empty_calls``
+    times, then two nodes."""
+
+    def __init__(self, empty_calls: int) -> None:
+        self.calls, self.empty_calls = 0, empty_calls
+
+    def get_node_ids(self):
+        self.calls += 1
+        return [] if self.calls <= self.empty_calls else [7, 3]
+
+
+def test_transport_waits_for_clients_to_connect():
+    grid = _LateGrid(empty_calls=3)
+    assert flower.GridTransport(grid, timeout=30, expected=2).nodes() == [3, 7]
+    assert grid.calls == 4
+    with pytest.raises(FederatedError, match="no client connected within 0.5 s"):
+        flower.GridTransport(_LateGrid(empty_calls=10**9), timeout=0.5, expected=2).nodes()
