@@ -140,20 +140,25 @@ class MergeContext:
             self._hf["base"] = path
         return self._hf["base"]
 
-    def lora(self, fmt: str) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    def lora(self, fmt: str, *, carried: frozenset[str] = frozenset()) -> tuple[int, dict[str, tuple]]:
         """(rank r, layer -> (B [d_out, r], A [r, d_in])) with ΔW = B A exactly, for a LoRA format ``fmt``.
 
         Layers whose rank is below r are padded with zero columns/rows (exact: they add nothing), so one
         ``lora_alpha = r`` gives every layer the scaling 1 that LoRA consumers compute as alpha / r.
-        Refused in one line when the run changed weights densely (no LoRA can hold that) or holds no adapter."""
-        if self.trained_params:
+        Refused in one line when the run changed weights densely (no LoRA can hold that) or holds no adapter.
+        ``carried``: trained params the format writes in full itself (peft's modules_to_save: norm gains); with
+        some, no adapter is (0, {})."""
+        dense = [k for k in self.trained_params if k not in carried]
+        if dense:
             raise FormatError(
-                f"--format {fmt}: {self.checkpoint_path} changed {len(self.trained_params)} weight tensors in place "
+                f"--format {fmt}: {self.checkpoint_path} changed {len(dense)} weight tensors in place "
                 "(a dense update: mezo/zoop, or lozo/subzero/agzo folded into fp32 weights), which no LoRA adapter "
                 "can hold; use --format hf or gguf (the merged model), or train zo-act, or lozo/subzero/agzo on an "
                 "INT4 export (they train an adapter there)"
             )
         factors = {k: v for k, v in self.adapters.items() if v[0].shape[1] > 0}
+        if not factors and carried:
+            return 0, {}
         if not factors:
             raise FormatError(f"--format {fmt}: {self.checkpoint_path} holds no adapter; use --format hf")
         rank = max(q.shape[1] for q, _ in factors.values())

@@ -19,7 +19,9 @@ Tensor layout, as llama.cpp's own ``convert_hf_to_gguf.py`` / ``convert_lora_to_
   reversed), ΔW = B A, the Q/K permutation applied to B's rows. llama.cpp scales by alpha / r: alpha = r is 1.
 
 Only the Llama family's ``llama`` architecture (SmolLM2) is written; others are refused in one line. A run that
-changed the weights densely gets the merged model only (no LoRA can hold that), and a note says so.
+changed the weights densely gets the merged model only (no LoRA can hold that), and a note says so; so does a run
+that trained norm gains (``--layers head``, ``--kinds norm``: the demo's recipe): llama.cpp's LoRA holds
+lora_a/lora_b pairs of matmul weights only, so the gains are in ``model.gguf`` and nowhere else.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from export.formats import FormatError, register_format
+from runtime import contract
 
 if TYPE_CHECKING:
     from export.merge import MergeContext
@@ -86,6 +89,8 @@ def _hparams(writer, hf: dict) -> None:
     writer.add_layer_norm_rms_eps(float(hf["rms_norm_eps"]))
     writer.add_vocab_size(hf["vocab_size"])
     writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)  # llama.cpp's default n_embd / n_head is wrong for an explicit head_dim
+    writer.add_value_length(head_dim)
 
 
 def _copy_metadata(writer, reader, vocab_size: int, where: Path) -> None:
@@ -161,6 +166,14 @@ def write_gguf(ctx: MergeContext, out: Path) -> list[str]:
 
     _write(folder / MODEL_FILE, arch, model)
     written = [f"{GGUF_DIR}/{MODEL_FILE}"]
+    kinds = {p.name: p.kind for p in ctx.manifest.params}
+    norms = sorted(k for k in ctx.trained_params if kinds.get(k) == contract.KIND_NORM)
+    if norms:  # llama.cpp's LoRA applies lora_b @ lora_a to matmul weights only: it has no way to replace a gain
+        ctx.notes.append(
+            f"gguf: merged model only: the run trained {len(norms)} norm gains ({norms[0]}...), which a llama.cpp "
+            "LoRA GGUF cannot carry (it holds lora_a/lora_b pairs of matmul weights); they are in model.gguf"
+        )
+        return written
     try:
         rank, factors = ctx.lora("gguf")
     except FormatError as e:

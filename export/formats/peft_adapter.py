@@ -14,8 +14,15 @@ The base: an fp32 export trained on its source's own weights, so ``base_model_na
 GGUF source loads with ``from_pretrained(folder, gguf_file=...)``). An INT4 export trained on the dequantized INT4
 weights, which no source file holds: the base is written beside as ``hf-base/`` and named there.
 
-A run that changed weights densely (MeZO, Zoop, low-rank updates folded into fp32 weights) is refused in one line
-(``MergeContext.lora``): use ``--format hf`` or ``gguf``.
+Trained norm gains (``--layers head``, ``--kinds norm``: the demo's recipe, MeZO on the final norm) are carried
+in full through peft's ``modules_to_save``: the module's name (``model.norm``) is listed there and its merged
+tensors are saved as ``base_model.model.<module>.weight`` (the key peft itself writes: it strips the wrapper's
+``modules_to_save.default.``; checked by saving one with peft 0.21). A run that trained norms only has no LoRA
+layer: ``target_modules`` is then peft's ``"dummy-target-modules"`` (``peft.utils.constants.DUMMY_TARGET_MODULES``,
+a LoRA that wraps nothing), which is how peft itself builds a modules_to_save-only adapter.
+
+A run that changed other weights densely (MeZO or Zoop on linears, low-rank updates folded into fp32 weights) is
+refused in one line (``MergeContext.lora``): use ``--format hf`` or ``gguf``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,21 @@ __all__ = ["PEFT_DIR", "write_peft"]
 
 PEFT_DIR = "peft"
 BASE_DIR = "hf-base"
+#: peft's target_modules for a LoRA that wraps no layer (an adapter of modules_to_save only)
+DUMMY_TARGET_MODULES = "dummy-target-modules"
+
+
+def _saved_modules(ctx: MergeContext) -> dict[str, list[str]]:
+    """module -> its merged state keys, for every module whose norm gain the run trained (peft modules_to_save).
+
+    peft saves a modules_to_save module whole (every tensor of it: a norm's bias too, where it has one), so the
+    merged values of all its tensors are written, not only the trained ones."""
+    kinds = {p.name: p.kind for p in ctx.manifest.params}
+    modules = sorted({k.rsplit(".", 1)[0] for k in ctx.trained_params if kinds.get(k) == contract.KIND_NORM})
+    if not modules:
+        return {}
+    state = ctx.merged_state()
+    return {m: sorted(k for k in state if k.rsplit(".", 1)[0] == m) for m in modules}
 
 
 def _base_name(ctx: MergeContext, out: Path) -> str:
@@ -58,7 +80,9 @@ def write_peft(ctx: MergeContext, out: Path) -> list[str]:
 
     from export.architectures import get_architecture
 
-    rank, factors = ctx.lora("peft")
+    saved = _saved_modules(ctx)
+    carried = frozenset(k for keys in saved.values() for k in keys) & set(ctx.trained_params)
+    rank, factors = ctx.lora("peft", carried=carried)
     written = []
     base = _base_name(ctx, out)
     if ctx.manifest.dtype == "int4":
@@ -69,23 +93,26 @@ def write_peft(ctx: MergeContext, out: Path) -> list[str]:
     for layer, (b, a) in factors.items():
         tensors[f"base_model.model.{layer}.lora_A.weight"] = np.ascontiguousarray(a, np.float32)
         tensors[f"base_model.model.{layer}.lora_B.weight"] = np.ascontiguousarray(b, np.float32)
+    state = ctx.merged_state() if saved else {}
+    for key in (k for keys in saved.values() for k in keys):
+        tensors[f"base_model.model.{key}"] = np.ascontiguousarray(state[key], np.float32)
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     conv1d = get_architecture(ctx.manifest.model_type).weight_layout == contract.LAYOUT_IN_OUT
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base,
-        "r": rank,
-        "lora_alpha": rank,  # scaling = alpha / r = 1: ΔW = B A exactly
+        "r": rank or 1,  # norms only: no LoRA layer, and peft's config wants r >= 1
+        "lora_alpha": rank or 1,  # scaling = alpha / r = 1: ΔW = B A exactly
         "lora_dropout": 0.0,
-        "target_modules": sorted(factors),
+        "target_modules": sorted(factors) or DUMMY_TARGET_MODULES,
         "fan_in_fan_out": conv1d,
         "bias": "none",
         "use_rslora": False,
         "use_dora": False,
         "inference_mode": True,
         "init_lora_weights": True,
-        "modules_to_save": None,
+        "modules_to_save": sorted(saved) or None,
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return [PEFT_DIR, *written]

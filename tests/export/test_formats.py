@@ -96,6 +96,68 @@ def test_peft_adapter_on_the_base_gives_the_merged_logits(tiny_export, case, int
     torch.testing.assert_close(_logits(peft_model, ids), want, rtol=1e-4, atol=1e-4)
 
 
+def _norm_arrays(manifest: contract.Manifest, reference: torch.nn.Module, seed: int) -> dict[str, np.ndarray]:
+    """What a head run saves (``--layers top:1,head --kinds norm``, the demo's recipe with the top block's norms):
+    the final norm's gain and the last block's norm gains, each moved away from the base."""
+    rng = np.random.default_rng(seed)
+    base = reference.state_dict()
+    top = f".{max(int(s.name.split('.')[2]) for s in manifest.linears)}."
+    arrays = {}
+    for spec in manifest.params:
+        if spec.kind == contract.KIND_NORM and (".layers." not in spec.name or top in spec.name):
+            gain = base[spec.name].numpy() + 0.3 * rng.standard_normal(spec.shape)
+            arrays[contract.checkpoint_param_name(spec.name)] = gain.astype(np.float32)
+    return arrays
+
+
+@pytest.mark.parametrize("with_adapter", [False, True], ids=["norms", "norms+lora"])
+def test_peft_carries_trained_norm_gains_as_modules_to_save(tiny_export, with_adapter, tmp_path):
+    """The demo's head run trains norm gains: peft carries them whole (modules_to_save, keys as peft saves them),
+    alone (LoRA on no layer: peft's dummy target) or beside LoRA factors; PeftModel gives the merged logits."""
+    import copy
+
+    pytest.importorskip("peft", reason="peft is in the deploy extra (make install-deploy)")
+    from peft import PeftModel
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    exp = tiny_export("llama")
+    arrays = _norm_arrays(exp.manifest, exp.reference, seed=3)
+    if with_adapter:
+        arrays.update(_adapter_arrays(exp.manifest, seed=4))
+    run = _run_folder(tmp_path, exp.dir, arrays)
+    out = merge_run(run, tmp_path / "merged", which="latest", formats=["peft,hf"])
+    config = json.loads((out / "peft" / "adapter_config.json").read_text())
+    modules = sorted(contract.parse_checkpoint_param_name(k).removesuffix(".weight") for k in arrays if "norm" in k)
+    assert modules and "model.norm" in modules and config["modules_to_save"] == modules
+    want_targets = sorted(s.name for s in exp.manifest.linears) if with_adapter else "dummy-target-modules"
+    assert config["target_modules"] == want_targets
+    saved = load_file(str(out / "peft" / "adapter_model.safetensors"))
+    np.testing.assert_array_equal(
+        saved["base_model.model.model.norm.weight"], arrays[contract.checkpoint_param_name("model.norm.weight")]
+    )
+    assert len(saved) == len(modules) + (2 * len(exp.manifest.linears) if with_adapter else 0)
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(exp.reference), out / "peft").eval()
+    ids = torch.from_numpy(np.random.default_rng(5).integers(0, exp.manifest.vocab_size, (2, 9)))
+    want = _logits(merged, ids)
+    assert (want - _logits(exp.reference, ids)).abs().max() > 1e-2, "the norm gains changed nothing"
+    torch.testing.assert_close(_logits(peft_model, ids), want, rtol=1e-4, atol=1e-4)
+
+
+def test_peft_refuses_norms_with_a_dense_linear_update_in_one_line(tiny_export, tmp_path):
+    exp = tiny_export("llama")
+    weight = exp.manifest.linears[0].weight
+    spec = next(s for s in exp.manifest.params if s.name == weight)
+    arrays = {**_norm_arrays(exp.manifest, exp.reference, seed=6)}
+    arrays[contract.checkpoint_param_name(weight)] = np.zeros(spec.shape, np.float32)
+    run = _run_folder(tmp_path, exp.dir, arrays)
+    with pytest.raises(FormatError, match="changed 1 weight tensors in place") as e:
+        merge_run(run, tmp_path / "merged", which="latest", formats=["peft"])
+    assert "\n" not in str(e.value) and not (tmp_path / "merged").exists()
+
+
 def test_merge_cli_takes_format_lists_and_refuses_unknown_ones_in_one_line(tiny_export, tmp_path, capsys):
     exp = tiny_export("llama")
     run = _run_folder(tmp_path, exp.dir, _adapter_arrays(exp.manifest, seed=1))
@@ -155,6 +217,12 @@ def tiny_lm_dirs(pytestconfig, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tiny-smol") / "model"
     export_model(model, hf_tok, folder, ExportConfig(), force=True)
     return {"fp32": folder}
+
+
+def _base_hf(tmp_path: Path, model: Path) -> Path:
+    """The export's own weights as an HF folder (``zo-edge merge`` of a run that trained nothing)."""
+    empty = _run_folder(tmp_path, model, {}, name="base-hf-run")
+    return merge_run(empty, tmp_path / "base-hf", which="latest", formats=["hf"]) / "hf"
 
 
 def _zo_act_run(model: Path, out: Path) -> Path:
@@ -259,3 +327,38 @@ def test_gguf_lora_on_the_base_equals_the_merged_model_in_llama_cpp(tiny_lm_dirs
         np.testing.assert_allclose(log_l, log_m, atol=1e-4)
         np.testing.assert_allclose(log_m, log_hf, atol=1e-4)
         assert tok_l == tok_m == _hf_greedy(hf, prompt, 6)
+
+
+def test_gguf_of_a_norm_run_is_the_merged_model_only_and_llama_cpp_runs_it(tiny_lm_dirs, tmp_path):
+    """The demo's head run (norm gains): model.gguf holds the trained gains (llama.cpp gives the merged HF model's
+    logits and tokens), no LoRA file is written, and one note line says why."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tiny_lm_dirs["fp32"]
+    manifest = contract.Manifest.load(folder)
+    base = AutoModelForCausalLM.from_pretrained(_base_hf(tmp_path, folder)).eval()
+    arrays = _norm_arrays(manifest, base, seed=7)
+    run = _run_folder(tmp_path, folder, arrays)
+    notes: list[str] = []
+    out = merge_run(
+        run, tmp_path / "m", which="latest", formats=["gguf,hf"], gguf_metadata=_smollm2_gguf(), notes=notes
+    )
+    assert sorted(p.name for p in (out / "gguf").iterdir()) == ["model.gguf"]
+    assert len(notes) == 1 and "norm gains" in notes[0] and "cannot carry" in notes[0] and "\n" not in notes[0]
+    import gguf
+
+    tensors = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(out / "gguf" / "model.gguf").tensors}
+    np.testing.assert_array_equal(
+        tensors["output_norm.weight"], arrays[contract.checkpoint_param_name("model.norm.weight")]
+    )
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make install-deploy` (the deploy extra)")
+    hf = AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    llm = _llama(out / "gguf" / "model.gguf")
+    prompt = np.random.default_rng(1).integers(3, 1000, 7).tolist()
+    tokens, logits = _llama_greedy(llm, prompt, 6)
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor([prompt])).logits[0].double().numpy()
+        before = base(input_ids=torch.tensor([prompt])).logits[0].double().numpy()
+    assert np.abs(want - before).max() > 1e-3, "the norm gains changed nothing"
+    np.testing.assert_allclose(logits, want, atol=1e-4)
+    assert tokens == _hf_greedy(hf, prompt, 6)

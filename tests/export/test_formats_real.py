@@ -90,7 +90,8 @@ def test_llama_cpp_runs_the_merged_gguf_and_the_lora_like_the_merged_hf_model(me
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_dir = merged["out"] / "gguf"
-    kw = {"n_ctx": 128, "n_threads": 2, "n_batch": 128, "verbose": False}
+    # logits_all: llama-cpp-python's eval() keeps no scores at all without it (sampling happens in C)
+    kw = {"n_ctx": 128, "n_threads": 2, "n_batch": 128, "logits_all": True, "verbose": False}
     llm_merged = Llama(model_path=str(gguf_dir / "model.gguf"), **kw)
     llm_lora = Llama(model_path=str(merged["base_gguf"]), lora_path=str(gguf_dir / "adapter-lora.gguf"), **kw)
     hf = AutoModelForCausalLM.from_pretrained(merged["out"] / "hf").eval()
@@ -114,3 +115,33 @@ def test_llama_cpp_runs_the_merged_gguf_and_the_lora_like_the_merged_hf_model(me
         want = want[0, len(prompt) :].tolist()
         assert greedy(llm_merged, prompt) == want, text
         assert greedy(llm_lora, prompt) == want, text
+
+
+def test_peft_carries_the_demo_head_runs_norm_gains_on_the_bundled_base(fp32_dir, tmp_path):
+    """The demo's recipe (MeZO + Adam on norm gains, ``--layers top:1,head --kinds norm``), 5 steps: ``--format peft``
+    writes the gains as modules_to_save (no LoRA layer), and PeftModel on the bundled base gives the merged logits;
+    ``--format gguf`` puts them in model.gguf, with a note that no LoRA GGUF can carry them."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "head-run"
+    argv = ["train", "--model", str(fp32_dir), "--method", "mezo", "--layers", "top:1,head", "--kinds", "norm"]
+    argv += ["--optimizer", "adam", "--lr", "1e-2", "--mu", "1e-3", "--dist", "rademacher", "--queries", "2"]
+    argv += ["--steps", "5", "--task", "rotten-tomatoes", "--batch-size", "8", "--k", "8", "--dev-k", "4"]
+    assert main([*argv, "--eval-examples", "8", "--objective", "classification", "--out", str(run)]) == 0
+    notes: list[str] = []
+    out = merge_run(run, tmp_path / "merged", which="latest", formats=["peft,gguf,hf"], notes=notes)
+    config = json.loads((out / "peft" / "adapter_config.json").read_text())
+    assert config["target_modules"] == "dummy-target-modules" and "model.norm" in config["modules_to_save"]
+    assert any("norm gains" in n for n in notes) and not (out / "gguf" / "adapter-lora.gguf").exists()
+
+    folder, gguf_file = _source_gguf()
+    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out / "hf")
+    ids = torch.tensor([tok(PROMPTS[0], add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        got = PeftModel.from_pretrained(base, out / "peft").eval()(input_ids=ids).logits
+        want = AutoModelForCausalLM.from_pretrained(out / "hf").eval()(input_ids=ids).logits
+    assert (want - before).abs().max() > 1e-3, "5 MeZO steps on the norm gains changed nothing"
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
