@@ -65,7 +65,7 @@ test-openvino: $(STAMP) $(OV_STAMP)
 	rm -rf runs/tiny-ov-int4
 	$(BIN)/zo-edge train --model $(OV_TINY_INT4) $(OV_TINY_RECIPE) --out runs/tiny-ov-int4 > /dev/null
 	$(BIN)/zo-edge merge runs/tiny-ov-int4 --checkpoint latest --out $(OV_TINY_MERGED) --force > /dev/null
-	ZO_EDGE_OV_MODEL=artifacts/tiny-ov ZO_EDGE_OV_MERGED=$(OV_TINY_MERGED) \
+	ZO_EDGE_OV_MODEL=artifacts/tiny-ov ZO_EDGE_OV_INT4_MODEL=$(OV_TINY_INT4) ZO_EDGE_OV_MERGED=$(OV_TINY_MERGED) \
 		$(OV_VENV)/bin/python -m pytest --noconftest -q -rs -m "not slow" tests/openvino
 
 # Federated ZO on Flower (zo_edge/federated/): flwr[simulation] (Ray included) pins protobuf < 7 and packaging < 26,

@@ -203,6 +203,135 @@ def test_every_listed_provider_computes_positions_and_ports_as_cpu(provider):
         assert np.max(np.abs(got - base)) > 1e-2, "the adapter did not change the losses: a vacuous check"
 
 
+@pytest.mark.parametrize("layers", ["head", "top:1,head"])
+def test_layer_selective_training_graphs_give_cpus_full_graph_losses(layers):
+    """``--layers head`` (the demo's recipe) and ``top:1,head`` train through a split graph on OpenVINO: the prefix
+    graph once per row (cached; only the scored position at the head's split), the suffix graph per pass. With the
+    trained parameters changed in place (the final norm's gain, a block's weight: what MeZO perturbs and steps),
+    OpenVINO's split oracle scores CPU's full graph to 1e-5, before and after the change (the cache holds hidden
+    states below the change only, so a stale one would show)."""
+    from runtime.contract import Manifest
+    from runtime.layers import n_blocks, parse_layers
+    from runtime.oracle import Oracle
+    from runtime.prefix_cache import make_oracle
+    from runtime.session import GraphSession
+    from zo_edge.data import load_tokenizer
+    from zo_edge.evaluate import evaluate
+    from zo_edge.tasks import get_task
+
+    manifest = Manifest.load(_model())
+    n = n_blocks(manifest)
+    blocks = parse_layers(layers, n)
+    if min(blocks) not in manifest.splits:
+        pytest.skip(f"{_model()} has no split at block {min(blocks)} (splits {manifest.splits}): re-export it")
+    full = Oracle(GraphSession(_model(), "cpu"))
+    ov, split = make_oracle(_model(), blocks=blocks, provider="openvino", provider_options=FP32["openvino"])
+    assert split == min(blocks) and ov.session.graph_file.startswith("suffix_"), (split, ov.session.graph_file)
+    batch = _batch(manifest.vocab_size, 4, 5, 14)
+    rng = np.random.default_rng(5)
+    changed = ["model.norm.weight"] + ([f"model.layers.{n - 1}.mlp.down_proj.weight"] if min(blocks) < n else [])
+    before = {k: full.params[k].copy() for k in changed}
+    rows = []
+    for _ in range(3):
+        rows.append((full.sample_losses(batch), ov.sample_losses(batch)))
+        for k in changed:  # in place, as a ZO step does; the same change on both (separate parameter copies)
+            full.params[k] *= (1 + 0.2 * rng.choice([-1, 1], full.params[k].shape)).astype(np.float32)
+            ov.params[k][...] = full.params[k]
+    rel = [float(np.max(np.abs(c - v) / np.abs(c))) for c, v in rows]
+    assert max(rel) < 1e-5, f"{layers}: max relative |Δ row loss| OpenVINO split vs CPU full graph: {rel}"
+    assert np.max(np.abs(rows[-1][0] - rows[0][0])) > 1e-3, "the change did not move the losses: a vacuous check"
+    assert ov.prefix.prefix_passes >= 1 and ov.prefix.hits > 0, ov.prefix.stats()
+    for k in changed:
+        assert not np.array_equal(full.params[k], before[k]), k
+    # the classification scores a dev evaluation reads (one row per example, candidates scored in the graph), as a
+    # softmax over the classes: invariant to whichever head (full vocabulary or candidates only) computed them
+    task = get_task("rotten-tomatoes")
+    examples = task.load(seed=0, k=8).test[:12]
+    tok = load_tokenizer(_model())
+    want, got = (evaluate(o, tok, task, examples, max_len=48) for o in (full, ov))
+
+    def softmax(loglik: np.ndarray) -> np.ndarray:
+        z = np.exp(loglik - loglik.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    assert np.array_equal(got.predictions, want.predictions), (got.predictions, want.predictions)
+    assert np.max(np.abs(softmax(got.loglik) - softmax(want.loglik))) < 1e-5
+
+
+def _int4_model() -> str:
+    if not os.environ.get("ZO_EDGE_OV_INT4_MODEL"):
+        pytest.skip("needs an INT4 (MatMulNBits) export in ZO_EDGE_OV_INT4_MODEL (run `make test-openvino`)")
+    return os.environ["ZO_EDGE_OV_INT4_MODEL"]
+
+
+#: the nodes onnxruntime runs on its own CPU kernels inside an OpenVINO session (measured, onnxruntime-openvino
+#: 1.24 / OpenVINO 2025.4): integer index bookkeeping that OpenVINO's EP does not claim; OpenVINO runs the rest
+CPU_FALLBACK_OPS = frozenset({"NonZero", "Less", "Xor", "Mod"})
+
+
+@pytest.mark.parametrize("which", ["fp32", "int4"])
+def test_openvino_computes_the_arithmetic_itself(which, monkeypatch):
+    """onnxruntime hands OpenVINO every node it claims and runs the others on its CPU kernels, silently: a graph
+    whose MatMul or MatMulNBits fell back that way would agree with CPU by construction, and every agreement check
+    here would be vacuous. Profiled (onnxruntime's per-node provider), the only nodes the CPU EP runs in an OpenVINO
+    session are integer index ops (CPU_FALLBACK_OPS); every matmul, MatMulNBits, softmax and norm is OpenVINO's."""
+    import runtime.session as session_module
+    from runtime.oracle import Oracle
+    from runtime.session import GraphSession
+
+    class Profiled(ort.SessionOptions):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enable_profiling = True
+
+    monkeypatch.setattr(session_module.ort, "SessionOptions", Profiled)
+    model = _model() if which == "fp32" else _int4_model()
+    session = GraphSession(model, "openvino", provider_options=FP32["openvino"])
+    Oracle(session).sample_losses(_batch(session.manifest.vocab_size, 0, 3, 9))
+    trace = Path(session.session.end_profiling())
+    events = [e for e in json.loads(trace.read_text()) if e.get("cat") == "Node" and "provider" in e.get("args", {})]
+    trace.unlink()
+    on_cpu = {e["args"]["op_name"] for e in events if e["args"]["provider"] == "CPUExecutionProvider"}
+    on_ov = [e for e in events if e["args"]["provider"] == "OpenVINOExecutionProvider"]
+    assert on_ov, "no node ran on OpenVINO"
+    assert on_cpu <= CPU_FALLBACK_OPS, f"{which}: onnxruntime's CPU kernels ran {sorted(on_cpu - CPU_FALLBACK_OPS)}"
+
+
+def test_int4_training_graph_with_a_trained_adapter_gives_cpus_losses():
+    """The INT4 training graph (MatMulNBits base, frozen) with a ZO-Act-shaped adapter in the P/Q ports (how an INT4
+    run's state is fed: nothing folds into packed weights) and a perturbation on top: OpenVINO at FP32 and at its
+    default precision give CPU's row losses to 1e-5 relative (OpenVINO dequantizes the 4-bit blocks itself)."""
+    from runtime.oracle import Oracle
+    from runtime.session import GraphSession
+    from runtime.trained_state import LowRank
+
+    model = _int4_model()
+    oracles = {
+        "cpu": Oracle(GraphSession(model, "cpu")),
+        "openvino-fp32": Oracle(GraphSession(model, "openvino", provider_options=FP32["openvino"])),
+        "openvino-default": Oracle(GraphSession(model, "openvino")),
+    }
+    manifest = oracles["cpu"].manifest
+    assert manifest.dtype == "int4", f"{model} is not an INT4 export"
+    rng = np.random.default_rng(7)
+    basis = {g.name: np.linalg.qr(rng.standard_normal((g.d_in, 4)))[0].astype(np.float32) for g in manifest.groups}
+    coeff = {s.name: (rng.standard_normal((s.d_out, 4)) * 0.3).astype(np.float32) for s in manifest.linears}
+    perturb = {s.name: LowRank(q=coeff[s.name][:, :1] * 0.1, p=basis[s.group][:, :1]) for s in manifest.linears[:4]}
+    batch = _batch(manifest.vocab_size, 5, 4, 15)
+    got = {}
+    for name, o in oracles.items():
+        assert not o.trained.fold, f"{name}: an INT4 export cannot fold updates into its packed weights"
+        rows = [o.sample_losses(batch)]
+        for s in manifest.linears:
+            o.trained.set_adapter(s.name, LowRank(q=coeff[s.name].copy(), p=basis[s.group]))
+        rows += [o.sample_losses(batch), o.sample_losses(batch, lowrank=perturb)]
+        got[name] = rows
+    for name in ("openvino-fp32", "openvino-default"):
+        rel = [float(np.max(np.abs(c - v) / np.abs(c))) for c, v in zip(got["cpu"], got[name], strict=True)]
+        assert max(rel) < 1e-5, f"{name} vs cpu, max relative |Δ row loss| per pass: {[f'{r:.1e}' for r in rel]}"
+    assert np.max(np.abs(got["cpu"][1] - got["cpu"][0])) > 1e-2, "the adapter did not change the losses"
+
+
 # --- the merged (deployable) graphs ------------------------------------------------------------------------------
 def _merged_env(var: str) -> Path:
     if not os.environ.get(var):
