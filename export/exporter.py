@@ -290,7 +290,7 @@ def export_model(
             ],
             export_seconds=round(time.time() - t0, 2),
             splits=splits,
-            features=_features(cfg),
+            features=_features(cfg, head_split=len(model.get_submodule(arch.layers_path)) in splits),
         )
         (tmp / contract.MANIFEST_FILE).write_text(manifest.to_json())
     return manifest
@@ -323,9 +323,12 @@ def _use_fused_attention(model: nn.Module, arch: Architecture) -> None:
     model.config._attn_implementation = FUSED_ATTENTION
 
 
-def _features(cfg: ExportConfig) -> list[str]:
-    """The manifest's optional capabilities: every export's, plus those of the options chosen."""
+def _features(cfg: ExportConfig, head_split: bool = False) -> list[str]:
+    """The manifest's optional capabilities: every export's, plus those of the options chosen (``head_split``:
+    the splits include the head's, so export/split.py wrote the candidates' head beside its pair)."""
     features = list(contract.FEATURES)
+    if head_split:
+        features.append(contract.FEATURE_CANDIDATE_HEAD)
     if cfg.attention == "fused":
         features.append(contract.FEATURE_FUSED_ATTENTION)
     if cfg.int4_embedding:

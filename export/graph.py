@@ -35,7 +35,7 @@ from export.architectures.base import Architecture
 from export.ports import PortContext, PortedLinear, feeding
 from runtime import contract
 
-__all__ = ["PortLayout", "TrainingForward", "install_ports", "position_ids_from_mask", "row_losses"]
+__all__ = ["PortLayout", "TrainingForward", "install_ports", "loss_positions", "position_ids_from_mask", "row_losses"]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -46,6 +46,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     #17). Masking by multiplication uses only CumSum/Sub/Mul, which every provider computes exactly.
     """
     return (torch.cumsum(attention_mask, dim=1) - 1) * attention_mask
+
+
+def loss_positions(attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx, row) of the effective loss positions: flat indices into ``hidden[:, :-1]`` of the positions whose
+    next token is a real, loss-masked target (the predicting position real too), and the row of each."""
+    effective = loss_mask[:, 1:] * attention_mask[:, 1:] * attention_mask[:, :-1]
+    idx = torch.nonzero(effective.reshape(-1)).reshape(-1)
+    return idx, torch.div(idx, attention_mask.shape[1] - 1, rounding_mode="floor")
 
 
 def row_losses(
@@ -60,9 +68,8 @@ def row_losses(
 ) -> tuple[torch.Tensor, ...]:
     """Per-row summed NLL and token counts over the effective loss positions (see the module diagram); with
     ``candidate_ids`` [C] also the per-row summed log-probabilities of those tokens, [B, C]."""
-    batch, seq, dim = hidden.shape
-    effective = loss_mask[:, 1:] * attention_mask[:, 1:] * attention_mask[:, :-1]
-    idx = torch.nonzero(effective.reshape(-1)).reshape(-1)
+    batch, _, dim = hidden.shape
+    idx, row = loss_positions(attention_mask, loss_mask)
     h = hidden[:, :-1].reshape(-1, dim).index_select(0, idx)
     logits = torch.nn.functional.linear(h, head_weight, head_bias)
     if logits_transform is not None:
@@ -70,7 +77,6 @@ def row_losses(
     targets = input_ids[:, 1:].reshape(-1).index_select(0, idx)
     lse = torch.logsumexp(logits, dim=-1)
     nll = lse - logits.gather(1, targets.unsqueeze(1)).squeeze(1)
-    row = torch.div(idx, seq - 1, rounding_mode="floor")
     zeros = torch.zeros(batch, dtype=hidden.dtype)
     row_nll = zeros.scatter_add(0, row, nll)
     row_count = zeros.scatter_add(0, row, torch.ones_like(nll))

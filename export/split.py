@@ -10,7 +10,10 @@ runtime computes their output once (runtime/prefix_cache.py) and runs only the s
 
 S = n (the number of blocks) is the head's split: the prefix is the whole stack and the suffix only the final norm
 and the loss head, so a ``--layers head`` run (the final norm's gain, every block frozen) costs one prefix pass per
-training example for the whole run and next to nothing per ± pass.
+training example for the whole run and next to nothing per ± pass. Beside that pair the head's split also gets
+``candidates_n.onnx`` (``CandidateHeadForward``): the final norm and only the C candidates' rows of the LM head,
+for the one-row classification passes that are all a ``--layers head`` step makes (their softmax over the
+candidates does not need the vocabulary's log-sum-exp, which is 28M of a SmolLM2 row's 28.3M head MACs).
 
 Both graphs read the model's parameters as ``param::`` inputs, the same names and values as ``model.onnx`` (so one
 ``params.safetensors`` feeds all three, bound zero-copy from the same numpy buffers); ``input_ids`` enter the suffix
@@ -28,10 +31,10 @@ import torch
 from torch import nn
 
 from export.architectures.base import Architecture
-from export.graph import PortLayout, TrainingForward, position_ids_from_mask
+from export.graph import PortLayout, TrainingForward, loss_positions, position_ids_from_mask
 from runtime import contract
 
-__all__ = ["PrefixForward", "SuffixForward", "suffix_layout"]
+__all__ = ["CandidateHeadForward", "PrefixForward", "SuffixForward", "suffix_layout"]
 
 
 class PrefixForward(nn.Module):
@@ -65,6 +68,32 @@ class SuffixForward(TrainingForward):
 
     def forward(self, hidden_in, input_ids, attention_mask, loss_mask, probe_rows, candidate_ids, *ports):
         return self.outputs(input_ids, attention_mask, loss_mask, probe_rows, candidate_ids, ports, hidden_in)
+
+
+class CandidateHeadForward(nn.Module):
+    """The candidates' head at the head's split (runtime/contract.py ``candidate_head_file``): the final norm and
+    the C candidates' rows of the LM head at the loss positions, summed per row. Without the vocabulary-wide
+    log-sum-exp a ``--layers head`` pass costs C x d MACs a row instead of V x d (SmolLM2: 2 x 576 vs 49152 x 576),
+    so a step's queries are nearly free once the prefix cache holds the training set."""
+
+    def __init__(self, model: nn.Module, arch: Architecture) -> None:
+        super().__init__()
+        self.model = model  # the exporter's parameter-name prefix (``model.``)
+        self.arch = arch
+
+    def forward(self, hidden_in, attention_mask, loss_mask, candidate_ids):
+        batch, _, dim = hidden_in.shape
+        idx, row = loss_positions(attention_mask, loss_mask)
+        h = self.arch.final_norm(self.model, hidden_in[:, :-1].reshape(-1, dim).index_select(0, idx))
+        bias = self.arch.lm_head_bias(self.model)
+        logits = torch.nn.functional.linear(
+            h,
+            self.arch.lm_head_weight(self.model).index_select(0, candidate_ids),
+            None if bias is None else bias.index_select(0, candidate_ids),
+        )
+        logits = self.arch.logits_transform(logits)
+        per_row = torch.zeros(batch, candidate_ids.shape[0], dtype=hidden_in.dtype)
+        return per_row.scatter_add(0, row.unsqueeze(1).expand_as(logits), logits)
 
 
 def suffix_layout(layout: PortLayout, start: int) -> PortLayout:
@@ -161,3 +190,34 @@ def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list
             head_name = contract.param_name(next(k for k in arrays if k.startswith(arch.embed_path)))
         _head_to_gemm(g, head_name)
         _save_graph(g, suffix_path)
+    if len(model.get_submodule(arch.layers_path)) in splits:
+        write_candidate_head(model, arch, layout, cfg.opset, folder)
+
+
+def write_candidate_head(model: nn.Module, arch: Architecture, layout: PortLayout, opset: int, folder: Path) -> None:
+    """Trace ``candidate_head_file(n)`` (``CandidateHeadForward``) with the params lifted to ``param::`` inputs."""
+    from export.exporter import _dummy_inputs, _lift_params, _save_graph, trace_to_onnx
+
+    args, _, _ = _dummy_inputs(model, suffix_layout(layout, 10**9), 1)
+    ids, attn, loss, _, candidate_ids = args[:5]
+    hidden = torch.randn(*ids.shape, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    token_axes = {0: "batch", 1: "seq"}
+    path = folder / contract.candidate_head_file(len(model.get_submodule(arch.layers_path)))
+    trace_to_onnx(
+        CandidateHeadForward(model, arch),
+        (hidden, attn, loss, candidate_ids),
+        path,
+        [contract.INPUT_HIDDEN, contract.INPUT_ATTENTION_MASK, contract.INPUT_LOSS_MASK, contract.INPUT_CANDIDATE_IDS],
+        [contract.OUTPUT_ROW_CANDIDATE_LOGIT],
+        {
+            contract.INPUT_HIDDEN: token_axes,
+            contract.INPUT_ATTENTION_MASK: token_axes,
+            contract.INPUT_LOSS_MASK: token_axes,
+            contract.INPUT_CANDIDATE_IDS: {0: "candidates"},
+            contract.OUTPUT_ROW_CANDIDATE_LOGIT: {0: "batch", 1: "candidates"},
+        },
+        opset,
+    )
+    g = onnx.load(str(path))
+    _lift_params(g, arch, layout)
+    _save_graph(g, path)

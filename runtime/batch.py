@@ -69,13 +69,15 @@ class Batch:
     def rows(self, index: np.ndarray | slice) -> Batch:
         return Batch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index], self.candidate_ids)
 
+    def columns(self, start: int) -> Batch:
+        """The batch from column ``start`` on (the same rows)."""
+        return Batch(
+            self.input_ids[:, start:], self.attention_mask[:, start:], self.loss_mask[:, start:], self.candidate_ids
+        )
+
     def trim_left(self) -> Batch:
         """Drop the leading columns that are padding in every row (left padding of a row subset). Exact: positions
         come from the attention mask's running sum and no real token attends a padded one. Keeps >= 2 columns."""
         real = np.flatnonzero(self.attention_mask.any(axis=0))
         start = min(int(real[0]) if real.size else 0, self.input_ids.shape[1] - 2)
-        if start <= 0:
-            return self
-        return Batch(
-            self.input_ids[:, start:], self.attention_mask[:, start:], self.loss_mask[:, start:], self.candidate_ids
-        )
+        return self if start <= 0 else self.columns(start)

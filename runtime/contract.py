@@ -65,6 +65,7 @@ __all__ = [
     "ADAPTER_INFO_FILE",
     "CHECKPOINT_FORMAT_VERSION",
     "FEATURES",
+    "FEATURE_CANDIDATE_HEAD",
     "FEATURE_CANDIDATE_SCORING",
     "FEATURE_FUSED_ATTENTION",
     "FEATURE_INT4_EMBEDDING",
@@ -90,6 +91,7 @@ __all__ = [
     "META_FORMAT_VERSION",
     "META_WEIGHTS_SHA256",
     "OUTPUT_HIDDEN",
+    "OUTPUT_ROW_CANDIDATE_LOGIT",
     "OUTPUT_ROW_CANDIDATE_LOGP",
     "OUTPUT_ROW_COUNT",
     "OUTPUT_ROW_NLL",
@@ -101,6 +103,7 @@ __all__ = [
     "ParamSpec",
     "adapter_p_name",
     "adapter_q_name",
+    "candidate_head_file",
     "check_manifest_dict",
     "checkpoint_param_name",
     "param_name",
@@ -148,6 +151,18 @@ def suffix_graph_file(split: int) -> str:
     return f"suffix_{split}.onnx"
 
 
+# The candidates' head (FEATURE_CANDIDATE_HEAD), at the head's split S = n only: hidden_in [B, T, d] (the prefix's
+# output, the whole stack), attention_mask, loss_mask, candidate_ids ─▶ final norm ─▶ the C candidates' rows of the
+# LM head ─▶ OUTPUT_ROW_CANDIDATE_LOGIT [B, C]. No vocabulary-wide log-sum-exp (28M of a row's 28.3M head MACs on
+# SmolLM2), so the logits are log p(candidate) plus a per-row constant: exact for what is invariant to it (softmax
+# over the candidates, argmax), which is all a one-row classification objective or prediction reads.
+OUTPUT_ROW_CANDIDATE_LOGIT = "row_candidate_logit"
+
+
+def candidate_head_file(split: int) -> str:
+    return f"candidates_{split}.onnx"
+
+
 # Optional graph capabilities, listed in ``Manifest.features`` by the export that has them. A feature is additive
 # (new inputs/outputs; the old ones unchanged), so an export without it still loads and runs the old way: the
 # runtime checks ``Manifest.has`` before using one, instead of bumping FORMAT_VERSION and refusing old exports.
@@ -163,6 +178,8 @@ FEATURES = (FEATURE_CANDIDATE_SCORING, FEATURE_MASKED_POSITIONS)  # what this ex
 FEATURE_FUSED_ATTENTION = "fused_attention"
 # ``--int4-embedding``: the token embedding is GatherBlockQuantized and the LM head MatMulNBits (no float table)
 FEATURE_INT4_EMBEDDING = "int4_embedding"
+# ``candidate_head_file(n)`` exists (an fp32 export whose splits include the head's, n)
+FEATURE_CANDIDATE_HEAD = "candidate_head"
 
 
 # --- every graph tensor name comes from one of these functions -------------------------------------------------

@@ -34,19 +34,33 @@ class ForwardOutputs:
     """What an objective reads from one loss pass: the graph's per-row outputs.
 
     ``candidate_logp`` [B, C] is there when the batch carried ``candidate_ids`` (the contract's candidate scoring:
-    a one-row classification batch), else None.
+    a one-row classification batch), else None. A pass through the candidates' head (``--layers head``, see
+    ``Oracle``) returns ``candidate_logit`` instead, and no NLL: the same scores up to a per-row constant.
     """
 
-    row_nll: np.ndarray  # [B] summed NLL over each row's loss positions
-    row_count: np.ndarray  # [B] number of loss positions
+    row_nll: np.ndarray | None  # [B] summed NLL over each row's loss positions
+    row_count: np.ndarray | None  # [B] number of loss positions
     candidate_logp: np.ndarray | None = None  # [B, C] summed log p(candidate) over each row's loss positions
+    candidate_logit: np.ndarray | None = None  # [B, C] the same minus each row's log-sum-exp (candidates' head)
 
     @classmethod
     def from_run(cls, out: Mapping[str, np.ndarray]) -> ForwardOutputs:
         """From the dict ``Oracle.run`` / ``GraphSession.forward`` return."""
         return cls(
-            out[contract.OUTPUT_ROW_NLL], out[contract.OUTPUT_ROW_COUNT], out.get(contract.OUTPUT_ROW_CANDIDATE_LOGP)
+            out.get(contract.OUTPUT_ROW_NLL),
+            out.get(contract.OUTPUT_ROW_COUNT),
+            out.get(contract.OUTPUT_ROW_CANDIDATE_LOGP),
+            out.get(contract.OUTPUT_ROW_CANDIDATE_LOGIT),
         )
+
+    @property
+    def candidate_scores(self) -> np.ndarray:
+        """[B, C] the candidates' log-likelihoods up to a per-row constant: exact for a softmax over the
+        candidates or an argmax (a one-row classification loss or prediction), whichever head computed them."""
+        scores = self.candidate_logp if self.candidate_logp is not None else self.candidate_logit
+        if scores is None:
+            raise ValueError("this pass scored no candidates: the batch carried no candidate_ids")
+        return scores
 
 
 #: maps one pass's outputs to per-sample losses; the batch loss is their mean
@@ -55,6 +69,8 @@ Objective = Callable[[ForwardOutputs], np.ndarray]
 
 def lm_objective(out: ForwardOutputs) -> np.ndarray:
     """Token-mean NLL of each row (rows without targets count 0)."""
+    if out.row_nll is None or out.row_count is None:
+        raise ValueError("the lm objective needs row_nll: this pass ran the candidates' head (one-row scoring only)")
     return np.asarray(out.row_nll, np.float64) / np.maximum(np.asarray(out.row_count, np.float64), 1.0)
 
 
@@ -83,6 +99,7 @@ class Oracle:
         micro_batch: int = 0,
         blocks: list[int] | None = None,
         prefix: PrefixCache | None = None,
+        candidate_head: GraphSession | None = None,
     ) -> None:
         if micro_batch < 0:
             raise ZoEdgeError(f"micro_batch must be >= 0 (0: whole batch per pass), got {micro_batch}")
@@ -91,6 +108,12 @@ class Oracle:
         self.prefix = prefix
         if session.takes_hidden != (prefix is not None):
             raise ZoEdgeError("a suffix-graph session needs a PrefixCache and a full-graph session must have none")
+        #: the candidates' head (``contract.candidate_head_file``) beside the head's-split suffix, or None: a plain
+        #: loss pass over a one-row classification batch then runs it, C instead of V head rows a row (the only
+        #: pass a ``--layers head`` step makes); NLL passes and probes keep the suffix's full head
+        self.candidate_head = candidate_head
+        if candidate_head is not None and (prefix is None or not candidate_head.takes_hidden):
+            raise ZoEdgeError("the candidates' head runs behind a head's-split PrefixCache only")
         #: rows per onnxruntime pass for loss-only forwards (0: the whole batch in one pass). A row's loss does not
         #: depend on the other rows, so a batch can be cut into row chunks (each trimmed of its all-padding columns)
         #: and the per-row outputs concatenated: the result is the same up to float reassociation, and activation
@@ -129,21 +152,36 @@ class Oracle:
         feeds = self._feeds(lowrank, noise)
         feeds.update(extra or {})
         self.forwards += 1
-        scored = (contract.OUTPUT_ROW_CANDIDATE_LOGP,) if batch.candidate_ids is not None else ()
-        outputs = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *scored, *fetch)
+        session = self.session
+        if batch.candidate_ids is None:
+            outputs: tuple[str, ...] = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *fetch)
+        elif self.candidate_head is not None and not (fetch or noise or extra or lowrank):
+            session, outputs, feeds = self.candidate_head, (contract.OUTPUT_ROW_CANDIDATE_LOGIT,), {}
+        else:
+            outputs = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, contract.OUTPUT_ROW_CANDIDATE_LOGP, *fetch)
         mb = self.micro_batch
         if not mb or batch.size <= mb or fetch or noise or extra:
-            return self._forward(batch, feeds, outputs)
+            return self._forward(session, batch, feeds, outputs)
         parts = [
-            self._forward(batch.rows(slice(i, i + mb)).trim_left(), feeds, outputs) for i in range(0, batch.size, mb)
+            self._forward(session, batch.rows(slice(i, i + mb)).trim_left(), feeds, outputs)
+            for i in range(0, batch.size, mb)
         ]
         return {k: np.concatenate([part[k] for part in parts]) for k in outputs}
 
-    def _forward(self, batch: Batch, feeds: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """One session pass; a suffix session is fed the cached prefix hidden states of exactly these rows."""
-        if self.prefix is not None:
-            feeds = {**feeds, contract.INPUT_HIDDEN: self.prefix.hidden(batch)}
-        return self.session.forward(batch, feeds, outputs)
+    def _forward(
+        self, session: GraphSession, batch: Batch, feeds: dict[str, np.ndarray], outputs: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """One session pass; a suffix session is fed the cached prefix hidden states of exactly these rows (the
+        candidates' head only the columns from the first scored position on: nothing before it reaches its output)."""
+        if self.prefix is None:
+            return session.forward(batch, feeds, outputs)
+        hidden = self.prefix.hidden(batch)
+        if session is self.candidate_head:
+            scored = batch.loss_mask[:, 1:] * batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]
+            cols = np.flatnonzero(scored.any(axis=0))
+            first = int(cols[0]) if cols.size else 0
+            batch, hidden = batch.columns(first), hidden[:, first:]
+        return session.forward(batch, {**feeds, contract.INPUT_HIDDEN: hidden}, outputs)
 
     def sample_losses(
         self,

@@ -47,6 +47,9 @@ class PrefixCache:
         self.hits = 0
         self.misses = 0
         self.prefix_passes = 0
+        #: the last batch looked up and its hidden states: a step's ± passes and queries all score one Batch
+        #: object, so its [B, T, d] array is assembled once per step, not once per pass
+        self._last: tuple[Batch, np.ndarray] | None = None
 
     def _key(self, batch: Batch, i: int) -> bytes:
         real = batch.attention_mask[i] != 0
@@ -59,7 +62,11 @@ class PrefixCache:
         return real & _scored(batch, i) if self.scored_only else real
 
     def hidden(self, batch: Batch) -> np.ndarray:
-        """[B, T, d] float32 hidden states entering the split block, laid out like ``batch`` (padding: zeros)."""
+        """[B, T, d] float32 hidden states entering the split block, laid out like ``batch`` (padding: zeros).
+        Read-only: the same array comes back for the same Batch object."""
+        if self._last is not None and self._last[0] is batch:
+            self.hits += batch.size
+            return self._last[1]
         keys = [self._key(batch, i) for i in range(batch.size)]
         missing = [i for i, k in enumerate(keys) if k not in self.rows]
         self.hits += batch.size - len(missing)
@@ -86,6 +93,8 @@ class PrefixCache:
         hidden = np.zeros((batch.size, batch.input_ids.shape[1], d), np.float32)
         for i, k in enumerate(keys):
             hidden[i, self._kept(batch, i)] = fresh[i] if i in fresh else self.rows[k]
+        hidden.flags.writeable = False
+        self._last = (batch, hidden)
         return hidden
 
     def stats(self) -> dict[str, float]:
@@ -138,5 +147,9 @@ def make_oracle(
         return Oracle(GraphSession(model_dir, **kw), micro_batch=micro_batch, blocks=blocks), None
     prefix = GraphSession(model_dir, graph_file=contract.prefix_graph_file(split), **kw)
     suffix = GraphSession(model_dir, graph_file=contract.suffix_graph_file(split), params=prefix.params, **kw)
-    cache = PrefixCache(prefix, cache_mb, scored_only=split >= n_blocks(prefix.manifest))
-    return Oracle(suffix, micro_batch=micro_batch, blocks=blocks, prefix=cache), split
+    head_split = split >= n_blocks(prefix.manifest)
+    cache = PrefixCache(prefix, cache_mb, scored_only=head_split)
+    head = None
+    if head_split and prefix.manifest.has(contract.FEATURE_CANDIDATE_HEAD):
+        head = GraphSession(model_dir, graph_file=contract.candidate_head_file(split), params=prefix.params, **kw)
+    return Oracle(suffix, micro_batch=micro_batch, blocks=blocks, prefix=cache, candidate_head=head), split

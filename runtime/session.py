@@ -168,7 +168,8 @@ class GraphSession:
         fetch: tuple[str, ...] = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT),
     ) -> dict[str, np.ndarray]:
         """One pass. ``ports`` maps contract names (port_p(l), probe_omega(g), probe_rows, ...) to arrays."""
-        self._bind(contract.INPUT_IDS, batch.input_ids)
+        if contract.INPUT_IDS in self._input_names:  # the candidates' head reads no tokens
+            self._bind(contract.INPUT_IDS, batch.input_ids)
         self._bind(contract.INPUT_ATTENTION_MASK, batch.attention_mask)
         if contract.INPUT_LOSS_MASK in self._input_names:  # the prefix graph has no loss head
             self._bind(contract.INPUT_LOSS_MASK, batch.loss_mask)

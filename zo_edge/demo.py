@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from runtime.atomic import atomic_folder, atomic_write_json, check_replaceable
-from runtime.contract import FEATURES, MANIFEST_FILE, Manifest
+from runtime.contract import FEATURE_CANDIDATE_HEAD, FEATURES, MANIFEST_FILE, Manifest
 from runtime.errors import ZoEdgeError
 from runtime.layers import n_blocks
 from zo_edge.config import DemoConfig
@@ -92,6 +92,8 @@ def _stale_export(folder: Path, int4: bool) -> str:
         return "has no split graphs"
     if not int4 and n_blocks(m) not in m.splits:
         return "has no head split (--layers head)"
+    if not int4 and not m.has(FEATURE_CANDIDATE_HEAD):
+        return "has no candidates' head (the fast --layers head step)"
     return ""
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from runtime import contract
 from runtime.batch import Batch
-from runtime.oracle import Oracle
+from runtime.oracle import ForwardOutputs, Oracle
 from runtime.tokenizer import Tokenizer
 from zo_edge.batching import candidate_batch, one_row_batch
 from zo_edge.metrics import accuracy, confusion_matrix, macro_f1
@@ -88,7 +88,8 @@ def evaluate(
         if one_row:
             feeds, word_class = one_row_batch(tokenizer, chunk, task, max_len, stats=stats)
             out = oracle.run(Batch.from_dict(feeds))
-            chunk_scores = candidate_class_scores(out[contract.OUTPUT_ROW_CANDIDATE_LOGP], word_class, n_classes)
+            logp = ForwardOutputs.from_run(out).candidate_scores  # up to a per-row constant (candidates' head)
+            chunk_scores = candidate_class_scores(logp, word_class, n_classes)
         else:
             feeds, row_example, row_class = candidate_batch(tokenizer, chunk, task, max_len, stats=stats)
             out = oracle.run(Batch.from_dict(feeds))

@@ -122,8 +122,7 @@ def encode(
         feeds, word_class = one_row_batch(tokenizer, examples, task, max_len, stats=stats)
 
         def one_row_classification(out: ForwardOutputs) -> np.ndarray:
-            assert out.candidate_logp is not None, "a one-row classification batch must return row_candidate_logp"
-            return cross_entropy(candidate_class_scores(out.candidate_logp, word_class, n_classes), labels)
+            return cross_entropy(candidate_class_scores(out.candidate_scores, word_class, n_classes), labels)
 
         return Batch.from_dict(feeds), one_row_classification
     feeds, row_example, row_class = candidate_batch(tokenizer, examples, task, max_len, stats=stats)

@@ -98,6 +98,7 @@ def _check_split(exp, m, start, model_type, tiny):
     from runtime.layers import block_of
 
     if not any(block_of(x.name) >= start for x in m.linears):
+        _check_candidate_head(exp, m, start, base, hidden, params, f, batch)
         return  # the head's split: no block, no port
     spec = next(x for x in m.linears if block_of(x.name) >= start)
     group = next(g for g in m.groups if block_of(g.name) >= start)
@@ -131,3 +132,26 @@ def test_int4_and_unsupported_families_export_no_splits(tiny_export):
     unsupported = sorted(t for t, cls in registered_architectures().items() if not cls.supports_splits)
     for t in unsupported:
         assert tiny_export(t).manifest.splits == [], t
+
+
+def _check_candidate_head(exp, m, start, base, hidden, params, full_out, batch):
+    """The candidates' head at the head's split: its logits are the full graph's candidate log-probabilities plus
+    one constant per row (the vocabulary's log-sum-exp, summed over the row's loss positions), and equal the torch
+    model's logits at those positions."""
+    assert m.has(contract.FEATURE_CANDIDATE_HEAD)
+    head = _session(exp.dir / contract.candidate_head_file(start))
+    names = {i.name for i in head.get_inputs()}
+    assert names <= {*base, contract.INPUT_HIDDEN, *(contract.param_name(k) for k in params)}, names
+    logit = _run(head, {**base, contract.INPUT_HIDDEN: hidden}, params, (contract.OUTPUT_ROW_CANDIDATE_LOGIT,))
+    logit = logit[contract.OUTPUT_ROW_CANDIDATE_LOGIT]
+    shift = logit - full_out[contract.OUTPUT_ROW_CANDIDATE_LOGP]
+    np.testing.assert_allclose(shift, np.repeat(shift[:, :1], shift.shape[1], axis=1), rtol=1e-5, atol=1e-4)
+    assert np.abs(shift).max() > 1.0, "the head must skip the log-sum-exp, not compute it"
+    with torch.no_grad():
+        ids, attn = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
+        logits = exp.reference(input_ids=ids, attention_mask=attn, position_ids=(torch.cumsum(attn, 1) - 1) * attn)
+        logits = logits.logits[:, :-1].numpy()
+    eff = batch.loss_mask[:, 1:] * batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]
+    cand = base[contract.INPUT_CANDIDATE_IDS]
+    want = np.einsum("bt,btc->bc", eff.astype(np.float32), logits[:, :, cand])
+    np.testing.assert_allclose(logit, want, rtol=1e-4, atol=1e-4)

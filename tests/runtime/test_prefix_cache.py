@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from runtime import checkpoint, contract
+from runtime.batch import Batch
 from runtime.layers import n_blocks
 from runtime.loop import LoopConfig, train
 from runtime.oracle import Oracle, lm_objective
@@ -106,6 +107,49 @@ def test_head_only_run_trains_the_final_norm_behind_the_head_split(fp32, tiny):
     assert sum(r.shape[0] for r in cached.prefix.rows.values()) == scored, "the head split keeps only scored positions"
     lengths = {int(n) for n in batch.attention_mask.sum(axis=1)}
     assert cached.prefix.prefix_passes == len(lengths), "the prefix ran again after the first pass over the batch"
+
+
+def test_head_run_scores_one_row_classification_through_the_candidates_head(fp32, tiny):
+    """At the head's split a one-row classification step runs the candidates' head (C head rows, no log-sum-exp):
+    MeZO's losses and moved gain equal the full graph's, the full suffix never runs, and an NLL pass still does."""
+    batch = tiny.make_batch(tiny.VOCAB, seed=7, batch=6, seq=9)
+    one_row = np.zeros_like(batch.loss_mask)
+    one_row[:, -1] = 1  # one loss position a row: the prompt's last token predicts the label word
+    batch = Batch(batch.input_ids, batch.attention_mask, one_row, np.array([3, 5, 11]))
+    labels = np.array([0, 1, 2, 0, 1, 2])
+
+    def ce(out):
+        s = out.candidate_scores
+        return np.log(np.exp(s - s.max(1, keepdims=True)).sum(1)) + s.max(1) - s[np.arange(len(labels)), labels]
+
+    head = [n_blocks(fp32.manifest)]
+    full = Oracle(GraphSession(fp32.dir), blocks=head)
+    cached, _ = make_oracle(fp32.dir, blocks=head)
+    assert cached.candidate_head is not None
+    calls = {"suffix": 0}
+    suffix_forward = cached.session.forward
+    cached.session.forward = lambda *a, **k: (
+        calls.__setitem__("suffix", calls["suffix"] + 1),
+        suffix_forward(*a, **k),
+    )[1]
+    key = contract.checkpoint_param_name(full.manifest.params[0].name)
+    base = full.trained.arrays(include_params=True)[key].copy()
+    reports, gains = [], []
+    for oracle in (full, cached):
+        method = _method("mezo")
+        method.init(oracle, 0)
+        reports.append([method.step(oracle, batch, ce, t).loss for t in range(3)])
+        gains.append(
+            oracle.trained.arrays(include_params=True)[
+                contract.checkpoint_param_name(oracle.manifest.params[0].name)
+            ].copy()
+        )
+    np.testing.assert_allclose(reports[1], reports[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gains[1], gains[0], rtol=1e-5, atol=1e-6)
+    assert np.abs(gains[0] - base).max() > 1e-6, "the steps must move the final norm's gain"
+    assert calls["suffix"] == 0, "a classification step must not run the vocabulary-wide head"
+    out = cached.run(Batch(batch.input_ids, batch.attention_mask, batch.loss_mask))
+    assert calls["suffix"] == 1 and out[contract.OUTPUT_ROW_NLL].shape == (6,)
 
 
 class _Cycling:
