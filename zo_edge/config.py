@@ -327,6 +327,12 @@ class TrainConfig(DataFields, SessionFields):
     """``zo-edge train``: the run, its data, the method (nested Config) and the optimizer (nested OptimConfig)."""
 
     model: str = _f("", "exported model folder (zo-edge export MODEL --out DIR); required")
+    recipe: str = _f(
+        "",
+        "a measured recipe as the base of every other setting: head (MeZO on the final norm behind the cached "
+        "stack, what the demo runs) | every-block (ZO-Act, INT4 exports) | auto (head where the export allows); "
+        "flags given override its values",
+    )
     method: str = _f("zo-act", "ZO method", choices="methods")
     steps: int = _f(200, "training steps")
     out: str = _f("runs/run", "run folder (config.json, checkpoints, metrics.jsonl, loss.png)")
@@ -357,8 +363,12 @@ class TrainConfig(DataFields, SessionFields):
         from zo_edge.batching import BALANCE_CHOICES
         from zo_edge.objectives import OBJECTIVES
         from zo_edge.optim import SCHEDULES
+        from zo_edge.recipes import RECIPES
 
         _check_types(self)
+        _require(
+            self.recipe in ("", *RECIPES), f"unknown recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}, auto"
+        )
         methods = registered_methods()
         _require(
             self.method in methods, f"unknown method {self.method!r}; choose one of: {', '.join(sorted(methods))}"
@@ -439,9 +449,20 @@ class TrainConfig(DataFields, SessionFields):
         top, method, knobs, optim = cls._split(data, f"{toml_path}: " if toml_path else "")
         optim_keys = {s.name for s in field_specs(OptimConfig)}
         top_keys = set(cls.top_keys())
+        flags = {k: v for k, v in flags.items() if v is not None}
+        recipe = flags.get("recipe", top.get("recipe"))
+        if recipe:  # zo_edge/recipes.py: the recipe's values under the TOML's and the flags'
+            from zo_edge.recipes import recipe_values, resolve_recipe
+
+            model = flags.get("model", top.get("model", ""))
+            base = recipe_values(recipe, model, flags.get("method", method))
+            given = {*top, *knobs, *optim, *flags}
+            flags = {
+                **{k: v for k, v in base.items() if k not in given},
+                **flags,
+                "recipe": resolve_recipe(recipe, model),
+            }
         for k, v in flags.items():
-            if v is None:
-                continue
             if k == "method":
                 method = v
             elif k in top_keys:
@@ -630,7 +651,7 @@ class DemoConfig:
     force: bool = _f(
         False, "replace a non-empty --out that is not an earlier demo run (built aside, swapped at the end)"
     )
-    steps: int = _f(0, "training steps (0: the recipe's 300)")
+    steps: int = _f(0, "training steps (0: the recipe's)")
     eval_examples: int = _f(0, "held-out test sentences scored before and after (0: the recipe's 500)")
     int4: bool = _f(False, "train on the INT4 export instead of fp32")
 

@@ -21,6 +21,7 @@ from runtime.contract import FEATURE_CANDIDATE_HEAD, FEATURES, MANIFEST_FILE, Ma
 from runtime.errors import ZoEdgeError
 from runtime.layers import n_blocks
 from zo_edge.config import DemoConfig
+from zo_edge.recipes import RECIPES
 
 __all__ = ["DEMO", "DEMO_INT4", "DEMO_MARKER", "DemoError", "run_demo"]
 
@@ -32,51 +33,12 @@ class DemoError(ZoEdgeError):
     """A step of the demo failed for a reason its own message (printed above) explains."""
 
 
-#: the demo's recipe (issue #13), fp32: the best of the task's candidate prompts on dev (the honest "before"), then
-#: MeZO + Adam on the final norm's gain alone (``--layers head``): every block is a frozen prefix computed once per
-#: example (runtime/prefix_cache.py, the head's split), so after one forward per training example a step costs the
-#: loss head only. It learns where every-block ZO barely moves in 10 minutes (benchmarks/RESULTS.md §7: the gain's
-#: 576 values are a ZO-sized problem, 1.35e8 weights or 1.2e6 coefficients are not). This exact recipe measured
-#: 0.672 -> 0.744 on these 500 test sentences; ``--layers top:1,head --kinds norm`` (the top block's norms too)
-#: measured 0.762 but costs a block per pass, about 3x the demo's time. One row per example, candidate CE.
-DEMO = dict(
-    task="rotten-tomatoes",
-    method="mezo",
-    template="auto",
-    layers="head",
-    optimizer="adam",
-    lr=1e-2,
-    mu=1e-3,
-    dist="rademacher",
-    queries=4,
-    steps=300,
-    batch_size=32,
-    max_len=0,
-    k=256,
-    dev_k=32,
-    eval_examples=500,
-    objective="classification",
-    save_every=100,
-    eval_every=100,
-    seed=0,
-)
-#: INT4 graphs have no split graphs and MeZO needs float weights: the INT4 demo trains ZO-Act's coefficients on
-#: every block (its earlier recipe: +7 points from a good prompt in 10 minutes, issue #13)
-DEMO_INT4 = dict(
-    DEMO,
-    method="zo-act",
-    layers="all",
-    optimizer=None,
-    lr=None,
-    mu=1e-2,
-    dist=None,
-    queries=1,
-    steps=250,
-    batch_size=8,
-    k=64,
-    save_every=100,
-    eval_every=100,
-)
+#: the demo's recipes (zo_edge/recipes.py, issue #13), on Rotten Tomatoes from the best of the task's candidate
+#: prompts on dev (the honest "before"). fp32: ``head``, MeZO + Adam on the final norm's gain alone, every block a
+#: frozen prefix computed once per example and each ± pass the candidates' head (benchmarks/RESULTS.md §8). INT4
+#: graphs have no split graphs and MeZO needs float weights: ``every-block``, ZO-Act's coefficients on every block.
+DEMO = dict(task="rotten-tomatoes", recipe="head", **RECIPES["head"], eval_examples=500, seed=0)
+DEMO_INT4 = dict(task="rotten-tomatoes", recipe="every-block", **RECIPES["every-block"], eval_examples=500, seed=0)
 
 
 def _stale_export(folder: Path, int4: bool) -> str:

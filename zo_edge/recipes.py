@@ -1,0 +1,85 @@
+"""Measured training recipes: one place for the flag sets that carry zo-edge's results (issue #13, item 7).
+
+``zo-edge train --recipe head`` (or ``recipe = "head"`` in a TOML file) takes a recipe's values as the base of the
+run's configuration; every flag or TOML key given still overrides its value, except the method (a recipe's
+learning rate, perturbation scale and queries are tuned for its method, so ``--method`` other than the recipe's is
+refused in one line). ``zo-edge demo`` runs the same recipes. ``auto`` picks ``head`` where the export has the
+head's split with the candidates' head (an fp32 export of a Llama-family model), else ``every-block``.
+
+The numbers behind each are in benchmarks/RESULTS.md (§8 for ``head``); seed 0, held-out Rotten Tomatoes n = 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["AUTO_RECIPE", "RECIPES", "RecipeError", "recipe_values", "resolve_recipe"]
+
+from runtime.errors import ZoEdgeError
+
+#: MeZO + Adam on the final norm's gain (576 values on SmolLM2) behind the head's split: every block is a frozen
+#: prefix computed once per training example, and each ± pass runs the candidates' head alone (the C label words'
+#: rows of the LM head), so 16 queries a step cost next to nothing. Classification CE from the best prompt on dev.
+HEAD = dict(
+    method="mezo",
+    layers="head",
+    optimizer="adam",
+    lr=1e-2,
+    mu=1e-3,
+    dist="rademacher",
+    queries=16,
+    steps=1000,
+    batch_size=32,
+    k=256,
+    dev_k=32,
+    objective="classification",
+    template="auto",
+    max_len=0,
+    save_every=250,
+    eval_every=250,
+)
+#: ZO-Act's coefficients on every block: exports without split graphs (INT4 MatMulNBits, families without splits)
+EVERY_BLOCK = dict(
+    method="zo-act",
+    layers="all",
+    mu=1e-2,
+    queries=1,
+    steps=250,
+    batch_size=8,
+    k=64,
+    dev_k=32,
+    objective="classification",
+    template="auto",
+    max_len=0,
+    save_every=100,
+    eval_every=100,
+)
+RECIPES: dict[str, dict[str, Any]] = {"head": HEAD, "every-block": EVERY_BLOCK}
+AUTO_RECIPE = "auto"
+
+
+class RecipeError(ZoEdgeError, ValueError):
+    """An unknown recipe, or flags that contradict the recipe's method."""
+
+
+def resolve_recipe(name: str, model: str) -> str:
+    """The recipe ``name`` stands for: itself, or for ``auto`` the best one ``model``'s export can run."""
+    if name == AUTO_RECIPE:
+        from runtime.contract import FEATURE_CANDIDATE_HEAD, Manifest
+
+        return "head" if model and Manifest.load(model).has(FEATURE_CANDIDATE_HEAD) else "every-block"
+    if name not in RECIPES:
+        raise RecipeError(f"--recipe {name!r} is not a recipe; choose one of: {', '.join([*RECIPES, AUTO_RECIPE])}")
+    return name
+
+
+def recipe_values(name: str, model: str, method: str | None) -> dict[str, Any]:
+    """The flat values of recipe ``name`` for ``model`` (``method``: the one given, if any, must be the recipe's)."""
+    resolved = resolve_recipe(name, model)
+    values = RECIPES[resolved]
+    if method is not None and method != values["method"]:
+        raise RecipeError(
+            f"--recipe {name} trains with {values['method']} (its lr, mu and queries are tuned for it); drop --recipe "
+            f"to train with --method {method}"
+        )
+    return dict(values)
