@@ -13,6 +13,22 @@
    deployable graphs (``onnx/``, ``onnx-int4/``) on CPU and OpenVINO: last-token accuracy, agreement, |Δ loglik| and
    greedy tokens through the KV cache (``zo_edge.cross_provider.merged_report``).
 
+Two more suites on the real model (``--suite``), each a CPU-trained run, a run trained *through* OpenVINO or a
+merged graph, evaluated on CPU, OpenVINO at FP32 and OpenVINO at its default precision:
+
+    .venv-ov/bin/python benchmarks/cross_provider.py --suite head --model artifacts/h5x-smollm2-fp32 --steps 300
+    .venv-ov/bin/python benchmarks/cross_provider.py --suite int4 --model artifacts/h5x-smollm2-int4 --steps 60 \
+        [--merged artifacts/h5x-smollm2-int4-merged]
+
+* ``head``: the demo's recipe (``zo_edge.demo.DEMO``: the best prompt on dev, MeZO + Adam on the final norm behind
+  the head split's prefix cache), trained on CPU and through OpenVINO (the prefix and suffix graphs run there);
+  the export needs the head split (``zo-edge export --splits auto`` or ``--splits 30``);
+* ``int4``: ``DEMO_INT4`` (ZO-Act on every block of a MatMulNBits export) on CPU, its merge (``zo-edge merge``, main
+  venv) with ``--merged``: does OpenVINO compute MatMulNBits as CPU does?
+
+Every row records the 1/5/15-min load average (``os.getloadavg``) at its end: times from a shared machine are not
+speeds.
+
 Resumable: each stage appends one JSON line to ``benchmarks/results/cross_provider.jsonl`` and is skipped when its
 key is there (``--force`` reruns); the run folders are reused when they hold a ``best`` checkpoint.
 """
@@ -21,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,12 +46,25 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
 from runtime.batch import Batch  # noqa: E402
+from runtime.generate import Generator  # noqa: E402
 from runtime.oracle import Oracle  # noqa: E402
+from runtime.providers import computed_precision  # noqa: E402
 from runtime.session import GraphSession  # noqa: E402
 from zo_edge.batching import candidate_batch  # noqa: E402
 from zo_edge.cli import main as zo_edge_main  # noqa: E402
-from zo_edge.cross_provider import compare, format_report, layer_divergence, merged_graphs, merged_report  # noqa: E402
+from zo_edge.config import read_run_config  # noqa: E402
+from zo_edge.cross_provider import (  # noqa: E402
+    compare,
+    compare_greedy,
+    evaluate_merged,
+    format_report,
+    greedy_tokens,
+    layer_divergence,
+    merged_graphs,
+    merged_report,
+)
 from zo_edge.data import load_tokenizer  # noqa: E402
+from zo_edge.demo import DEMO, DEMO_INT4  # noqa: E402
 from zo_edge.evaluate import evaluate  # noqa: E402
 from zo_edge.tasks import get_task  # noqa: E402
 from zo_edge.train import load_run  # noqa: E402
@@ -59,6 +89,7 @@ def _done() -> dict[str, dict]:
 
 def _record(row: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    row = {**row, "load": [round(x, 2) for x in os.getloadavg()], "at": time.strftime("%Y-%m-%d %H:%M:%S")}
     with RESULTS.open("a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -112,10 +143,233 @@ def _evaluate_all(
     return results, report
 
 
+# --- the demo's recipes (--suite head / int4) ----------------------------------------------------------------------
+def _recipe_flags(recipe: dict, steps: int, eval_examples: int) -> list[str]:
+    """A recipe of ``zo_edge.demo`` as ``zo-edge train`` flags (the demo's dict is the one place it is written),
+    with fewer steps: checkpoints and dev evaluations keep the demo's spacing, capped at the run's length."""
+    over = {**recipe, "steps": steps, "eval_examples": eval_examples}
+    over["save_every"] = min(recipe["save_every"], steps)
+    over["eval_every"] = min(recipe["eval_every"], steps)
+    flags = []
+    for key, value in over.items():
+        if value is not None:
+            flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
+
+
+def _train_recipe(model: str, out: Path, flags: list[str], provider: str, options: list[str]) -> float:
+    if (out / "best").is_dir():
+        return 0.0
+    t = time.perf_counter()
+    args = ["train", "--model", model, *flags, "--provider", provider, "--out", str(out)]
+    for o in options:
+        args += ["--provider-option", o]
+    if zo_edge_main(args) != 0:
+        raise SystemExit(f"training into {out} failed")
+    return time.perf_counter() - t
+
+
+def _run_task(run: Path):
+    """(task, max_len) a run trained with: the prompt ``--template auto`` chose on dev and the ``--max-len 0`` it
+    resolved are in its config.json, and the base is scored with the same prompt (the demo's honest "before")."""
+    cfg = read_run_config(run)
+    task = get_task(cfg["task"])
+    if cfg.get("template") or cfg.get("labels"):
+        task = task.with_prompt(cfg.get("template") or None, cfg.get("labels") or None)
+    return task, int(cfg["max_len"])
+
+
+def _merged_all(onnx_dir: Path, dtype: str, targets, task, examples, tok, max_len: int):
+    """``merged_report`` over the benchmark's targets (one provider may appear twice, at two precisions)."""
+    gens = {lbl: Generator(onnx_dir, prov, provider_options=opts or None) for lbl, prov, opts in targets}
+    results = {lbl: evaluate_merged(g, tok, task, examples, max_len=max_len) for lbl, g in gens.items()}
+    probe = examples[:8]
+    greedy = {lbl: greedy_tokens(g, tok, task, probe, max_len=max_len, new_tokens=16) for lbl, g in gens.items()}
+    rep = compare(
+        results,
+        precisions={lbl: computed_precision(g.providers[0], g.provider_options[0], dtype) for lbl, g in gens.items()},
+        options={lbl: g.provider_options[0] for lbl, g in gens.items()},
+        label=f"merged {onnx_dir}",
+    )
+    rep.greedy = compare_greedy(greedy)
+    return rep
+
+
+def _eval_stage(done: dict, key: str, model: str, run: Path | None, task, examples, tok, max_len, targets) -> dict:
+    if key in done:
+        return done[key]
+    t = time.perf_counter()
+    _, rep = _evaluate_all(model, run, task, examples, tok, max_len, targets)
+    print(format_report(rep), flush=True)
+    row = {"key": key, "report": rep.to_dict(), "text": format_report(rep), "seconds": round(time.perf_counter() - t)}
+    _record(row)
+    return row
+
+
+def _accuracy(row: dict) -> dict[str, float]:
+    return {r["provider"]: r["accuracy"] for r in row["report"]["rows"]}
+
+
+def _print_gains(title: str, base: dict, runs: dict[str, dict]) -> None:
+    """Per target: the base's accuracy, each run's and its gain; ``kept`` = that target's gain over CPU's."""
+    print(f"\n=== {title} ===")
+    print(f"{'evaluated on':<17} {'base':>7}" + "".join(f" {name:>18} {'gain':>7} {'kept':>6}" for name in runs))
+    base_acc = _accuracy(base)
+    for lbl, _, _ in TARGETS:
+        if lbl not in base_acc:
+            continue
+        line = f"{lbl:<17} {base_acc[lbl]:>7.4f}"
+        for row in runs.values():
+            acc = _accuracy(row)
+            if lbl not in acc:
+                line += f" {'-':>18} {'-':>7} {'-':>6}"
+                continue
+            gain, cpu_gain = acc[lbl] - base_acc[lbl], acc["cpu"] - base_acc["cpu"]
+            kept = f"{gain / cpu_gain:.0%}" if cpu_gain else "-"
+            line += f" {acc[lbl]:>18.4f} {gain:>+7.4f} {kept:>6}"
+        print(line)
+
+
+def _evaluate_head_states(model: str, states: dict, examples, tok, targets) -> dict:
+    """Every state of a ``--layers head`` comparison (the base and runs that trained the final norm only) on every
+    target, through the head split as the runs trained: per target one oracle whose prefix cache (the whole stack,
+    computed by that provider) serves every state, since the states differ in the final norm alone. Returns
+    ``{state: CrossProviderReport}`` (no per-layer part: the head's suffix has no block probes)."""
+    from runtime.contract import Manifest
+    from runtime.layers import n_blocks
+    from runtime.prefix_cache import make_oracle
+
+    n = n_blocks(Manifest.load(model))
+    results: dict[str, dict] = {name: {} for name in states}
+    precisions, options = {}, {}
+    for label, provider, opts in targets:
+        oracle, split = make_oracle(model, blocks=[n], provider=provider, provider_options=opts or None)
+        assert split == n, f"{model}: the head's split {n} was not used (got {split})"
+        precisions[label] = oracle.session.precision
+        options[label] = oracle.session.provider_options[oracle.session.providers[0]]
+        for name, (run, task, max_len) in states.items():  # the base first: nothing loaded yet
+            if run is not None:
+                load_run(oracle, run, "best")
+            t = time.perf_counter()
+            results[name][label] = evaluate(oracle, tok, task, examples, max_len=max_len)
+            print(
+                f"  [{name}] {label}: accuracy {results[name][label].accuracy:.4f} ({time.perf_counter() - t:.0f} s)",
+                flush=True,
+            )
+    return {
+        name: compare(results[name], precisions=precisions, options=options, label=str(run or "base"))
+        for name, (run, _, _) in states.items()
+    }
+
+
+def head_suite(a, done: dict) -> None:
+    """The demo's fp32 recipe (``DEMO``: MeZO on the final norm behind the head split), trained on CPU and through
+    OpenVINO at FP32, each evaluated on every target, beside the base with the same prompt."""
+    from runtime.contract import Manifest
+    from runtime.layers import n_blocks
+
+    manifest = Manifest.load(a.model)
+    if n_blocks(manifest) not in manifest.splits:
+        raise SystemExit(f"{a.model} has no head split (splits {manifest.splits}); export with --splits auto")
+    steps = a.steps or DEMO["steps"]
+    recipe = {**DEMO, **{k: v for k, v in (("k", a.k), ("dev_k", a.dev_k)) if v}}
+    flags = _recipe_flags(recipe, steps, a.eval_examples)
+    runs = Path(a.runs) / "head"
+    name = f"k{recipe['k']}-s{steps}"
+    trained = {"cpu-trained": runs / f"cpu-{name}", "openvino-trained": runs / f"openvino-{name}"}
+    for provider, options in (("cpu", []), ("openvino", ["precision=FP32"])):
+        run = trained[f"{provider}-trained"]
+        key = f"head/train-{provider}/{Path(a.model).name}/{name}"
+        if key not in done:
+            seconds = _train_recipe(a.model, run, flags, provider, options)
+            test = json.loads((run / "test.json").read_text()) if (run / "test.json").is_file() else None
+            _record({"key": key, "run": str(run), "seconds": round(seconds, 1), "flags": flags, "test": test})
+    task, max_len = _run_task(trained["cpu-trained"])
+    examples = task.load(seed=0, k=recipe["k"]).test[: a.eval_examples]
+    tok = load_tokenizer(a.model)
+    tag = f"head/eval/{Path(a.model).name}/n{len(examples)}/{name}"
+    states = {"base": (None, task, max_len)}
+    for state, run in trained.items():
+        run_task, run_len = _run_task(run)
+        if run_task.prompt != task.prompt:
+            print(f"  [{state}] chose another prompt on dev than the CPU run: {run_task.prompt.describe()}")
+        states[state] = (run, run_task, run_len)
+    targets = [t for t in TARGETS if t[0] != "openvino-default" or "base" in a.default_on.split(",")]
+    if f"{tag}/base" not in done:
+        t = time.perf_counter()
+        reports = _evaluate_head_states(a.model, states, examples, tok, targets)
+        seconds = round(time.perf_counter() - t)
+        for state, rep in reports.items():
+            _record({"key": f"{tag}/{state}", "report": rep.to_dict(), "text": format_report(rep), "seconds": seconds})
+        done = _done()
+    rows = {state: done[f"{tag}/{state}"] for state in states}
+    for row in rows.values():
+        print(row["text"])
+    _print_gains(f"{tag}: the demo's recipe", rows["base"], {k: rows[k] for k in trained})
+
+
+def int4_suite(a, done: dict) -> None:
+    """``DEMO_INT4`` (ZO-Act on a MatMulNBits export) trained on CPU; base, run and (``--merged``) its merged graphs
+    on every target: CPU, OpenVINO at FP32, OpenVINO at its default precision."""
+    from runtime.contract import Manifest
+
+    manifest = Manifest.load(a.model)
+    if manifest.dtype != "int4":
+        raise SystemExit(f"{a.model} is a {manifest.dtype} export; --suite int4 needs `zo-edge export --int4`")
+    steps = a.steps or 60
+    flags = _recipe_flags(DEMO_INT4, steps, a.eval_examples)
+    run = Path(a.runs) / "int4" / f"cpu-{steps}"
+    key = f"int4/train-cpu/{Path(a.model).name}/{steps}"
+    if key not in done:
+        seconds = _train_recipe(a.model, run, flags, "cpu", [])
+        test = json.loads((run / "test.json").read_text()) if (run / "test.json").is_file() else None
+        _record({"key": key, "run": str(run), "seconds": round(seconds, 1), "flags": flags, "test": test})
+    task, max_len = _run_task(run)
+    examples = task.load(seed=0, k=DEMO_INT4["k"]).test[: a.eval_examples]
+    tok = load_tokenizer(a.model)
+    tag = f"int4/eval/{Path(a.model).name}/n{len(examples)}"
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
+    rows = {}
+    for name, state in (("base", None), ("cpu-trained", run)):
+        key = f"{tag}/{name}" + ("" if state is None else f"/{steps}")
+        if key in done or not only or name in only:
+            rows[name] = _eval_stage(done, key, a.model, state, task, examples, tok, max_len, TARGETS)
+    merged = {}
+    if a.merged and (not only or "merged" in only):
+        for dtype, onnx_dir in merged_graphs(a.merged).items():
+            key = f"{tag}/merged-{dtype}/{Path(a.merged).name}"
+            if key not in done:
+                t = time.perf_counter()
+                rep = _merged_all(onnx_dir, dtype, TARGETS, task, examples, tok, max_len)
+                print(format_report(rep), flush=True)
+                text = format_report(rep)
+                _record({"key": key, "report": rep.to_dict(), "text": text, "seconds": round(time.perf_counter() - t)})
+                done = _done()
+            merged[dtype] = done[key]
+    for row in [*rows.values(), *merged.values()]:
+        print(row["text"])
+    if "base" in rows:
+        _print_gains(
+            f"{tag}: DEMO_INT4, {steps} steps",
+            rows["base"],
+            {k: v for k, v in {**rows, **{f"merged-{d}": r for d, r in merged.items()}}.items() if k != "base"},
+        )
+
+
 def main() -> None:
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="exported fp32 model folder (exported after the issue-17 fix)")
-    ap.add_argument("--steps", type=int, default=60, help="CPU fine-tuning steps")
+    ap.add_argument("--model", required=True, help="exported model folder (exported after the issue-17 fix)")
+    ap.add_argument(
+        "--suite",
+        default="zo-act",
+        choices=("zo-act", "head", "int4"),
+        help="zo-act: the short ZO-Act recipe (session 3's rows); head: the demo's fp32 recipe trained on CPU and "
+        "through OpenVINO; int4: DEMO_INT4 on an INT4 export, with --merged its merged graphs (default: zo-act)",
+    )
+    ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps (0: zo-act 60, head the demo's, int4 60)")
+    ap.add_argument("--k", type=int, default=0, help="--suite head: training examples per class (0: the demo's)")
+    ap.add_argument("--dev-k", type=int, default=0, help="--suite head: dev examples per class (0: the demo's)")
     ap.add_argument("--ov-steps", type=int, default=10, help="steps of the run trained through OpenVINO (0: skip)")
     ap.add_argument("--ov-calib-batches", type=int, default=8, help="ZO-Act calibration batches of that run")
     ap.add_argument(
@@ -146,8 +400,13 @@ def main() -> None:
         default="base,cpu-trained,openvino-trained",
         help="states also evaluated at OpenVINO's default precision (comma list; each costs one more evaluation)",
     )
+    ap.add_argument("--results", default="", help="JSON-lines file the stages append to and resume from")
     a = ap.parse_args()
+    RESULTS = Path(a.results) if a.results else RESULTS
     done = {} if a.force else _done()
+    if a.suite != "zo-act":
+        return (head_suite if a.suite == "head" else int4_suite)(a, done)
+    a.steps = a.steps or 60
     only = {x.strip() for x in a.only.split(",") if x.strip()}
     runs = Path(a.runs)
     task = get_task("rotten-tomatoes")
