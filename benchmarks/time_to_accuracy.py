@@ -65,6 +65,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_DIR, RESULTS_DIR, ROOT, load_results, machine_info, run_cell  # noqa: E402
 
+from zo_edge.recipes import RECIPES  # noqa: E402
+
 TASKS = {
     "rt": dict(task="rotten-tomatoes", k=512, dev_k=16, batch_size=8, n_test=0),
     "trec": dict(task="trec", k=32, dev_k=8, batch_size=4, n_test=0),
@@ -78,19 +80,13 @@ ROWS: dict[str, dict] = {
     "lozo": {"kind": "zo", "flat": {"method": "lozo"}},
     "agzo": {"kind": "zo", "flat": {"method": "agzo"}},
     # layer-selective at the extreme: only the final norm's gain (d values), every block a cached prefix, so a step
-    # costs the loss head alone once each example's prefix has run (runtime/prefix_cache.py, the head's split);
-    # small enough for Adam's moments and for 4 queries of a 32-example batch per step
+    # costs the candidates' head alone once each example's prefix has run (runtime/prefix_cache.py, the head's
+    # split): the ``head`` recipe of zo_edge/recipes.py, the demo's
     "mezo-head": {
         "kind": "zo",
         "flat": {
-            "method": "mezo",
-            "layers": "head",
-            "optimizer": "adam",
-            "lr": 1e-2,
-            "mu": 1e-3,
-            "dist": "rademacher",
-            "queries": 4,
-            "batch_size": 32,
+            k: RECIPES["head"][k]
+            for k in ("method", "layers", "optimizer", "lr", "mu", "dist", "queries", "batch_size")
         },
     },
     "torch-fo": {"kind": "torch", "lr": 1e-5},
