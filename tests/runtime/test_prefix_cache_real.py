@@ -52,20 +52,22 @@ def test_cached_zo_act_steps_equal_the_full_graph_on_smollm2(real_model_dirs):
 
 
 def test_head_only_mezo_steps_equal_the_full_graph_on_smollm2(real_model_dirs):
-    """``--layers head`` on the real model: the whole stack cached (the head's split), MeZO + Adam on the final
-    norm only, same losses as the full graph step for step, and no block's weight moves."""
+    """``--layers head`` on the real model: the whole stack cached (the head's split), each pass the candidates'
+    head (no vocabulary log-sum-exp), MeZO + Adam on the final norm only, same losses as the full graph step for
+    step, and no block's weight moves."""
     folder = real_model_dirs["fp32"]["dir"]
     session = GraphSession(folder, threads=2)
     head = [n_blocks(session.manifest)]
     assert head[0] in session.manifest.splits, "the default fp32 export must carry the head's split"
     full = Oracle(session, blocks=head)
     cached, used = make_oracle(folder, blocks=head, threads=2)
-    assert used == head[0] and cached.prefix.scored_only
+    assert used == head[0] and cached.prefix.scored_only and cached.candidate_head is not None
     task = get_task("rotten-tomatoes")
     data = task.load(seed=0, k=8)
     batches = TaskBatches(task, data.train, load_tokenizer(folder), 8, 64, 0, "classification", candidate_scoring=True)
     batch, objective = batches.next()
     losses, finals = [], []
+    gain0 = cached.params[cached.manifest.params[0].name].copy()
     for oracle in (full, cached):
         cls = get_method("mezo")
         sched = optim.constant(1e-2)
@@ -75,5 +77,8 @@ def test_head_only_mezo_steps_equal_the_full_graph_on_smollm2(real_model_dirs):
         losses.append([method.step(oracle, batch, objective, t).loss for t in range(3)])
         finals.append(oracle.params[method.names[0]].copy())
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(finals[1], finals[0], rtol=1e-5, atol=1e-6)
+    # the candidates' head rounds differently from log-softmax over 49152 logits (no float32 log-sum-exp to
+    # subtract), and Adam's normalised step passes that on: 2.4e-5 after 3 steps of lr 1e-2 is 0.2% of one step
+    np.testing.assert_allclose(finals[1], finals[0], rtol=1e-4, atol=1e-5)
+    assert np.abs(finals[0] - gain0).max() > 1e-6, "the steps must move the final norm's gain"
     assert cached.prefix.prefix_passes > 0 and cached.prefix.hits > 0
