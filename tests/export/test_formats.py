@@ -276,9 +276,13 @@ def test_gguf_tensors_are_llama_cpp_layout(tiny_lm_dirs, tmp_path):
 
 
 def _llama(path: Path, lora: Path | None = None):
+    import llama_cpp
     from llama_cpp import Llama
 
     kw = {"lora_path": str(lora), "lora_scale": 1.0} if lora else {}
+    # F32 KV cache: llama.cpp's default F16 cache rounds K/V, which moved logits by up to 1.3e-4 between base + LoRA
+    # and the merged model (the same function up to float summation order) in this test
+    kw |= {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32}
     return Llama(model_path=str(path), n_ctx=64, n_threads=2, n_batch=64, logits_all=True, verbose=False, **kw)
 
 
