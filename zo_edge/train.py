@@ -32,6 +32,7 @@ __all__ = [
     "load_task_data",
     "make_oracle",
     "plot_run",
+    "prefill_cache",
     "prepare",
     "resolve_prompt",
     "run_training",
@@ -134,7 +135,28 @@ def evaluate_on(p: Prepared, examples, limit: int) -> EvalResult:
     return evaluate(p.oracle, p.tokenizer, p.task, subset, max_len=p.cfg.max_len, normalize=p.cfg.length_normalize)
 
 
-def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
+def prefill_cache(p: Prepared, on_chunk=None, chunk: int = 32) -> int:
+    """Run every training example through the frozen stack once, before the first step, at the head's split
+    (where the cache keeps a scored position only, so a whole file fits): the steps then all cost the head alone,
+    and the progress bar's rate and ETA are the steps' own. ``on_chunk(done, total)``. Returns the rows computed."""
+    cache = p.oracle.prefix
+    if cache is None or not cache.scored_only:
+        return 0
+    from zo_edge.objectives import encode
+
+    cand = p.oracle.manifest.has(FEATURE_CANDIDATE_SCORING)
+    train_set = p.data.train
+    before = cache.misses
+    for start in range(0, len(train_set), chunk):
+        part = train_set[start : start + chunk]
+        batch, _ = encode(p.tokenizer, p.task, part, p.cfg.objective, p.cfg.max_len, candidate_scoring=cand)
+        cache.hidden(batch)
+        if on_chunk:
+            on_chunk(start + len(part), len(train_set))
+    return cache.misses - before
+
+
+def run_training(p: Prepared, *, resume: bool = False, on_step=None, on_prefill=None) -> dict:
     cfg = p.cfg
     method = build_method(cfg)
     batches = TaskBatches(
@@ -149,6 +171,8 @@ def run_training(p: Prepared, *, resume: bool = False, on_step=None) -> dict:
         # classification batches: one row per example where the graph scores candidates itself
         candidate_scoring=p.oracle.manifest.has(FEATURE_CANDIDATE_SCORING),
     )
+
+    prefill_cache(p, on_prefill)
 
     def dev_eval(oracle: Oracle) -> dict[str, float]:
         return evaluate_on(p, p.data.dev, 0).summary()
@@ -185,22 +209,45 @@ def train_with_progress(p: Prepared, resume: bool, interrupted: str | None = Non
     import psutil
     from tqdm import tqdm
 
-    bar = tqdm(total=p.cfg.steps, desc=f"{p.cfg.method}", unit="step", dynamic_ncols=True)
     proc = psutil.Process()
+    bars: dict[str, tqdm] = {}
+
+    def on_prefill(done: int, total: int) -> None:
+        if "prefix" not in bars:
+            bars["prefix"] = tqdm(total=total, desc="frozen stack, once", unit="example", dynamic_ncols=True)
+        bars["prefix"].n = done
+        bars["prefix"].refresh()
 
     def on_step(step: int, report) -> None:
+        if "steps" not in bars:
+            if "prefix" in bars:
+                bars["prefix"].close()
+            bars["steps"] = tqdm(
+                total=p.cfg.steps, initial=step - 1, desc=p.cfg.method, unit="step", dynamic_ncols=True
+            )
+        bar = bars["steps"]
         bar.n = step
         bar.set_postfix(loss=f"{report.loss:.4f}", rss=f"{proc.memory_info().rss / 2**20:.0f}M", refresh=False)
         bar.refresh()
 
     try:
-        return run_training(p, resume=resume, on_step=on_step)
+        return run_training(p, resume=resume, on_step=on_step, on_prefill=on_prefill)
     except KeyboardInterrupt:
-        bar.close()
-        print("\n" + (interrupted or f"interrupted: checkpoint saved in {p.cfg.out}; continue with --resume"))
+        for bar in bars.values():
+            bar.close()
+        from runtime.checkpoint import latest_checkpoint
+
+        saved = latest_checkpoint(p.cfg.out) is not None
+        default = (
+            f"interrupted: checkpoint saved in {p.cfg.out}; continue with --resume"
+            if saved
+            else "interrupted before the first checkpoint: nothing to resume; run the same command again"
+        )
+        print("\n" + (interrupted or default))
         raise SystemExit(130) from None
     finally:
-        bar.close()
+        for bar in bars.values():
+            bar.close()
 
 
 def load_run(oracle: Oracle, run: str | Path, which: str = "best") -> None:
