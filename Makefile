@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-main install-deploy test-fast test-openvino test-openvino-real bench-cross-provider bench bench-scaling bench-alignment bench-accuracy bench-tta lint install clean
+.PHONY: demo test test-main install-deploy test-fast test-openvino test-openvino-real bench-cross-provider bench-cross-provider-demo bench bench-scaling bench-alignment bench-accuracy bench-tta lint install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -141,6 +141,25 @@ test-openvino-real: $(STAMP) $(OV_STAMP) $(OV_REAL)/manifest.json $(OV_REAL_MERG
 # Train on CPU, evaluate on CPU and OpenVINO (FP32 and default precision), train through OpenVINO (resumable).
 bench-cross-provider: $(STAMP) $(OV_STAMP) $(OV_REAL)/manifest.json
 	$(OV_VENV)/bin/python benchmarks/cross_provider.py --model $(OV_REAL)
+
+# The demo's recipes across providers (not in CI; RESULTS.md §5, session 5): its fp32 head recipe (--layers head,
+# behind the head split that `--splits auto` writes) trained on CPU and through OpenVINO, each scored on both; and
+# DEMO_INT4 (ZO-Act on an INT4 MatMulNBits export) trained on CPU, scored with its merged graphs on CPU, OpenVINO
+# FP32 and OpenVINO default. Resumable (benchmarks/results/cross_provider.jsonl).
+OV_REAL_INT4 ?= artifacts/smollm2-int4-ov
+OV_INT4_STEPS ?= 30
+OV_INT4_RUN := runs/bench-cross-provider/int4/cpu-$(OV_INT4_STEPS)
+$(OV_REAL_INT4)/manifest.json: $(wildcard export/*.py export/architectures/*.py) | $(STAMP)
+	$(BIN)/zo-edge export smollm2-135m --int4 --out $(OV_REAL_INT4) --force
+
+bench-cross-provider-demo: $(STAMP) $(OV_STAMP) $(OV_REAL)/manifest.json $(OV_REAL_INT4)/manifest.json
+	$(OV_VENV)/bin/python benchmarks/cross_provider.py --suite head --model $(OV_REAL) --steps 150 --k 64 --dev-k 16 \
+		--default-on none --train-eval-examples 8
+	$(OV_VENV)/bin/python benchmarks/cross_provider.py --suite int4 --model $(OV_REAL_INT4) --steps $(OV_INT4_STEPS) \
+		--dev-k 16
+	test -f $(OV_REAL_INT4)-merged/adapter.json || $(BIN)/zo-edge merge $(OV_INT4_RUN) --out $(OV_REAL_INT4)-merged
+	$(OV_VENV)/bin/python benchmarks/cross_provider.py --suite int4 --model $(OV_REAL_INT4) --steps $(OV_INT4_STEPS) \
+		--dev-k 16 --merged $(OV_REAL_INT4)-merged
 
 # onnxruntime-genai (`zo-edge merge --format genai`). Its builder imports transformers-5 classes from 0.16 on (the
 # main venv pins < 4.58); 0.15.2 (the genai extra) builds with the main venv's torch + transformers and needs only

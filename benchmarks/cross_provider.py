@@ -179,6 +179,28 @@ def _run_task(run: Path):
     return task, int(cfg["max_len"])
 
 
+def _fixed_prompt(flags: list[str], run: Path) -> list[str]:
+    """``flags`` with ``--template auto`` / ``--max-len 0`` replaced by what ``run`` resolved them to."""
+    cfg = read_run_config(run)
+    out, i = [], 0
+    while i < len(flags):
+        if flags[i] in ("--template", "--max-len"):
+            i += 2
+            continue
+        out.append(flags[i])
+        i += 1
+    return [*out, "--template", cfg["template"], "--labels", cfg["labels"], "--max-len", str(cfg["max_len"])]
+
+
+def _with(flags: list[str], flag: str, value: str) -> list[str]:
+    """``flags`` with ``flag``'s value set to ``value``."""
+    out = list(flags)
+    if flag in out:
+        out[out.index(flag) + 1] = value
+        return out
+    return [*out, flag, value]
+
+
 def _merged_all(onnx_dir: Path, dtype: str, targets, task, examples, tok, max_len: int):
     """``merged_report`` over the benchmark's targets (one provider may appear twice, at two precisions)."""
     gens = {lbl: Generator(onnx_dir, prov, provider_options=opts or None) for lbl, prov, opts in targets}
@@ -273,7 +295,7 @@ def head_suite(a, done: dict) -> None:
         raise SystemExit(f"{a.model} has no head split (splits {manifest.splits}); export with --splits auto")
     steps = a.steps or DEMO["steps"]
     recipe = {**DEMO, **{k: v for k, v in (("k", a.k), ("dev_k", a.dev_k)) if v}}
-    flags = _recipe_flags(recipe, steps, a.eval_examples)
+    flags = _recipe_flags(recipe, steps, a.train_eval_examples or a.eval_examples)
     runs = Path(a.runs) / "head"
     name = f"k{recipe['k']}-s{steps}"
     trained = {"cpu-trained": runs / f"cpu-{name}", "openvino-trained": runs / f"openvino-{name}"}
@@ -281,6 +303,12 @@ def head_suite(a, done: dict) -> None:
         run = trained[f"{provider}-trained"]
         key = f"head/train-{provider}/{Path(a.model).name}/{name}"
         if key not in done:
+            if provider != "cpu":
+                # the CPU run's flags as recorded (the demo's recipe may have changed since) and the prompt it chose,
+                # fixed: the two runs differ in the provider alone (choosing it again costs 5 x dev forwards)
+                cpu_key = f"head/train-cpu/{Path(a.model).name}/{name}"
+                flags = _fixed_prompt(done.get(cpu_key, {}).get("flags", flags), trained["cpu-trained"])
+                flags = _with(flags, "--eval-examples", str(a.train_eval_examples or a.eval_examples))
             seconds = _train_recipe(a.model, run, flags, provider, options)
             test = json.loads((run / "test.json").read_text()) if (run / "test.json").is_file() else None
             _record({"key": key, "run": str(run), "seconds": round(seconds, 1), "flags": flags, "test": test})
@@ -317,18 +345,25 @@ def int4_suite(a, done: dict) -> None:
     if manifest.dtype != "int4":
         raise SystemExit(f"{a.model} is a {manifest.dtype} export; --suite int4 needs `zo-edge export --int4`")
     steps = a.steps or 60
-    flags = _recipe_flags(DEMO_INT4, steps, a.eval_examples)
+    recipe = {**DEMO_INT4, **{k: v for k, v in (("k", a.k), ("dev_k", a.dev_k)) if v}}
+    flags = _recipe_flags(recipe, steps, a.train_eval_examples or a.eval_examples)
     run = Path(a.runs) / "int4" / f"cpu-{steps}"
     key = f"int4/train-cpu/{Path(a.model).name}/{steps}"
-    if key not in done:
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
+    trains = not only or "cpu-trained" in only or "merged" in only
+    if key not in done and trains:
         seconds = _train_recipe(a.model, run, flags, "cpu", [])
         test = json.loads((run / "test.json").read_text()) if (run / "test.json").is_file() else None
         _record({"key": key, "run": str(run), "seconds": round(seconds, 1), "flags": flags, "test": test})
-    task, max_len = _run_task(run)
-    examples = task.load(seed=0, k=DEMO_INT4["k"]).test[: a.eval_examples]
+    if trains:
+        task, max_len = _run_task(run)
+    else:  # the base alone (--only base): the prompt the fp32 demo chose on dev, at its length
+        base_task = get_task(recipe["task"])
+        chat = next(p for p in base_task.prompt_candidates() if p.name == "chat")
+        task, max_len = base_task.with_prompt(chat), 96
+    examples = task.load(seed=0, k=recipe["k"]).test[: a.eval_examples]
     tok = load_tokenizer(a.model)
     tag = f"int4/eval/{Path(a.model).name}/n{len(examples)}"
-    only = {x.strip() for x in a.only.split(",") if x.strip()}
     rows = {}
     for name, state in (("base", None), ("cpu-trained", run)):
         key = f"{tag}/{name}" + ("" if state is None else f"/{steps}")
@@ -368,8 +403,15 @@ def main() -> None:
         "through OpenVINO; int4: DEMO_INT4 on an INT4 export, with --merged its merged graphs (default: zo-act)",
     )
     ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps (0: zo-act 60, head the demo's, int4 60)")
-    ap.add_argument("--k", type=int, default=0, help="--suite head: training examples per class (0: the demo's)")
-    ap.add_argument("--dev-k", type=int, default=0, help="--suite head: dev examples per class (0: the demo's)")
+    ap.add_argument("--k", type=int, default=0, help="--suite head/int4: train examples per class (0: the recipe's)")
+    ap.add_argument("--dev-k", type=int, default=0, help="--suite head/int4: dev examples per class (0: the recipe's)")
+    ap.add_argument(
+        "--train-eval-examples",
+        type=int,
+        default=0,
+        help="--suite head/int4: test sentences each `zo-edge train` scores before/after on its own provider (its "
+        "test.json; 0: --eval-examples); the benchmark's own scoring on every target uses --eval-examples",
+    )
     ap.add_argument("--ov-steps", type=int, default=10, help="steps of the run trained through OpenVINO (0: skip)")
     ap.add_argument("--ov-calib-batches", type=int, default=8, help="ZO-Act calibration batches of that run")
     ap.add_argument(
