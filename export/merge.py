@@ -146,8 +146,8 @@ class MergeContext:
         Layers whose rank is below r are padded with zero columns/rows (exact: they add nothing), so one
         ``lora_alpha = r`` gives every layer the scaling 1 that LoRA consumers compute as alpha / r.
         Refused in one line when the run changed weights densely (no LoRA can hold that) or holds no adapter.
-        ``carried``: trained params the format writes in full itself (peft's modules_to_save: norm gains); with
-        some, no adapter is (0, {})."""
+        ``carried``: trained params the format needs no LoRA for (peft's modules_to_save norm gains, or saved
+        params the run left unchanged); with some, no adapter is (0, {})."""
         dense = [k for k in self.trained_params if k not in carried]
         if dense:
             raise FormatError(

@@ -166,8 +166,11 @@ def write_gguf(ctx: MergeContext, out: Path) -> list[str]:
 
     _write(folder / MODEL_FILE, arch, model)
     written = [f"{GGUF_DIR}/{MODEL_FILE}"]
+    from export.formats.peft_adapter import changed_params
+
     kinds = {p.name: p.kind for p in ctx.manifest.params}
-    norms = sorted(k for k in ctx.trained_params if kinds.get(k) == contract.KIND_NORM)
+    changed = changed_params(ctx)
+    norms = sorted(k for k in changed if kinds.get(k) == contract.KIND_NORM)
     if norms:  # llama.cpp's LoRA applies lora_b @ lora_a to matmul weights only: it has no way to replace a gain
         ctx.notes.append(
             f"gguf: merged model only: the run trained {len(norms)} norm gains ({norms[0]}...), which a llama.cpp "
@@ -175,9 +178,12 @@ def write_gguf(ctx: MergeContext, out: Path) -> list[str]:
         )
         return written
     try:
-        rank, factors = ctx.lora("gguf")
+        rank, factors = ctx.lora("gguf", carried=frozenset(set(ctx.trained_params) - changed))
     except FormatError as e:
         ctx.notes.append(f"gguf: merged model only, no LoRA file ({e})")
+        return written
+    if not factors:
+        ctx.notes.append(f"gguf: merged model only: {ctx.checkpoint_path} changed no weight and holds no adapter")
         return written
 
     def lora(writer) -> None:

@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from export.formats import register_format
+from export.formats import FormatError, register_format
 from runtime import contract
 
 if TYPE_CHECKING:
     from export.merge import MergeContext
 
-__all__ = ["PEFT_DIR", "write_peft"]
+__all__ = ["PEFT_DIR", "changed_params", "write_peft"]
 
 PEFT_DIR = "peft"
 BASE_DIR = "hf-base"
@@ -47,13 +47,25 @@ BASE_DIR = "hf-base"
 DUMMY_TARGET_MODULES = "dummy-target-modules"
 
 
-def _saved_modules(ctx: MergeContext) -> dict[str, list[str]]:
-    """module -> its merged state keys, for every module whose norm gain the run trained (peft modules_to_save).
+def changed_params(ctx: MergeContext) -> set[str]:
+    """The trained params whose value differs from the base's. MeZO's checkpoints hold every bound parameter, and a
+    ``--layers``/``--kinds`` run changes a few of them (the demo's head run: 3 norm gains of 211 saved tensors)."""
+    if not ctx.trained_params or ctx.manifest.dtype != "fp32":
+        return set(ctx.trained_params)
+    from safetensors import safe_open
+
+    with safe_open(str(ctx.model_dir / contract.PARAMS_FILE), framework="numpy") as f:
+        base = set(f.keys())
+        return {k for k, v in ctx.trained_params.items() if k not in base or not np.array_equal(f.get_tensor(k), v)}
+
+
+def _saved_modules(ctx: MergeContext, changed: set[str]) -> dict[str, list[str]]:
+    """module -> its merged state keys, for every module whose norm gain the run changed (peft modules_to_save).
 
     peft saves a modules_to_save module whole (every tensor of it: a norm's bias too, where it has one), so the
     merged values of all its tensors are written, not only the trained ones."""
     kinds = {p.name: p.kind for p in ctx.manifest.params}
-    modules = sorted({k.rsplit(".", 1)[0] for k in ctx.trained_params if kinds.get(k) == contract.KIND_NORM})
+    modules = sorted({k.rsplit(".", 1)[0] for k in changed if kinds.get(k) == contract.KIND_NORM})
     if not modules:
         return {}
     state = ctx.merged_state()
@@ -80,9 +92,13 @@ def write_peft(ctx: MergeContext, out: Path) -> list[str]:
 
     from export.architectures import get_architecture
 
-    saved = _saved_modules(ctx)
-    carried = frozenset(k for keys in saved.values() for k in keys) & set(ctx.trained_params)
+    changed = changed_params(ctx)
+    saved = _saved_modules(ctx, changed)
+    # what peft needs no LoRA for: the norm gains it carries whole, and saved params the run left as they were
+    carried = frozenset(k for keys in saved.values() for k in keys) | (set(ctx.trained_params) - changed)
     rank, factors = ctx.lora("peft", carried=carried)
+    if not factors and not saved:
+        raise FormatError(f"--format peft: {ctx.checkpoint_path} changed no weight and holds no adapter")
     written = []
     base = _base_name(ctx, out)
     if ctx.manifest.dtype == "int4":
