@@ -7,6 +7,8 @@
 * gguf: the merged model and the LoRA adapter as GGUF files, read by llama.cpp (``llama-cpp-python``): base GGUF +
   LoRA GGUF gives the merged GGUF's logits and greedy tokens, and those equal the merged HF model's. The tensors'
   layout is also checked against the ``gguf`` reader (names, Q/K rope permutation) without llama.cpp.
+* norm gains (the demo's head run): peft carries them as modules_to_save (alone or beside LoRA factors) and gives
+  the merged logits; gguf writes them into model.gguf only (one note line), which llama.cpp runs like the HF model.
 * the registry: default formats are today's outputs; unknown names and dense runs with --format peft are one line.
 
 Run folders are written by hand (as in test_merge.py) so each test controls the trained state exactly.
@@ -110,10 +112,15 @@ def _norm_arrays(manifest: contract.Manifest, reference: torch.nn.Module, seed: 
     return arrays
 
 
-@pytest.mark.parametrize("with_adapter", [False, True], ids=["norms", "norms+lora"])
-def test_peft_carries_trained_norm_gains_as_modules_to_save(tiny_export, with_adapter, tmp_path):
+@pytest.mark.parametrize(
+    "with_adapter, saves_all",
+    [(False, False), (True, False), (False, True)],
+    ids=["norms", "norms+lora", "mezo-saves-all"],
+)
+def test_peft_carries_trained_norm_gains_as_modules_to_save(tiny_export, with_adapter, saves_all, tmp_path):
     """The demo's head run trains norm gains: peft carries them whole (modules_to_save, keys as peft saves them),
-    alone (LoRA on no layer: peft's dummy target) or beside LoRA factors; PeftModel gives the merged logits."""
+    alone (LoRA on no layer: peft's dummy target) or beside LoRA factors; PeftModel gives the merged logits.
+    ``saves_all``: as MeZO's checkpoint does, every other bound parameter is saved too, unchanged: no dense update."""
     import copy
 
     pytest.importorskip("peft", reason="peft is in the deploy extra (make install-deploy)")
@@ -125,10 +132,14 @@ def test_peft_carries_trained_norm_gains_as_modules_to_save(tiny_export, with_ad
     arrays = _norm_arrays(exp.manifest, exp.reference, seed=3)
     if with_adapter:
         arrays.update(_adapter_arrays(exp.manifest, seed=4))
+    if saves_all:
+        for key, value in load_file(str(exp.dir / contract.PARAMS_FILE)).items():
+            arrays.setdefault(contract.checkpoint_param_name(key), value)
     run = _run_folder(tmp_path, exp.dir, arrays)
     out = merge_run(run, tmp_path / "merged", which="latest", formats=["peft,hf"])
     config = json.loads((out / "peft" / "adapter_config.json").read_text())
-    modules = sorted(contract.parse_checkpoint_param_name(k).removesuffix(".weight") for k in arrays if "norm" in k)
+    norms = _norm_arrays(exp.manifest, exp.reference, seed=3)
+    modules = sorted(contract.parse_checkpoint_param_name(k).removesuffix(".weight") for k in norms)
     assert modules and "model.norm" in modules and config["modules_to_save"] == modules
     want_targets = sorted(s.name for s in exp.manifest.linears) if with_adapter else "dummy-target-modules"
     assert config["target_modules"] == want_targets
@@ -299,9 +310,12 @@ def _llama_greedy(llm, prompt: list[int], n: int) -> tuple[list[int], np.ndarray
 
 
 def _hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """Plain argmax steps: ``generate(min_new_tokens=n)`` would mask EOS, which llama.cpp's argmax may pick."""
+    ids = list(prompt)
     with torch.no_grad():
-        ids = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return ids[0, len(prompt) :].tolist()
+        for _ in range(n):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt) :]
 
 
 def test_gguf_lora_on_the_base_equals_the_merged_model_in_llama_cpp(tiny_lm_dirs, tmp_path):

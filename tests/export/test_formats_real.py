@@ -7,7 +7,9 @@ A short ZO-Act run (5 steps) on the fp32 export, merged. Checks, each against th
 * peft: ``PeftModel.from_pretrained(base, out/peft)`` on the base loaded from the bundled GGUF (as the README says)
   gives the merged HF model's logits (1e-4);
 * llama.cpp (llama-cpp-python): the merged GGUF's greedy tokens equal the merged HF model's for a few prompts,
-  and the base GGUF (the same base, F32) + the LoRA GGUF gives the merged GGUF's tokens.
+  and the base GGUF (the same base, F32) + the LoRA GGUF gives the merged GGUF's tokens;
+* the demo's head recipe (MeZO + Adam on norm gains, 5 steps): its PEFT adapter (modules_to_save) on the bundled
+  base gives the merged logits, and gguf writes the gains into model.gguf only.
 """
 
 from __future__ import annotations
@@ -25,10 +27,7 @@ from export.merge import merge_run
 from runtime import checkpoint
 from zo_edge.cli import main
 
-# Written in session 4 but not yet run to completion: on the shared 2 cores (load 16) it passed 25 min without
-# finishing, and llama-cpp-python could not be built there. Run it once (ZO_EDGE_REAL_FP32=artifacts/shared-smollm2)
-# on a quiet machine, then drop the skip so CI runs it (budget: <= 4 min).
-pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="not yet run to completion here; see the comment above")]
+pytestmark = pytest.mark.slow
 
 PROMPTS = [
     "<|im_start|>user\nIs this movie review positive or negative? A warm, funny film.<|im_end|>\n"
@@ -53,7 +52,8 @@ def merged(fp32_dir, tmp_path_factory) -> dict[str, Path]:
     argv = ["train", "--model", str(fp32_dir), "--method", "zo-act", "--steps", "5", "--lr", "1e-2"]
     argv += ["--task", "rotten-tomatoes", "--batch-size", "8", "--k", "8", "--dev-k", "4", "--eval-examples", "8"]
     assert main([*argv, "--objective", "classification", "--out", str(run)]) == 0
-    out = merge_run(run, tmp / "merged", formats=["peft,gguf,hf"])
+    # latest: 5 steps rarely beat step 0 on 4 dev examples per class, and best would then be the untrained base
+    out = merge_run(run, tmp / "merged", which="latest", formats=["peft,gguf,hf"])
     empty = tmp / "base-run"  # the base alone, written by the same gguf writer (F32, the weights the run trained on)
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps({"model": str(fp32_dir)}))
@@ -86,12 +86,14 @@ def test_peft_adapter_on_the_bundled_base_gives_the_merged_logits(merged):
 
 def test_llama_cpp_runs_the_merged_gguf_and_the_lora_like_the_merged_hf_model(merged):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make install-deploy` (the deploy extra)")
+    import llama_cpp
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_dir = merged["out"] / "gguf"
     # logits_all: llama-cpp-python's eval() keeps no scores at all without it (sampling happens in C)
     kw = {"n_ctx": 128, "n_threads": 2, "n_batch": 128, "logits_all": True, "verbose": False}
+    kw |= {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32}  # F16 KV cache rounds K/V
     llm_merged = Llama(model_path=str(gguf_dir / "model.gguf"), **kw)
     llm_lora = Llama(model_path=str(merged["base_gguf"]), lora_path=str(gguf_dir / "adapter-lora.gguf"), **kw)
     hf = AutoModelForCausalLM.from_pretrained(merged["out"] / "hf").eval()
@@ -110,9 +112,11 @@ def test_llama_cpp_runs_the_merged_gguf_and_the_lora_like_the_merged_hf_model(me
         prompt = tok(text, add_special_tokens=False).input_ids
         # llama.cpp's own tokenizer (metadata copied from the bundled GGUF) reads the text the same way
         assert llm_merged.tokenize(text.encode(), add_bos=False, special=True) == prompt
+        want = list(prompt)  # plain argmax steps: generate(min_new_tokens=8) masks EOS, the chat prompt's first pick
         with torch.no_grad():
-            want = hf.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False)
-        want = want[0, len(prompt) :].tolist()
+            for _ in range(8):
+                want.append(int(hf(input_ids=torch.tensor([want])).logits[0, -1].argmax()))
+        want = want[len(prompt) :]
         assert greedy(llm_merged, prompt) == want, text
         assert greedy(llm_lora, prompt) == want, text
 
