@@ -69,6 +69,14 @@ class Batch:
     def rows(self, index: np.ndarray | slice) -> Batch:
         return Batch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index], self.candidate_ids)
 
+    def scored_positions(self) -> np.ndarray:
+        """[B, T] bool: the positions whose hidden state the loss head reads (position t predicts token t + 1 where
+        both are real and t + 1 is under the loss mask; export/graph.py ``loss_positions``)."""
+        m, a = self.loss_mask != 0, self.attention_mask != 0
+        out = np.zeros(m.shape, bool)
+        out[:, :-1] = m[:, 1:] & a[:, 1:] & a[:, :-1]
+        return out
+
     def columns(self, start: int) -> Batch:
         """The batch from column ``start`` on (the same rows)."""
         return Batch(

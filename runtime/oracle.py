@@ -149,16 +149,17 @@ class Oracle:
         extra: dict[str, np.ndarray] | None = None,
         fetch: tuple[str, ...] = (),
     ) -> dict[str, np.ndarray]:
-        feeds = self._feeds(lowrank, noise)
-        feeds.update(extra or {})
         self.forwards += 1
-        session = self.session
+        session, feeds = self.session, {}
         if batch.candidate_ids is None:
             outputs: tuple[str, ...] = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, *fetch)
         elif self.candidate_head is not None and not (fetch or noise or extra or lowrank):
-            session, outputs, feeds = self.candidate_head, (contract.OUTPUT_ROW_CANDIDATE_LOGIT,), {}
+            session, outputs = self.candidate_head, (contract.OUTPUT_ROW_CANDIDATE_LOGIT,)  # no ports: no feeds
         else:
             outputs = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, contract.OUTPUT_ROW_CANDIDATE_LOGP, *fetch)
+        if session is self.session:
+            feeds = self._feeds(lowrank, noise)
+            feeds.update(extra or {})
         mb = self.micro_batch
         if not mb or batch.size <= mb or fetch or noise or extra:
             return self._forward(session, batch, feeds, outputs)
@@ -177,8 +178,7 @@ class Oracle:
             return session.forward(batch, feeds, outputs)
         hidden = self.prefix.hidden(batch)
         if session is self.candidate_head:
-            scored = batch.loss_mask[:, 1:] * batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]
-            cols = np.flatnonzero(scored.any(axis=0))
+            cols = np.flatnonzero(batch.scored_positions().any(axis=0))
             first = int(cols[0]) if cols.size else 0
             batch, hidden = batch.columns(first), hidden[:, first:]
         return session.forward(batch, {**feeds, contract.INPUT_HIDDEN: hidden}, outputs)

@@ -51,15 +51,17 @@ class PrefixCache:
         #: object, so its [B, T, d] array is assembled once per step, not once per pass
         self._last: tuple[Batch, np.ndarray] | None = None
 
-    def _key(self, batch: Batch, i: int) -> bytes:
+    def _key(self, batch: Batch, i: int, scored: np.ndarray) -> bytes:
+        """Row ``i``'s identity: its real tokens (and, keeping scored positions only, which ones are scored);
+        ``scored``: ``batch.scored_positions()``."""
         real = batch.attention_mask[i] != 0
         key = batch.input_ids[i][real].tobytes()
-        return key + b"|" + _scored(batch, i)[real].tobytes() if self.scored_only else key
+        return key + b"|" + scored[i][real].tobytes() if self.scored_only else key
 
-    def _kept(self, batch: Batch, i: int) -> np.ndarray:
+    def _kept(self, batch: Batch, i: int, scored: np.ndarray) -> np.ndarray:
         """The positions of row ``i`` the cache keeps: its real tokens, or only the scored ones."""
         real = batch.attention_mask[i] != 0
-        return real & _scored(batch, i) if self.scored_only else real
+        return real & scored[i] if self.scored_only else real
 
     def hidden(self, batch: Batch) -> np.ndarray:
         """[B, T, d] float32 hidden states entering the split block, laid out like ``batch`` (padding: zeros).
@@ -67,7 +69,8 @@ class PrefixCache:
         if self._last is not None and self._last[0] is batch:
             self.hits += batch.size
             return self._last[1]
-        keys = [self._key(batch, i) for i in range(batch.size)]
+        scored = batch.scored_positions()
+        keys = [self._key(batch, i, scored) for i in range(batch.size)]
         missing = [i for i, k in enumerate(keys) if k not in self.rows]
         self.hits += batch.size - len(missing)
         self.misses += len(missing)
@@ -83,8 +86,9 @@ class PrefixCache:
                         sub.loss_mask[:, -max(length, 2) :])  # fmt: skip
             out = self.prefix.forward(sub, fetch=(contract.OUTPUT_HIDDEN,))[contract.OUTPUT_HIDDEN]
             self.prefix_passes += 1
+            sub_scored = sub.scored_positions()
             for j, i in enumerate(group):
-                row = np.ascontiguousarray(out[j, self._kept(sub, j)], np.float32)
+                row = np.ascontiguousarray(out[j, self._kept(sub, j, sub_scored)], np.float32)
                 fresh[i] = row
                 if self.nbytes + row.nbytes <= self.budget:
                     self.rows[keys[i]] = row
@@ -92,7 +96,7 @@ class PrefixCache:
         d = next(iter(fresh.values())).shape[1] if fresh else self.rows[keys[0]].shape[1]
         hidden = np.zeros((batch.size, batch.input_ids.shape[1], d), np.float32)
         for i, k in enumerate(keys):
-            hidden[i, self._kept(batch, i)] = fresh[i] if i in fresh else self.rows[k]
+            hidden[i, self._kept(batch, i, scored)] = fresh[i] if i in fresh else self.rows[k]
         hidden.flags.writeable = False
         self._last = (batch, hidden)
         return hidden
@@ -104,15 +108,6 @@ class PrefixCache:
             "prefix_hits": self.hits,
             "prefix_misses": self.misses,
         }
-
-
-def _scored(batch: Batch, i: int) -> np.ndarray:
-    """[T] bool: the positions whose hidden state the loss head reads in row ``i`` (position t predicts token t + 1
-    where both are real and t + 1 is under the loss mask; export/graph.py ``row_losses``)."""
-    m, a = batch.loss_mask[i] != 0, batch.attention_mask[i] != 0
-    out = np.zeros(m.shape, bool)
-    out[:-1] = m[1:] & a[1:] & a[:-1]
-    return out
 
 
 def choose_split(splits: list[int], blocks: list[int] | None) -> int | None:
