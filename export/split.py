@@ -198,7 +198,7 @@ def write_candidate_head(model: nn.Module, arch: Architecture, layout: PortLayou
     """Trace ``candidate_head_file(n)`` (``CandidateHeadForward``) with the params lifted to ``param::`` inputs."""
     from export.exporter import _dummy_inputs, _lift_params, _save_graph, trace_to_onnx
 
-    args, _, _ = _dummy_inputs(model, suffix_layout(layout, 10**9), 1)
+    args, _, _ = _dummy_inputs(model, PortLayout(linears=[], groups={}), 1)  # the head has no ports
     ids, attn, loss, _, candidate_ids = args[:5]
     hidden = torch.randn(*ids.shape, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     token_axes = {0: "batch", 1: "seq"}
