@@ -147,13 +147,38 @@ def _add_export(sub) -> None:
     p.add_argument(
         "--accuracy-level", type=int, default=0, help="INT4: MatMulNBits accuracy_level, 4 = int8 compute (default: 0)"
     )
+    p.add_argument("--ports", default="all", help=_ports_help())
     p.add_argument("--force", action="store_true", help="replace an existing output folder (default: off)")
     p.set_defaults(func=cmd_export)
+
+
+def _ports_help() -> str:
+    """``--ports``' help: each port family with the methods that need it, from the registry's ``ports``."""
+    from runtime import contract
+    from zo_edge.config import registered_methods
+
+    what = {
+        contract.PORTS_LOWRANK: "the P/Q low-rank ports",
+        contract.PORTS_NOISE: "the output-noise ports",
+        contract.PORTS_PROBE: "the activation probes",
+    }
+    methods = registered_methods()
+    families = "; ".join(
+        f"{f} ({what[f]}: {', '.join(sorted(n for n, c in methods.items() if f in c.ports)) or 'no method'})"
+        for f in contract.PORT_FAMILIES
+    )
+    bare = ", ".join(sorted(n for n, c in methods.items() if not c.ports))
+    return (
+        f"port families in the graphs: all, none or a comma list of {families}. A family left out costs nothing "
+        f"per forward, and the methods that need it are refused; {bare} and --recipe head need none "
+        "(default: all)"
+    )
 
 
 def cmd_export(a) -> int:
     from export.config import ExportConfig
     from export.exporter import export_source
+    from runtime.contract import PORT_FAMILIES
 
     cfg = ExportConfig(
         targets=a.targets,
@@ -165,13 +190,16 @@ def cmd_export(a) -> int:
         attention=a.attention,
         int4_embedding=a.int4_embedding,
         accuracy_level=a.accuracy_level,
+        ports=a.ports,
     )
     t0 = time.time()
     m = export_source(a.model, a.out, cfg, force=a.force)
     size = sum(f.stat().st_size for f in Path(a.out).iterdir()) / 2**20
     print(
         f"exported {m.source} ({m.architecture}, {m.dtype}) to {a.out}: {len(m.linears)} ported linears, "
-        f"{size:.0f} MiB, {time.time() - t0:.0f} s" + (f"; split graphs at blocks {m.splits}" if m.splits else "")
+        f"{size:.0f} MiB, {time.time() - t0:.0f} s"
+        + (f"; split graphs at blocks {m.splits}" if m.splits else "")
+        + ("" if m.ports == list(PORT_FAMILIES) else f"; ports: {','.join(m.ports) or 'none'}")
     )
     return 0
 
@@ -196,9 +224,11 @@ def _add_train(sub) -> None:
 def cmd_train(a) -> int:
     from runtime.atomic import atomic_write_json
     from zo_edge.config import TrainConfig
+    from zo_edge.recipes import AUTO_RECIPE
     from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress
 
-    cfg = TrainConfig.from_sources(a.config, _given(a, a._names))
+    # `zo-edge train --model M --task T` alone trains with the measured best recipe the export can run
+    cfg = TrainConfig.from_sources(a.config, _given(a, a._names), default_recipe=AUTO_RECIPE)
     if not cfg.model:
         raise ConfigError("--model is required: an exported model folder (zo-edge export MODEL --out DIR)")
     out = Path(cfg.out)
@@ -206,6 +236,14 @@ def cmd_train(a) -> int:
         raise ConfigError(f"--out {out} is a file, not a folder: choose another --out")
     if out.is_dir() and not (out / "config.json").is_file() and any(out.iterdir()):
         raise ConfigError(f"--out {out} holds files that are not a zo-edge run: choose a new or empty folder")
+    if cfg.recipe:  # say what the run will do: a user who gave two flags should not have to read config.json
+        q = getattr(cfg.method_config, "queries", 1)
+        print(
+            f"recipe {cfg.recipe}: {cfg.method} + {cfg.optim.optimizer} (lr {cfg.optim.lr:g}) on --layers "
+            f"{cfg.layers}, {q} queries x {cfg.steps} steps, batch {cfg.batch_size}, k {cfg.k or 'all'} per class, "
+            f"{cfg.objective} objective (flags override it; --recipe none: a method's own defaults)",
+            flush=True,
+        )
     p = prepare(cfg)
     if p.prompt_scores:
         from zo_edge.prompts import format_prompt_table

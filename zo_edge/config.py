@@ -240,8 +240,8 @@ class DataFields:
             self.max_len == 0 or 8 <= self.max_len <= MAX_LEN,
             f"--max-len must be 0 (auto) or 8..{MAX_LEN} tokens, got {self.max_len}",
         )
-        _require(
-            not (self.template == AUTO and self.labels),
+        _require(  # a built-in task's candidate prompts bring their own words; a file's candidates use --labels
+            not (self.template == AUTO and self.labels and self.task != "user-data"),
             "--template auto picks a prompt with its own label words: drop --labels (or give --template too)",
         )
         if self.labels:
@@ -330,8 +330,9 @@ class TrainConfig(DataFields, SessionFields):
     recipe: str = _f(
         "",
         "a measured recipe as the base of every other setting: head (MeZO on the final norm behind the cached "
-        "stack, what the demo runs) | every-block (ZO-Act, INT4 exports) | auto (head where the export allows); "
-        "flags given override its values",
+        "stack, what the demo runs) | every-block (ZO-Act, INT4 exports) | auto (head where the export allows) | "
+        "none (the method's own defaults); flags given override its values. zo-edge train uses auto unless "
+        "--method (or a TOML method) is given",
     )
     method: str = _f("zo-act", "ZO method", choices="methods")
     steps: int = _f(200, "training steps")
@@ -367,7 +368,8 @@ class TrainConfig(DataFields, SessionFields):
 
         _check_types(self)
         _require(
-            self.recipe in ("", *RECIPES), f"unknown recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}, auto"
+            self.recipe in ("", *RECIPES),
+            f"unknown recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}, auto, none",
         )
         methods = registered_methods()
         _require(
@@ -439,24 +441,39 @@ class TrainConfig(DataFields, SessionFields):
         return cls._build(*cls._split(data, where))
 
     @classmethod
-    def from_sources(cls, toml_path: str | None, flags: dict[str, Any]) -> TrainConfig:
+    def from_sources(
+        cls, toml_path: str | None, flags: dict[str, Any], *, default_recipe: str = ""
+    ) -> TrainConfig:
         """The TOML file's values, then every flag given (the CLI passes None for a flag not given).
 
         Flags are flat (``--lr``, ``--nu``); each lands in its section: a TrainConfig key, an ``[optim]`` key, or
         else a knob of the chosen method (refused in one line if that method has no such knob).
+
+        ``default_recipe`` (``zo-edge train`` passes ``auto``) applies when neither the flags nor the TOML name a
+        recipe or a method: a user who only says which model and data gets the measured best recipe, one who picks
+        a method gets that method's own defaults, and ``recipe = "none"`` asks for those explicitly.
         """
+        from zo_edge.recipes import NO_RECIPE
+
         data = load_toml(toml_path) if toml_path else {}
         top, method, knobs, optim = cls._split(data, f"{toml_path}: " if toml_path else "")
         optim_keys = {s.name for s in field_specs(OptimConfig)}
         top_keys = set(cls.top_keys())
         flags = {k: v for k, v in flags.items() if v is not None}
         recipe = flags.get("recipe", top.get("recipe"))
+        if recipe is None and method is None and "method" not in flags:
+            recipe = default_recipe
+        if recipe == NO_RECIPE:
+            recipe = flags["recipe"] = ""
         if recipe:  # zo_edge/recipes.py: the recipe's values under the TOML's and the flags'
             from zo_edge.recipes import recipe_values, resolve_recipe
 
             model = flags.get("model", top.get("model", ""))
             base = recipe_values(recipe, model, flags.get("method", method))
             given = {*top, *knobs, *optim, *flags}
+            user_data = bool(flags.get("data", top.get("data"))) or flags.get("task", top.get("task")) == "user-data"
+            if "labels" in given and not user_data:  # a built-in task asked with the user's words: its own template
+                given.add("template")
             flags = {
                 **{k: v for k, v in base.items() if k not in given},
                 **flags,

@@ -5,6 +5,9 @@ run's configuration; every flag or TOML key given still overrides its value, exc
 learning rate, perturbation scale and queries are tuned for its method, so ``--method`` other than the recipe's is
 refused in one line). ``zo-edge demo`` runs the same recipes. ``auto`` picks ``head`` where the export has the
 head's split with the candidates' head (an fp32 export of a Llama-family model), else ``every-block``.
+``zo-edge train`` with neither ``--recipe`` nor ``--method`` (nor either in its TOML) runs ``auto``: the user who
+only names a model and data gets the measured best; ``--method M`` alone, or ``--recipe none``, gives the method's own
+defaults.
 
 The numbers behind each are in benchmarks/RESULTS.md (§8 for ``head``); seed 0, held-out Rotten Tomatoes n = 500.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AUTO_RECIPE", "RECIPES", "RecipeError", "recipe_values", "resolve_recipe"]
+__all__ = ["AUTO_RECIPE", "NO_RECIPE", "RECIPES", "RecipeError", "recipe_values", "resolve_recipe"]
 
 from runtime.errors import ZoEdgeError
 
@@ -57,6 +60,7 @@ EVERY_BLOCK = dict(
 )
 RECIPES: dict[str, dict[str, Any]] = {"head": HEAD, "every-block": EVERY_BLOCK}
 AUTO_RECIPE = "auto"
+NO_RECIPE = "none"  # no recipe: the method's own defaults (what --method alone gives)
 
 
 class RecipeError(ZoEdgeError, ValueError):
@@ -70,7 +74,9 @@ def resolve_recipe(name: str, model: str) -> str:
 
         return "head" if model and Manifest.load(model).has(FEATURE_CANDIDATE_HEAD) else "every-block"
     if name not in RECIPES:
-        raise RecipeError(f"--recipe {name!r} is not a recipe; choose one of: {', '.join([*RECIPES, AUTO_RECIPE])}")
+        raise RecipeError(
+            f"--recipe {name!r} is not a recipe; choose one of: {', '.join([*RECIPES, AUTO_RECIPE, NO_RECIPE])}"
+        )
     return name
 
 
