@@ -164,7 +164,9 @@ def test_bad_flags_are_one_line(argv, needle, capsys):
 
 def test_train_out_must_be_a_run_folder(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    assert "not a zo-edge run" in _one_line_exit(["train", "--model", "m", "--recipe", "none", "--out", str(tmp_path)], capsys)
+    assert "not a zo-edge run" in _one_line_exit(
+        ["train", "--model", "m", "--recipe", "none", "--out", str(tmp_path)], capsys
+    )
     argv = ["train", "--model", "m", "--recipe", "none", "--out", str(tmp_path / "notes.txt")]
     assert "is a file" in _one_line_exit(argv, capsys)
     assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
