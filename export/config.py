@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.contract import PORT_FAMILIES
 from runtime.errors import ZoEdgeError
 
 __all__ = ["ACCURACY_LEVELS", "ATTENTION_MODES", "ExportConfig", "ExportConfigError"]
@@ -46,8 +47,29 @@ class ExportConfig:
     #: INT4 only: quantize the token embedding (GatherBlockQuantized) and the LM head (MatMulNBits) too, instead of
     #: keeping them float (on SmolLM2 the tied embedding is 113 MB of the INT4 export's 170)
     int4_embedding: bool = False
+    #: the port families every graph gets (runtime/contract.py ``PORT_FAMILIES``): "all", "none" or a comma list
+    #: such as "lowrank,probe". A family no method of the intended runs uses still costs its Adds (and the probes
+    #: their inputs) in every forward; MeZO and the ``--layers head`` recipe need none. Recorded in the manifest.
+    ports: str = "all"
+
+    @property
+    def port_families(self) -> list[str]:
+        """The families ``ports`` names, in ``PORT_FAMILIES`` order (checked in ``__post_init__``)."""
+        spec = self.ports.strip().lower()
+        if spec in ("all", "none"):
+            return list(PORT_FAMILIES) if spec == "all" else []
+        names = {x.strip() for x in spec.split(",")}
+        return [f for f in PORT_FAMILIES if f in names]
 
     def __post_init__(self) -> None:
+        spec = self.ports.strip().lower()
+        if spec not in ("all", "none"):
+            bad = [x.strip() for x in spec.split(",") if x.strip() not in PORT_FAMILIES]
+            if bad:
+                raise ExportConfigError(
+                    f"--ports {self.ports!r}: {bad[0]!r} is not a port family; use all, none or a comma list of "
+                    f"{', '.join(PORT_FAMILIES)}"
+                )
         if self.attention not in ATTENTION_MODES:
             raise ExportConfigError(f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}")
         if self.accuracy_level not in ACCURACY_LEVELS:

@@ -70,17 +70,24 @@ def _dummy_inputs(model: nn.Module, layout: PortLayout, basis_rank: int) -> tupl
         contract.OUTPUT_ROW_COUNT: {0: "batch"},
         contract.OUTPUT_ROW_CANDIDATE_LOGP: {0: "batch", 1: "candidates"},
     }
+    # in layout.input_names() order: per linear its kept P/Q and noise ports, then per group its probe inputs
+    lowrank, noise = contract.PORTS_LOWRANK in layout.ports, contract.PORTS_NOISE in layout.ports
     for i, m in enumerate(layout.linears):
-        args += [torch.zeros(m.d_in, 2), torch.zeros(m.d_out, 2), torch.zeros(batch, seq, m.d_out)]
-        dyn[contract.port_p(m.name)] = {1: f"rank_{i}"}
-        dyn[contract.port_q(m.name)] = {1: f"rank_{i}"}
-        dyn[contract.port_noise(m.name)] = {0: f"noise_b_{i}", 1: f"noise_t_{i}", 2: f"noise_d_{i}"}
-    for j, (group, d_in) in enumerate(layout.groups.items()):
+        if lowrank:
+            args += [torch.zeros(m.d_in, 2), torch.zeros(m.d_out, 2)]
+            dyn[contract.port_p(m.name)] = {1: f"rank_{i}"}
+            dyn[contract.port_q(m.name)] = {1: f"rank_{i}"}
+        if noise:
+            args.append(torch.zeros(batch, seq, m.d_out))
+            dyn[contract.port_noise(m.name)] = {0: f"noise_b_{i}", 1: f"noise_t_{i}", 2: f"noise_d_{i}"}
+    for j, (group, d_in) in enumerate(layout.groups.items() if contract.PORTS_PROBE in layout.ports else ()):
         args += [torch.randn(d_in, basis_rank, generator=g), torch.randn(d_in, 3, generator=g), torch.arange(3)]
         dyn[contract.probe_sketch_omega(group)] = {1: f"sketch_{j}"}
         dyn[contract.probe_act_rows(group)] = {0: f"act_{j}"}
         dyn[contract.probe_sketch(group)] = {1: f"sketch_{j}"}
         dyn[contract.probe_act(group)] = {0: f"act_{j}"}
+    if contract.PORTS_PROBE not in layout.ports:  # probe_rows feeds the probes only: not an input without them
+        del dyn[contract.INPUT_PROBE_ROWS]
     names = [
         contract.INPUT_IDS,
         contract.INPUT_ATTENTION_MASK,
@@ -223,7 +230,7 @@ def export_model(
     hf_config = model.config.to_dict()
     if cfg.attention == "fused":
         _use_fused_attention(model, arch)
-    layout = install_ports(model, arch, roles, cfg.basis_rank)
+    layout = install_ports(model, arch, roles, cfg.basis_rank, frozenset(cfg.port_families))
     wrapper = TrainingForward(model, arch, layout, cfg.power_iters)
     head = arch.lm_head_weight(model)
     head_key = next(k for k, p in model.named_parameters(remove_duplicate=False) if p is head)
@@ -291,6 +298,7 @@ def export_model(
             export_seconds=round(time.time() - t0, 2),
             splits=splits,
             features=_features(cfg, head_split=len(model.get_submodule(arch.layers_path)) in splits),
+            ports=cfg.port_families,
         )
         (tmp / contract.MANIFEST_FILE).write_text(manifest.to_json())
     return manifest

@@ -90,28 +90,43 @@ def row_losses(
 
 @dataclass
 class PortLayout:
-    """Names and order of the graph's port inputs and probe outputs (the order torch.onnx.export sees)."""
+    """Names and order of the graph's port inputs and probe outputs (the order torch.onnx.export sees), for the
+    port families ``ports`` (``ExportConfig.ports``; a family left out has no names here and no node in the graph)."""
 
     linears: list[PortedLinear]
     groups: dict[str, int]  # group -> d_in
+    ports: frozenset[str] = frozenset(contract.PORT_FAMILIES)
 
     def input_names(self) -> list[str]:
         names = []
         for m in self.linears:
-            names += [contract.port_p(m.name), contract.port_q(m.name), contract.port_noise(m.name)]
-        for g in self.groups:
-            names += [contract.probe_omega(g), contract.probe_sketch_omega(g), contract.probe_act_rows(g)]
+            if contract.PORTS_LOWRANK in self.ports:
+                names += [contract.port_p(m.name), contract.port_q(m.name)]
+            if contract.PORTS_NOISE in self.ports:
+                names.append(contract.port_noise(m.name))
+        if contract.PORTS_PROBE in self.ports:
+            for g in self.groups:
+                names += [contract.probe_omega(g), contract.probe_sketch_omega(g), contract.probe_act_rows(g)]
         return names
 
     def output_names(self) -> list[str]:
+        if contract.PORTS_PROBE not in self.ports:
+            return []
         names = []
         for g in self.groups:
             names += [contract.probe_basis(g), contract.probe_gram(g), contract.probe_sketch(g), contract.probe_act(g)]
         return names
 
 
-def install_ports(model: nn.Module, arch: Architecture, roles: list[str], basis_rank: int) -> PortLayout:
-    """Replace every targeted linear of ``model`` by a PortedLinear, in place; returns the port layout."""
+def install_ports(
+    model: nn.Module,
+    arch: Architecture,
+    roles: list[str],
+    basis_rank: int,
+    ports: frozenset[str] = frozenset(contract.PORT_FAMILIES),
+) -> PortLayout:
+    """Replace every targeted linear of ``model`` by a PortedLinear, in place; returns the port layout (of the
+    families ``ports``: the targeted linears and their groups are the same whichever families are kept)."""
     blocks = model.get_submodule(arch.layers_path)
     linears: list[PortedLinear] = []
     groups: dict[str, int] = {}
@@ -132,7 +147,7 @@ def install_ports(model: nn.Module, arch: Architecture, roles: list[str], basis_
                 groups[group] = new.d_in
             setattr(parent, attr, new)
             linears.append(new)
-    return PortLayout(linears=linears, groups=groups)
+    return PortLayout(linears=linears, groups=groups, ports=ports)
 
 
 class TrainingForward(nn.Module):
@@ -156,7 +171,8 @@ class TrainingForward(nn.Module):
 
     def outputs(self, input_ids, attention_mask, loss_mask, probe_rows, candidate_ids, ports, hidden_in=None):
         """The traced outputs: loss head over ``hidden(...)`` run with the ports fed, then the probe outputs."""
-        ctx = PortContext(dict(zip(self._port_names, ports, strict=True)), input_ids, probe_rows, self.power_iters)
+        inputs = dict(zip(self._port_names, ports, strict=True))
+        ctx = PortContext(inputs, input_ids, probe_rows, self.power_iters, self.layout.ports)
         with feeding(ctx):
             hidden = self.hidden(input_ids, attention_mask, hidden_in)
         losses = row_losses(

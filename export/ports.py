@@ -14,6 +14,9 @@ One PortedLinear, as emitted (names from runtime.contract)::
                                     Gather(act_rows)   ──▶ probe.act
 
 The weight is held as [d_in, d_out] so the graph multiplies without a transpose and MatMulNBits can quantize it.
+Each side path belongs to a port family (runtime.contract ``PORT_FAMILIES``: P/Q ``lowrank``, ``noise``, the
+probes ``probe``); the context names the families the export keeps (``zo-edge export --ports``), and a family left
+out is not traced at all: no input, no node.
 """
 
 from __future__ import annotations
@@ -37,12 +40,19 @@ class PortContext:
     """Tensors for one traced forward: inputs by graph name, and the probe outputs the layers produce."""
 
     def __init__(
-        self, inputs: dict[str, torch.Tensor], input_ids: torch.Tensor, probe_rows: torch.Tensor, power_iters: int
+        self,
+        inputs: dict[str, torch.Tensor],
+        input_ids: torch.Tensor,
+        probe_rows: torch.Tensor,
+        power_iters: int,
+        ports: frozenset[str] = frozenset(contract.PORT_FAMILIES),
     ) -> None:
         self.inputs = inputs
         self.batch, self.seq = input_ids.shape[0], input_ids.shape[1]
         self.probe_rows = probe_rows
         self.power_iters = power_iters
+        #: the port families traced (``contract.PORTS_*``); the others get no input and no node
+        self.ports = ports
         self.outputs: dict[str, torch.Tensor] = {}
 
 
@@ -125,13 +135,15 @@ class PortedLinear(nn.Module):
         if not _ACTIVE:  # plain torch use (reference computations in tests): just the base layer
             return y
         ctx = _ACTIVE[-1]
-        p = ctx.inputs[contract.port_p(self.name)]
-        q = ctx.inputs[contract.port_q(self.name)]
-        y = y + torch.matmul(torch.matmul(x, p), q.transpose(0, 1))
-        # Some families (OPT's MLP) flatten tokens to [B*T, d]; noise is shaped per token [B, T, d_out].
-        noisy = y.reshape(ctx.batch, ctx.seq, self.d_out) + ctx.inputs[contract.port_noise(self.name)]
-        y = noisy.reshape(y.shape)
-        if self.leader:
+        if contract.PORTS_LOWRANK in ctx.ports:
+            p = ctx.inputs[contract.port_p(self.name)]
+            q = ctx.inputs[contract.port_q(self.name)]
+            y = y + torch.matmul(torch.matmul(x, p), q.transpose(0, 1))
+        if contract.PORTS_NOISE in ctx.ports:
+            # Some families (OPT's MLP) flatten tokens to [B*T, d]; noise is shaped per token [B, T, d_out].
+            noisy = y.reshape(ctx.batch, ctx.seq, self.d_out) + ctx.inputs[contract.port_noise(self.name)]
+            y = noisy.reshape(y.shape)
+        if self.leader and contract.PORTS_PROBE in ctx.ports:
             self._probe(x, ctx)
         return y
 

@@ -97,12 +97,12 @@ class CandidateHeadForward(nn.Module):
 
 
 def suffix_layout(layout: PortLayout, start: int) -> PortLayout:
-    """The ports of blocks >= ``start`` only (the suffix graph has no others)."""
+    """The ports of blocks >= ``start`` only (the suffix graph has no others), of the same families."""
     from runtime.layers import block_of
 
     linears = [m for m in layout.linears if block_of(m.name) >= start]
     groups = {g: d for g, d in layout.groups.items() if block_of(g) >= start}
-    return PortLayout(linears=linears, groups=groups)
+    return PortLayout(linears=linears, groups=groups, ports=layout.ports)
 
 
 # --- writing the pair ------------------------------------------------------------------------------------------

@@ -21,6 +21,12 @@ Inputs (B = batch, T = sequence, both dynamic):
 * ``candidate_ids`` int64 [C] (C dynamic; manifest feature ``FEATURE_CANDIDATE_SCORING``): token ids whose
   log-probabilities ``row_candidate_logp`` returns at every loss position; C = 0 switches it off at near-zero cost
   (a gather of no columns);
+The per-layer and per-group ports below come in three *port families* (``PORT_FAMILIES``), and an export may
+leave families out (``zo-edge export --ports``; ``Manifest.ports`` lists those the graph has, an old manifest
+without the field has all): ``PORTS_LOWRANK`` = the P/Q ports, ``PORTS_NOISE`` = the noise ports, ``PORTS_PROBE`` =
+``probe_rows`` and every per-group probe input and output. What a method needs is its ``ports`` declaration
+(runtime/method.py); a method whose family is missing is refused before any forward (``check_export``).
+
 * ``probe_rows`` int64 [M]: flat indices (b*T + t) of the tokens the activation probes look at; M = 0 switches every
   basis/sketch computation off at near-zero cost (they run on empty tensors). This is the "switch" that lets one
   graph serve passes with and without bases: onnxruntime computes every output whether or not it is fetched;
@@ -96,6 +102,10 @@ __all__ = [
     "OUTPUT_ROW_COUNT",
     "OUTPUT_ROW_NLL",
     "PARAMS_FILE",
+    "PORTS_LOWRANK",
+    "PORTS_NOISE",
+    "PORTS_PROBE",
+    "PORT_FAMILIES",
     "GroupSpec",
     "LinearSpec",
     "Manifest",
@@ -112,6 +122,7 @@ __all__ = [
     "port_noise",
     "port_p",
     "port_q",
+    "ports_missing",
     "prefix_graph_file",
     "probe_act",
     "probe_act_rows",
@@ -180,6 +191,27 @@ FEATURE_FUSED_ATTENTION = "fused_attention"
 FEATURE_INT4_EMBEDDING = "int4_embedding"
 # ``candidate_head_file(n)`` exists (an fp32 export whose splits include the head's, n)
 FEATURE_CANDIDATE_HEAD = "candidate_head"
+
+
+# Port families (``zo-edge export --ports``): which of the ports below the graph has. Leaving a family out removes
+# its inputs (and outputs) from every graph of the export, and the work they cost: an unused port is still an Add
+# (P/Q: two rank-0 MatMuls and an Add; noise: an Add) per targeted linear per forward.
+PORTS_LOWRANK = "lowrank"  # port_p / port_q per targeted linear: the low-rank methods' perturbations and adapters
+PORTS_NOISE = "noise"  # port_noise per targeted linear: Zoop's output perturbation
+PORTS_PROBE = "probe"  # probe_rows + per group probe_omega / probe_sketch_omega / probe_act_rows and their outputs
+PORT_FAMILIES = (PORTS_LOWRANK, PORTS_NOISE, PORTS_PROBE)  # every family, in the order manifests list them
+
+
+def ports_missing(who: str, missing: list[str] | set[str] | frozenset[str], have: list[str], where: str) -> str:
+    """The one-line refusal of ``who`` (a method, or a run's trained adapters) on an export ``where`` whose
+    ``Manifest.ports`` (``have``) lack the families ``missing``, naming the export flag that adds them."""
+    need = [f for f in PORT_FAMILIES if f in missing]
+    add = ",".join(f for f in PORT_FAMILIES if f in set(have) | set(missing))
+    return (
+        f"{who} needs the {', '.join(need)} port{'s' if len(need) == 1 else ' families'}, which {where} was "
+        f"exported without (--ports {','.join(have) or 'none'}); re-export it with `zo-edge export --ports {add}` "
+        "(or --ports all, the default)"
+    )
 
 
 # --- every graph tensor name comes from one of these functions -------------------------------------------------
@@ -346,10 +378,17 @@ class Manifest:
     features: list[str] = field(default_factory=list)
     # block boundaries S with a prefix_S.onnx / suffix_S.onnx pair (layer-selective training); [] = none
     splits: list[int] = field(default_factory=list)
+    # the port families every graph of the export has (PORT_FAMILIES order; ``zo-edge export --ports``); a manifest
+    # written before this field has them all, which is what the exporter wrote then
+    ports: list[str] = field(default_factory=lambda: list(PORT_FAMILIES))
 
     def has(self, feature: str) -> bool:
         """Whether the graph has the optional capability ``feature`` (a ``FEATURE_*`` name)."""
         return feature in self.features
+
+    def has_ports(self, family: str) -> bool:
+        """Whether the graphs have the ports of ``family`` (a ``PORTS_*`` name)."""
+        return family in self.ports
 
     # -- (de)serialisation ----------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -510,6 +549,11 @@ def check_manifest_dict(d: Any, where: str = MANIFEST_FILE) -> None:
         v.integer(s, f"splits[{i}]", 1, 4096)
     if len(set(splits)) != len(splits):
         raise v.fail("splits", f"lists a block twice: {splits}")
+    ports = v.array(d.get("ports", list(PORT_FAMILIES)), "ports")
+    for i, f in enumerate(ports):
+        v.string(f, f"ports[{i}]", choices=PORT_FAMILIES)
+    if len(set(ports)) != len(ports):
+        raise v.fail("ports", f"lists a family twice: {ports}")
 
     params: dict[str, list[int]] = {}
     for i, p in enumerate(v.array(d.get("params", []), "params")):

@@ -115,8 +115,12 @@ def check_run_meta(meta: dict[str, Any], oracle: Oracle, where: str | Path) -> N
 
 
 def load_trained(oracle: Oracle, arrays: dict[str, np.ndarray]) -> None:
-    """Put a checkpoint's trained state (folded params and/or adapters) into ``oracle``: enough to evaluate."""
+    """Put a checkpoint's trained state (folded params and/or adapters) into ``oracle``: enough to evaluate.
+    Adapters are fed through the P/Q ports on every pass, so an export without them (``--ports``) is refused."""
     _check_finite(arrays)
+    if not oracle.manifest.has_ports(contract.PORTS_LOWRANK) and any(map(contract.parse_adapter_name, arrays)):
+        where, have = str(oracle.session.model_dir), oracle.manifest.ports
+        raise TrainingStopped(contract.ports_missing("the run's adapter", {contract.PORTS_LOWRANK}, have, where))
     oracle.trained.load_arrays(arrays)
 
 

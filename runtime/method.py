@@ -21,6 +21,9 @@ Class-level declarations (read by the CLI, the config, the benchmarks and the te
 * ``Config``: the method's own knobs, a dataclass whose fields carry ``metadata={"help": ...}``; the CLI derives
   ``--flag`` names and help text from it and TOML's ``[method]`` table fills it.
 * ``bases``: which exported bases it trains ({"fp32"} for full-weight methods, {"fp32", "int4"} for adapter ones).
+* ``ports``: the port families its passes feed or fetch (runtime/contract.py ``PORT_FAMILIES``; empty for methods
+  that perturb the bound weights themselves, MeZO); an export made without one (``zo-edge export --ports``) is
+  refused by ``check_export``, with ``bases``, before any forward.
 * ``changes_weights``: whether it writes into the bound weights (then checkpoints hold them).
 * ``needs_calibration``: whether ``calibrate`` needs calibration batches (the loop draws them only then).
 * ``default_lr`` / ``default_optimizer``: the tuned optimizer defaults (SmolLM2-135M + Rotten Tomatoes).
@@ -41,14 +44,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from runtime import contract
 from runtime.errors import ZoEdgeError
 
 if TYPE_CHECKING:
     from runtime.batch import Batch
+    from runtime.contract import Manifest
     from runtime.oracle import Objective, Oracle
 
 __all__ = [
-    "METHODS", "MethodError", "Optimizer", "Probe", "StepReport", "ZOMethod", "get_method", "register_method",
+    "METHODS", "MethodError", "Optimizer", "Probe", "StepReport", "ZOMethod", "check_export", "get_method",
+    "register_method",
 ]  # fmt: skip
 
 
@@ -92,6 +98,7 @@ class ZOMethod(Protocol):
     name: ClassVar[str]
     Config: ClassVar[type]
     bases: ClassVar[frozenset[str]]
+    ports: ClassVar[frozenset[str]]
     changes_weights: ClassVar[bool]
     needs_calibration: ClassVar[bool]
     default_lr: ClassVar[float]
@@ -120,9 +127,9 @@ class ZOMethod(Protocol):
 METHODS: dict[str, type] = {}
 
 _REQUIRED = (
-    "Config", "bases", "changes_weights", "needs_calibration", "default_lr", "default_optimizer", "optimizers",
-    "direct_sgd", "not_federated", "init", "calibrate", "step", "trainable", "state_dict", "load_state_dict", "probe",
-    "replay",
+    "Config", "bases", "ports", "changes_weights", "needs_calibration", "default_lr", "default_optimizer",
+    "optimizers", "direct_sgd", "not_federated", "init", "calibrate", "step", "trainable", "state_dict",
+    "load_state_dict", "probe", "replay",
 )  # fmt: skip
 
 
@@ -133,6 +140,8 @@ def register_method(name: str):
         missing = [m for m in _REQUIRED if not hasattr(cls, m)]
         assert not missing, f"method {name!r} ({cls.__name__}) lacks {missing}"
         assert cls.default_optimizer in cls.optimizers, f"{name}: default optimizer not in its optimizers"
+        unknown = set(cls.ports) - set(contract.PORT_FAMILIES)
+        assert not unknown, f"{name}: ports {sorted(unknown)} are not port families {contract.PORT_FAMILIES}"
         cls.name = name
         METHODS[name] = cls
         return cls
@@ -144,3 +153,24 @@ def get_method(name: str) -> type:
     if name not in METHODS:
         raise MethodError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def check_export(method: type, manifest: Manifest, where: str = "this export", who: str = "") -> None:
+    """Refuse, in one line (MethodError), an export ``method`` cannot train: a base not in its ``bases`` (INT4 for
+    a full-weight method), or a port family of its ``ports`` that the export left out (``zo-edge export --ports``).
+
+    The one check of a method against a manifest. ``zo_edge.train.prepare`` runs it on the method's class before
+    the first forward (prompt scoring included; recipes and the federated server go through it too), and every
+    method's ``init`` again on the oracle's manifest, for the callers that build a method themselves (benchmarks,
+    federated nodes, tests). ``where`` names the model folder in the message, ``who`` the method (default: its
+    name; a recipe's run says which recipe chose it)."""
+    who = who or method.name
+    if manifest.dtype not in method.bases:
+        adapters = sorted(n for n, m in METHODS.items() if manifest.dtype in m.bases)
+        raise MethodError(
+            f"{who} cannot train an {manifest.dtype} base (it updates full weights); "
+            f"use {', '.join(adapters)}, which train a low-rank adapter on {manifest.dtype}"
+        )
+    missing = set(method.ports) - set(manifest.ports)
+    if missing:
+        raise MethodError(contract.ports_missing(who, missing, manifest.ports, where))

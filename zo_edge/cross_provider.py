@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from runtime import contract
 from runtime.batch import Batch
 from runtime.errors import ZoEdgeError
 from runtime.oracle import Oracle
@@ -176,9 +177,12 @@ def layer_divergence(oracles: dict[str, Oracle], batch: Batch) -> list[LayerDrif
     """Per activation group, how far each provider's hidden states are from the first provider's, on ``batch``.
 
     One pass per provider through ``Oracle.activations`` (so the trained state, adapters included, is fed exactly
-    as in evaluation), fetching every group's input rows at the batch's real tokens."""
+    as in evaluation), fetching every group's input rows at the batch's real tokens. An export without the probe
+    ports (``zo-edge export --ports``) has no such outputs: no per-layer part then (``[]``)."""
     names = list(oracles)
     first = oracles[names[0]]
+    if not first.manifest.has_ports(contract.PORTS_PROBE):
+        return []
     groups = [g.name for g in first.manifest.groups]
     rows = {g: batch.real_token_rows() for g in groups}
     acts = {name: o.activations(batch, rows)[1] for name, o in oracles.items()}

@@ -15,6 +15,7 @@ from runtime.checkpoint import load_trained_checkpoint
 from runtime.contract import FEATURE_CANDIDATE_SCORING, Manifest
 from runtime.layers import n_blocks, parse_layers
 from runtime.loop import LoopConfig, check_run_meta, load_trained, train
+from runtime.method import check_export
 from runtime.oracle import Oracle
 from zo_edge import optim
 from zo_edge.batching import AUTO_BALANCE_RATIO, class_ratio
@@ -94,6 +95,9 @@ def build_method(cfg: TrainConfig):
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
+    # the method against the export (its base, its port families) before anything loads or runs a forward
+    who = f"{cfg.method} (--recipe {cfg.recipe})" if cfg.recipe else cfg.method
+    check_export(get_method(cfg.method), Manifest.load(cfg.model), where=cfg.model, who=who)
     options = cfg.provider_options([cfg.provider])[cfg.provider]
     oracle = make_oracle(cfg.model, cfg.provider, cfg.threads, cfg.micro_batch, options, cfg.layers)
     task, data = load_task_data(cfg)

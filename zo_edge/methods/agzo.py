@@ -25,9 +25,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from runtime import rng
+from runtime import contract, rng
 from runtime.batch import Batch
-from runtime.method import MethodError, register_method
+from runtime.method import MethodError, check_export, register_method
 from runtime.oracle import Objective, Oracle
 from runtime.trained_state import LowRank
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
@@ -46,6 +46,7 @@ class AGZOConfig(BaseConfig):
 class AGZO(ZOBase):
     Config = AGZOConfig
     bases = frozenset({"fp32", "int4"})
+    ports = frozenset({contract.PORTS_LOWRANK, contract.PORTS_PROBE})  # P/Q, and each step's in-graph bases
     default_lr = 1e-4
     direct_sgd = True
     not_federated = (
@@ -54,7 +55,7 @@ class AGZO(ZOBase):
     )
 
     def init(self, oracle: Oracle, seed: int) -> None:
-        self.check_base(oracle)
+        check_export(type(self), oracle.manifest)
         if self.config.rank == 0:
             self.config.rank = oracle.manifest.basis_rank
         if oracle.manifest.basis_rank != self.config.rank:

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.method import MethodError, Probe, StepReport
+from runtime import contract
+from runtime.method import MethodError, Probe, StepReport, check_export
 from runtime.oracle import Oracle
 from runtime.trained_state import LowRank
 from zo_edge import optim
@@ -94,6 +95,8 @@ class ZOBase:
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = BaseConfig
     bases: ClassVar[frozenset[str]] = frozenset({"fp32"})
+    #: port families the passes use (runtime/contract.py); none: the bound weights themselves are perturbed
+    ports: ClassVar[frozenset[str]] = frozenset()
     changes_weights: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = False
     default_lr: ClassVar[float] = 1e-5
@@ -114,15 +117,6 @@ class ZOBase:
         self.seed = 0
         self.opt_state = None
         self.state: dict[str, np.ndarray] = {}
-
-    def check_base(self, oracle: Oracle) -> None:
-        dtype = oracle.manifest.dtype
-        if dtype not in self.bases:
-            adapters = sorted(n for n, m in _methods().items() if dtype in m.bases)
-            raise MethodError(
-                f"{self.name} cannot train an {dtype} base (it updates full weights); "
-                f"use {', '.join(adapters)}, which train a low-rank adapter on {dtype}"
-            )
 
     def calibrate(self, oracle: Oracle, batches: list) -> None:
         """Nothing to calibrate (methods with ``needs_calibration`` override this)."""
@@ -175,12 +169,6 @@ class ZOBase:
             )
 
 
-def _methods() -> dict[str, type]:
-    from runtime.method import METHODS
-
-    return METHODS
-
-
 def lowrank_spsa(
     oracle: Oracle, batch, objective, pert: dict[str, LowRank], mu: float, timer: Timer
 ) -> tuple[float, float, float]:
@@ -199,11 +187,12 @@ class LowRankSPSA(ZOBase):
     (nothing half-applied)."""
 
     bases = frozenset({"fp32", "int4"})
+    ports = frozenset({contract.PORTS_LOWRANK})
     direct_sgd = True
     not_federated = ""
 
     def init(self, oracle: Oracle, seed: int) -> None:
-        self.check_base(oracle)
+        check_export(type(self), oracle.manifest)
         self.seed = seed
         self._init_direct_sgd()
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from runtime import rng
 from runtime.batch import Batch
-from runtime.method import MethodError, Probe, register_method
+from runtime.method import MethodError, Probe, check_export, register_method
 from runtime.oracle import Objective, Oracle
 from zo_edge import optim
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
@@ -57,7 +57,7 @@ class MeZO(ZOBase):
     not_federated = ""
 
     def init(self, oracle: Oracle, seed: int) -> None:
-        self.check_base(oracle)
+        check_export(type(self), oracle.manifest)
         self.seed = seed
         kinds = {p.name: p.kind for p in oracle.manifest.params}
         wanted = None if self.config.kinds == "all" else set(self.config.kinds.split(","))

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import rng
+from runtime import contract, rng
 from runtime.batch import Batch
-from runtime.method import MethodError, Probe, register_method
+from runtime.method import MethodError, Probe, check_export, register_method
 from runtime.oracle import Objective, Oracle
 from runtime.trained_state import LowRank
 from zo_edge import optim
@@ -103,6 +103,7 @@ def calibrate_bases(
 class ZOAct(ZOBase):
     Config = ZOActConfig
     bases = frozenset({"fp32", "int4"})
+    ports = frozenset({contract.PORTS_LOWRANK, contract.PORTS_PROBE})  # the C Aᵀ adapter; calibration's sketches
     needs_calibration = True
     changes_weights = False
     default_lr = 2e-3
@@ -111,7 +112,7 @@ class ZOAct(ZOBase):
     not_federated = ""
 
     def init(self, oracle: Oracle, seed: int) -> None:
-        self.check_base(oracle)
+        check_export(type(self), oracle.manifest)
         self.seed = seed
         r = self.config.rank
         # C_l = 0, A_g = 0 until calibration: ΔW = 0, the model starts exactly at its base. Layers of one group

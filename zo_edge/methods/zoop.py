@@ -71,11 +71,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import rng
+from runtime import contract, rng
 from runtime.batch import Batch
 from runtime.contract import LinearSpec
 from runtime.layers import block_of
-from runtime.method import MethodError, register_method
+from runtime.method import MethodError, check_export, register_method
 from runtime.oracle import ForwardOutputs, Objective, Oracle
 from zo_edge import optim
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
@@ -143,13 +143,10 @@ class Zoop(ZOBase):
     default_lr = 1e-4
     optimizers = frozenset({"sgd", "adam"})
     bases = frozenset({"fp32"})
+    ports = frozenset({contract.PORTS_NOISE, contract.PORTS_PROBE})  # output noise; the clean pass's input rows
 
     def init(self, oracle: Oracle, seed: int) -> None:
-        if oracle.manifest.dtype not in self.bases:
-            raise MethodError(
-                f"zoop cannot train an {oracle.manifest.dtype} base: its dense d_out x d_in update needs fp32 "
-                "weights; export without --int4, or use zo-act, lozo, subzero or agzo (adapter form)"
-            )
+        check_export(type(self), oracle.manifest)
         self.seed = seed
         wanted = _parse_blocks(self.config.blocks)
         self.layers: list[LinearSpec] = [
