@@ -240,8 +240,9 @@ def cmd_train(a) -> int:
         q = getattr(cfg.method_config, "queries", 1)
         print(
             f"recipe {cfg.recipe}: {cfg.method} + {cfg.optim.optimizer} (lr {cfg.optim.lr:g}) on --layers "
-            f"{cfg.layers}, {q} queries x {cfg.steps} steps, batch {cfg.batch_size}, k {cfg.k or 'all'} per class, "
-            f"{cfg.objective} objective (flags override it; --recipe none: a method's own defaults)",
+            f"{cfg.layers}, {q} queries x {cfg.steps} steps, batch {cfg.batch_size}, "
+            + (f"k {cfg.k} per class, " if cfg.k else "the whole training pool, ")
+            + f"{cfg.objective} objective (flags override it; --recipe none: a method's own defaults)",
             flush=True,
         )
     p = prepare(cfg)
