@@ -13,8 +13,9 @@ Interface (one file per method in zo_edge/methods/, registered where defined wit
     report = method.step(oracle, batch, objective, t)  # one ZO step at step index t (0-based)
     method.trainable(oracle)                           # the coordinates the optimizer updates ({} if none)
     method.state_dict() / method.load_state_dict(arrays)
-    probe = method.probe(oracle, batch, objective, t)  # federated: step t's scalars g_k, nothing applied
-    method.replay(oracle, t, probe.scalars)           # apply step t from its scalars alone -> False if skipped
+    probe = method.probe(oracle, batch, objective, r)  # federated: round r's scalars g_k, nothing applied
+    method.replay(oracle, r, probe.scalars)           # apply round r from its scalars alone -> False if skipped
+    method.rounds_per_step                             # rounds a step is federated in (r = t·rounds_per_step + j)
 
 Class-level declarations (read by the CLI, the config, the benchmarks and the tests; never a written-out list):
 
@@ -33,6 +34,8 @@ Class-level declarations (read by the CLI, the config, the benchmarks and the te
   count of applied updates, the same clock the optimizer's per-key counters keep.
 * ``not_federated``: why the method cannot run federated (zo_edge/federated/), or "" when ``step`` is exactly
   ``probe`` then ``replay`` (same arithmetic), so a replica holding only (seed, t, scalars) lands on the same bits.
+  A round is a whole step (r = t) where every query probes one state; a method whose queries run in turn (MeZO:
+  query k probes the state query k - 1's update left) federates each query as a round, ``rounds_per_step`` = q.
 * A method with ``needs_calibration`` has a ``calib_batches`` field in its ``Config``: how many batches the loop
   draws for ``calibrate``.
 """
@@ -119,9 +122,12 @@ class ZOMethod(Protocol):
 
     def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None: ...
 
-    def probe(self, oracle: Oracle, batch: Batch, objective: Objective, t: int) -> Probe: ...
+    @property
+    def rounds_per_step(self) -> int: ...
 
-    def replay(self, oracle: Oracle, t: int, scalars: np.ndarray) -> bool: ...
+    def probe(self, oracle: Oracle, batch: Batch, objective: Objective, r: int) -> Probe: ...
+
+    def replay(self, oracle: Oracle, r: int, scalars: np.ndarray) -> bool: ...
 
 
 METHODS: dict[str, type] = {}
@@ -129,7 +135,7 @@ METHODS: dict[str, type] = {}
 _REQUIRED = (
     "Config", "bases", "ports", "changes_weights", "needs_calibration", "default_lr", "default_optimizer",
     "optimizers", "direct_sgd", "not_federated", "init", "calibrate", "step", "trainable", "state_dict",
-    "load_state_dict", "probe", "replay",
+    "load_state_dict", "probe", "replay", "rounds_per_step",
 )  # fmt: skip
 
 

@@ -127,6 +127,11 @@ class ZOBase:
             return {s.weight: oracle.params[s.weight] for s in oracle.manifest.linears}
         return {f"{k}.q": a.q for k, a in oracle.trained.adapters.items()}
 
+    @property
+    def rounds_per_step(self) -> int:
+        """Federated rounds per step: 1, every query probed at one state (MeZO, whose queries run in turn: q)."""
+        return 1
+
     def probe(self, oracle: Oracle, batch, objective, t: int) -> Probe:
         raise MethodError(f"{self.name} cannot be federated: {self.not_federated}")
 

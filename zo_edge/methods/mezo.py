@@ -79,7 +79,7 @@ class MeZO(ZOBase):
         )
         self.opt_state = self.optimizer.init({k: oracle.params[k] for k in self.names})
         self._scratch: np.ndarray | None = None
-        #: the step whose ±μ round trip ``probe`` last left in θ (federated replay must not retrace it twice)
+        #: the round whose ±μ round trip ``probe`` last left in θ (federated replay must not retrace it twice)
         self._probed: int | None = None
 
     def trainable(self, oracle: Oracle) -> dict[str, np.ndarray]:
@@ -135,43 +135,48 @@ class MeZO(ZOBase):
         deltas, self.opt_state = self.optimizer.update({name: z}, self.opt_state, oracle.params)
         oracle.trained.apply_dense(name, 1.0, deltas[name])
 
-    def _one_query(self) -> None:
-        if self.config.queries != 1:
-            raise MethodError("mezo federates with --queries 1 only: its queries update θ in turn within a step")
+    @property
+    def rounds_per_step(self) -> int:
+        """Federated rounds per step: MeZO's queries run in turn (query k probes the θ that query k - 1's update
+        left), so a federation cannot probe them together; each query is a round of its own."""
+        return self.config.queries
 
-    def probe(self, oracle: Oracle, batch: Batch, objective: Objective, t: int, timer: Timer | None = None) -> Probe:
-        """θ ± μz and back through ``step``'s own in-place ops (θ keeps their rounding drift, as in ``step``)."""
-        self._one_query()
+    def probe(self, oracle: Oracle, batch: Batch, objective: Objective, r: int, timer: Timer | None = None) -> Probe:
+        """Round r = query k of step t (r = t·q + k): θ ± μz and back through ``step``'s own in-place ops (θ keeps
+        their rounding drift, as in ``step``)."""
+        t, k = divmod(r, self.config.queries)
         mu, timer = self.config.mu, timer or Timer()
-        self._perturb(oracle, t, 0, mu, timer)
+        self._perturb(oracle, t, k, mu, timer)
         with timer("forward"):
             f_plus = objective_mean(oracle, batch, objective)
-        self._perturb(oracle, t, 0, -2 * mu, timer)
+        self._perturb(oracle, t, k, -2 * mu, timer)
         with timer("forward"):
             f_minus = objective_mean(oracle, batch, objective)
-        self._perturb(oracle, t, 0, mu, timer)
-        self._probed = t  # θ already went through step t's ±μ round trip (its bits drift by rounding)
+        self._perturb(oracle, t, k, mu, timer)
+        self._probed = r  # θ already went through this query's ±μ round trip (its bits drift by rounding)
         if not finite(f_plus, f_minus):
             return Probe(np.zeros(0), np.nan, 2, skipped=True)
         return Probe(np.array([(f_plus - f_minus) / (2 * mu)]), 0.5 * (f_plus + f_minus), 2)
 
-    def replay(self, oracle: Oracle, t: int, scalars: np.ndarray, timer: Timer | None = None) -> bool:
-        """``step``'s update along g z, z regenerated per tensor from (seed, t, 0). A replica that did not probe
-        step t first retraces the probe's θ ± μz round trip without forwards: ``step`` leaves those rounding bits in
-        θ, so every replica must (empty ``scalars``: a skipped step, the round trip only)."""
-        self._one_query()
+    def replay(self, oracle: Oracle, r: int, scalars: np.ndarray, timer: Timer | None = None) -> bool:
+        """``step``'s update for query k of step t (r = t·q + k) along (g / q) z, z regenerated per tensor from
+        (seed, t, k). A replica that did not probe round r first retraces the probe's θ ± μz round trip without
+        forwards: ``step`` leaves those rounding bits in θ, so every replica must (empty ``scalars``: a skipped
+        query, the round trip only)."""
+        q = self.config.queries
+        t, k = divmod(r, q)
         timer = timer or Timer()
-        if self._probed != t:
+        if self._probed != r:
             for scale in (self.config.mu, -2 * self.config.mu, self.config.mu):
-                self._perturb(oracle, t, 0, scale, timer)
+                self._perturb(oracle, t, k, scale, timer)
         self._probed = None
         if len(scalars) != 1 or not finite(scalars):
             return False
         for name in self.names:
             with timer("sample"):
-                z = self._z(t, 0, name, oracle.params[name].shape)
+                z = self._z(t, k, name, oracle.params[name].shape)
             with timer("update"):
-                self._descend(oracle, name, z, float(scalars[0]))  # g / q, q = 1
+                self._descend(oracle, name, z, float(scalars[0]) / q)  # step's g / q
         return True
 
 
