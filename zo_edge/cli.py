@@ -279,7 +279,9 @@ def _add_federate(sub) -> None:
     p = sub.add_parser(
         "federate", help="simulate federated ZO fine-tuning on Flower: clients exchange seeds and scalars only"
     )
-    p.add_argument("--config", help="TOML file of `zo-edge train` keys (--steps counts rounds) (default: none)")
+    p.add_argument(
+        "--config", help="TOML file of `zo-edge train` keys (a step is a round; MeZO's: one per query) (default: none)"
+    )
     names = _add_fields(p, TrainConfig, skip=("optim",))
     names += _add_fields(p.add_argument_group("optimizer ([optim] in TOML)"), OptimConfig)
     fed = _add_fields(p.add_argument_group("federation"), FederatedConfig)
@@ -305,7 +307,8 @@ def cmd_federate(a) -> int:
     def show(log) -> None:
         ev = f", test accuracy {log.eval['accuracy']:.3f}" if log.eval else ""
         print(
-            f"round {log.round + 1}/{cfg.steps}: {log.answered}/{log.sampled} answered, loss {log.loss:.4f}, "
+            f"round {log.round + 1} (step {log.step + 1}/{cfg.steps}): {log.answered}/{log.sampled} answered, "
+            f"loss {log.loss:.4f}, "
             f"{log.bytes_down} B down / {log.bytes_up} B up"
             + (f", rejected {log.rejected}" if log.rejected else "")
             + ev,
