@@ -13,7 +13,8 @@
   AdamW over the adapters only), what a laptop user would run instead of full fine-tuning.
 
 The model is SmolLM2-135M from ``export.source.resolve_source("smollm2-135m").load()`` (float32, eager attention),
-the zo-edge export's source. Threads: ``torch.set_num_threads(threads)`` (all cores by default).
+the zo-edge export's source, or ``spec["source"]`` (a HF folder: ``benchmarks/model_scaling.py``'s random models,
+under the address-space cap ``spec["mem_limit_gb"]``). Threads: ``torch.set_num_threads(threads)`` (default: all).
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ def main(spec: dict) -> dict:
 
     from export.source import resolve_source
 
+    if spec.get(
+        "mem_limit_gb"
+    ):  # a model that does not fit fails here with an allocation error, not in the OOM killer
+        import resource
+
+        cap = int(spec["mem_limit_gb"] * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     threads = spec.get("threads") or os.cpu_count()
     torch.set_num_threads(threads)
     b = load_batches(spec["batches"])[spec.get("batch_index", 0)]
