@@ -27,11 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def features(model, tok, task, examples, cand_ids, max_len: int = 128):
-    """(normalised last hidden state [N, d], zero-shot class logits [N, C], labels [N]) at the scoring position."""
+    """(normalised last hidden state [N, d], zero-shot class logits [N, C], labels [N], the top block's hidden state
+    after its attention [N, d]) at the scoring position. The last is what a split *inside* the top block would
+    cache: from it, the block's MLP, the final norm and the head are per-position (no attention left)."""
     import torch
 
     gain = model.model.norm.weight.detach()
-    xs, zs, ys = [], [], []
+    xs, zs, ys, mids = [], [], [], []
+    hook = model.model.layers[-1].post_attention_layernorm.register_forward_pre_hook(
+        lambda _m, args: mids.append(args[0][:, -1].detach().numpy().copy())
+    )
     for i in range(0, len(examples), 16):
         chunk = examples[i : i + 16]
         enc = [tok.encode(task.render(e), add_special_tokens=False)[-max_len:] for e in chunk]
@@ -46,7 +51,50 @@ def features(model, tok, task, examples, cand_ids, max_len: int = 128):
         xs.append((out.hidden_states[-1][:, -1] / gain).numpy())  # HF's last hidden state is after the final norm
         zs.append(out.logits[:, -1, cand_ids].numpy())
         ys += [task.class_index(e.label) for e in chunk]
-    return np.concatenate(xs), np.concatenate(zs), np.array(ys)
+    hook.remove()
+    return np.concatenate(xs), np.concatenate(zs), np.array(ys), np.concatenate(mids)
+
+
+def tail_fits(model, w, mtr, ytr, mte, yte, acc) -> dict[str, float]:
+    """First-order ceilings of parameterisations that start at the top block's post-attention hidden state ``m``:
+    logits = (RMSNorm(m + MLP(RMSNorm(m) ⊙ g2)) ⊙ g) · W[c]. Trained: g2 + g (2d values: the top block's second
+    norm and the final norm), + LoRA r = 8 on the MLP's three linears (what a low-rank ZO method would train), and
+    the whole MLP + both norms (the upper bound of this split)."""
+    import copy
+
+    import torch
+
+    top, norm = model.model.layers[-1], model.model.norm
+    out = {}
+    for name in ("norms", "norms+lora8", "norms+mlp"):
+        mlp, n2, nf = copy.deepcopy(top.mlp), copy.deepcopy(top.post_attention_layernorm), copy.deepcopy(norm)
+        params = [n2.weight, nf.weight]
+        for p in mlp.parameters():
+            p.requires_grad_(name == "norms+mlp")
+        lora = []
+        if name == "norms+lora8":
+            for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                a = torch.nn.Parameter(torch.randn(8, lin.in_features) / lin.in_features**0.5)
+                b = torch.nn.Parameter(torch.zeros(lin.out_features, 8))
+                lora.append((lin, a, b))
+                params += [a, b]
+        params += [p for p in mlp.parameters() if p.requires_grad]
+
+        def run(m, mlp=mlp, n2=n2, nf=nf, lora=lora):
+            if lora:
+                (g_lin, ga, gb), (u_lin, ua, ub), (d_lin, da, db) = lora
+                x = n2(m)
+                h = mlp.act_fn(g_lin(x) + x @ ga.T @ gb.T) * (u_lin(x) + x @ ua.T @ ub.T)
+                y = m + d_lin(h) + h @ da.T @ db.T
+            else:
+                y = m + mlp(n2(m))
+            return nf(y) @ w.T
+
+        loss = fit(run, params, mtr, ytr, lr=1e-3 if name == "norms+mlp" else 1e-2)
+        with torch.no_grad():
+            out[name] = acc(run(mte))
+        out[f"{name}_train_loss"] = loss
+    return out
 
 
 def fit(make, params, x, y, steps: int = 300, lr: float = 1e-2):
@@ -73,6 +121,7 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=1000)
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tail", action="store_true", help="also fit the top block's MLP + norms (tail_fits)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "head_ceiling.json"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -83,11 +132,12 @@ def main() -> None:
     cand = [tok.encode(ws[0], add_special_tokens=False)[0] for ws in task.verbalizer.values()]
     order = np.random.default_rng(0).permutation(len(data.train))[: a.n_train]
     t0 = time.time()
-    xtr, _, ytr = features(model, tok, task, [data.train[i] for i in order], cand)
-    xte, zte, yte = features(model, tok, task, data.test[: a.n_test], cand)
+    xtr, _, ytr, mtr = features(model, tok, task, [data.train[i] for i in order], cand)
+    xte, zte, yte, mte = features(model, tok, task, data.test[: a.n_test], cand)
     enc_s = time.time() - t0
     g0, w = model.model.norm.weight.detach().clone(), model.lm_head.weight.detach()[cand].clone()
     xtr, ytr, xte, yte = torch.tensor(xtr), torch.tensor(ytr), torch.tensor(xte), torch.tensor(yte)
+    mtr, mte = torch.tensor(mtr), torch.tensor(mte)
 
     def acc(logits) -> float:
         return float((logits.argmax(1) == yte).float().mean())
@@ -102,11 +152,13 @@ def main() -> None:
         probe_loss = fit(lambda x, wp=wp, bp=bp: x @ wp.T + bp, [wp, bp], xtr[:n], ytr[:n])
         with torch.no_grad():
             probe_acc = acc(xte @ wp.T + bp)
-        rows["by_n"].append(
-            {"n_train": n, "gain_acc": gain_acc, "gain_train_loss": gain_loss, "probe_acc": probe_acc,
-             "probe_train_loss": probe_loss}
-        )  # fmt: skip
-        print(f"n={n}: final-norm gain {gain_acc:.3f}  linear probe {probe_acc:.3f}", flush=True)
+        row = {"n_train": n, "gain_acc": gain_acc, "gain_train_loss": gain_loss, "probe_acc": probe_acc,
+               "probe_train_loss": probe_loss}  # fmt: skip
+        if a.tail:
+            row["tail"] = tail_fits(model, w, mtr[:n], ytr[:n], mte, yte, acc)
+        rows["by_n"].append(row)
+        tail = "".join(f"  {k} {v:.3f}" for k, v in row.get("tail", {}).items() if not k.endswith("loss"))
+        print(f"n={n}: final-norm gain {gain_acc:.3f}  linear probe {probe_acc:.3f}{tail}", flush=True)
     se = (rows["zero_shot"] * (1 - rows["zero_shot"]) / len(yte)) ** 0.5
     print(f"zero-shot {rows['zero_shot']:.3f} ± {se:.3f} (n={len(yte)})")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
