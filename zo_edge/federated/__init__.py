@@ -5,7 +5,10 @@
 
 A ZO step is a pure function of (seed, t, k, layer) and one scalar per query (runtime/rng.py, runtime/method.py
 ``probe``/``replay``), so any replica that knows the scalars lands on the same bits. The protocol, one round per
-training step t (``--steps`` rounds; the optimizer's schedule runs over them as in ``zo-edge train``)::
+training step t (``--steps`` rounds; the optimizer's schedule runs over them as in ``zo-edge train``), or, for a
+method whose queries run in turn (MeZO: query k probes the θ that query k - 1's Adam update left; ``--recipe head``
+is MeZO with 32 queries), one round per query: q rounds a step, each probing one seed on the batch the client drew
+for that step, so the global stream is the centralised run's, query for query::
 
     server -> client   round t, the (t_i, g_i) history entries since the client's last confirmed index,
                        the index it must reach (and, to a client at index 0 of a ZO-Act run, the bases A_g)
@@ -23,7 +26,13 @@ training step t (``--steps`` rounds; the optimizer's schedule runs over them as 
 Only the global (seed, t, g) stream defines the model: the global model is the base plus the replayed history. A
 client that drops out mid-round changes nothing (the round aggregates who answered; if nobody did, the round
 applies no update, as a skipped step). A late joiner starts at index 0 and replays everything; with
-``--snapshot-every N`` the server ships its trained state instead of more than N entries (bytes counted).
+``--snapshot-every N`` the server snapshots its state every N rounds and keeps only the entries since the previous
+snapshot (at most 2N), so its memory stays bounded: a client at most one period behind (every client, every round)
+still replays, one further behind (a late joiner, a resync) gets the snapshot and the entries since (bytes counted).
+
+Simulated clients in one process share one copy of the model's sessions and prefix cache (a training row's frozen
+stack runs once); a method that changes bound weights swaps each client's own copy of them in around its messages
+(``--layers head``: the final norm's gain), and the checksums and snapshots cover only what training can change.
 
 ZO-Act's activation basis is computed federatedly once, before round 0: per power-iteration sweep the server sends
 Ω_g (d_in x (r + p) per group) and each client returns Σ over its calibration batches of Xᵀ(X Ω_g) in float64; the

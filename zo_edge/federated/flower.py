@@ -121,29 +121,62 @@ class GridTransport:
 # --- the apps -------------------------------------------------------------------------------------------------------
 #: this process's clients, by (setup key, partition): a Ray worker (or LocalGrid) keeps its clients between rounds
 _CLIENTS: dict[tuple[str, int], FedClient] = {}
-_SESSIONS: dict[tuple, Any] = {}
+#: this process's shared oracles, by model and layers: (the first Oracle, the pristine values of the bound weights in
+#: the trained blocks' reach)
+_SESSIONS: dict[tuple, tuple[Any, dict[str, np.ndarray]]] = {}
+#: share one model among a process's clients when the bound weights a client swaps in and out around each message
+#: are at most this share of the model's (``--layers head``: 576 of 135M values); above it each client loads its own
+SWAP_LIMIT = 0.05
 
 
-def _shared_oracle(cfg):
-    """An Oracle over this process's one GraphSession of the model, for methods that leave the base weights alone
-    (ZO-Act: each client's state is its own adapters): 8 simulated clients then hold one copy of the weights."""
+def _swapped(cfg) -> list[str]:
+    """The bound weights a client of ``cfg`` would swap (those in the trained blocks' reach when its method changes
+    weights, else none), or None when they are too many to share a model (``SWAP_LIMIT``)."""
+    from runtime.contract import Manifest
+    from runtime.layers import n_blocks, parse_layers, restrict_manifest
+    from zo_edge.methods import get_method
+
+    if not get_method(cfg.method).changes_weights:
+        return []
+    manifest = Manifest.load(cfg.model)
+    mine = restrict_manifest(manifest, parse_layers(cfg.layers, n_blocks(manifest))).params
+    size = sum(int(np.prod(s.shape)) for s in mine)
+    total = sum(int(np.prod(s.shape)) for s in manifest.params)
+    return [s.name for s in mine] if size <= SWAP_LIMIT * total else None
+
+
+def _shared_oracle(cfg) -> tuple[Any, dict[str, np.ndarray]]:
+    """An Oracle over this process's one set of sessions of the model (and one prefix cache: a training row's
+    frozen stack runs once in the process), with its own TrainedState (adapters), and the pristine base values of
+    the bound weights the client swaps (``FedClient.swapped_in``): 8 simulated clients hold one copy of the model."""
+    from runtime.layers import n_blocks, parse_layers
     from runtime.oracle import Oracle
-    from runtime.session import GraphSession
+    from zo_edge.train import make_oracle
 
-    key = (cfg.model, cfg.provider, cfg.threads)
+    swapped = _swapped(cfg) or []
+    # the swapped names are part of the key: only the clients that swap them in ever change those shared arrays
+    key = (cfg.model, cfg.provider, cfg.threads, cfg.micro_batch, cfg.layers, tuple(swapped))
     if key not in _SESSIONS:
-        _SESSIONS[key] = GraphSession(cfg.model, cfg.provider, threads=cfg.threads or None)
-    return Oracle(_SESSIONS[key], micro_batch=cfg.micro_batch)
+        options = cfg.provider_options([cfg.provider])[cfg.provider]
+        first = make_oracle(cfg.model, cfg.provider, cfg.threads, cfg.micro_batch, options, cfg.layers)
+        _SESSIONS[key] = (first, {n: first.params[n].copy() for n in swapped})
+    first, base = _SESSIONS[key]
+    blocks = parse_layers(cfg.layers, n_blocks(first.session.manifest))
+    oracle = Oracle(
+        first.session,
+        micro_batch=cfg.micro_batch,
+        blocks=blocks,
+        prefix=first.prefix,
+        candidate_head=first.candidate_head,
+    )
+    return oracle, base
 
 
 def _client(setup: Setup, cid: int) -> FedClient:
     key = (setup.key(), cid)
     if key not in _CLIENTS:
-        from zo_edge.methods import get_method
-
         cfg = setup.train_config()
-        share = cfg.layers == "all" and not get_method(cfg.method).changes_weights
-        _CLIENTS[key] = FedClient(setup, cid, share=_shared_oracle if share else None)
+        _CLIENTS[key] = FedClient(setup, cid, share=_shared_oracle if _swapped(cfg) is not None else None)
     return _CLIENTS[key]
 
 
@@ -256,15 +289,27 @@ class LocalGrid(Grid):
 
 
 # --- simulation -----------------------------------------------------------------------------------------------------
-def simulate(cfg, fed: FederatedConfig, *, on_round: Callable | None = None, evaluate: bool = True) -> FedServer:
-    """Run a federation of ``fed.clients`` simulated clients; returns the server (its history, logs, state)."""
+def simulate(
+    cfg,
+    fed: FederatedConfig,
+    *,
+    on_round: Callable | None = None,
+    evaluate: bool | Callable = True,
+    prepared=None,
+) -> FedServer:
+    """Run a federation of ``fed.clients`` simulated clients; returns the server (its history, logs, state).
+
+    ``evaluate``: score the global model on the held-out split (True), not at all, or with this callable
+    (``Prepared -> dict``); ``prepared``: the server's ``zo_edge.train.prepare(cfg)``, if already made (its oracle
+    must hold the base model; a benchmark reuses one prefix cache across cells)."""
     from zo_edge.federated.node import check_federable
     from zo_edge.train import prepare
 
     check_federable(cfg)
-    prepared = prepare(cfg)  # resolves --template auto / --max-len 0 once; every client gets the resolved config
+    prepared = prepared or prepare(cfg)  # resolves --template auto / --max-len 0 once; clients get the result
     setup = Setup(cfg.to_dict(), asdict(fed))
-    server = FedServer(setup, prepared, evaluate=_evaluate if evaluate else None)
+    scorer = evaluate if callable(evaluate) else _evaluate if evaluate else None
+    server = FedServer(setup, prepared, evaluate=scorer)
     server_app = make_server_app(server, cfg.out, on_round)
     client_app = make_client_app(setup)
     if fed.engine == "inprocess":

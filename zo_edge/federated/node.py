@@ -12,19 +12,22 @@ differs from the server's at that index is dropped too, and the client is told t
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from runtime import rng
+from runtime import contract, rng
 from runtime.contract import FEATURE_CANDIDATE_SCORING
 from runtime.errors import ZoEdgeError
-from zo_edge.config import TrainConfig, _f
+from zo_edge.config import DataFields, TrainConfig, _f
 from zo_edge.tasks.base import Example
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ __all__ = [
     "parse_plan",
     "partition",
     "state_checksum",
+    "trained_arrays",
 ]
 
 
@@ -52,7 +56,7 @@ class FederatedError(ZoEdgeError):
 
 @dataclass
 class FederatedConfig:
-    """``zo-edge federate``'s own flags (the training ones are ``zo-edge train``'s; ``--steps`` counts rounds)."""
+    """``zo-edge federate``'s own flags (the training ones are ``zo-edge train``'s; ``--steps`` counts steps)."""
 
     clients: int = _f(4, "simulated clients (Flower SuperNodes), one data partition each")
     partition: str = _f("iid", "how the training examples are split over clients: iid | skew (label-skewed)")
@@ -60,7 +64,7 @@ class FederatedConfig:
     fraction: float = _f(1.0, "share of the joined clients sampled per round (at least one)")
     engine: str = _f("ray", "ray (Flower's simulation engine) | inprocess (same apps and messages, one process)")
     sketch_noise: float = _f(0.0, "zo-act: client-side Gaussian noise on its sketches, as a multiple of their RMS")
-    snapshot_every: int = _f(0, "ship the trained state instead of a history longer than N entries (0: never)")
+    snapshot_every: int = _f(0, "every N rounds: snapshot the global state, drop history older than the last one")
     timeout: float = _f(600.0, "seconds the server waits for a round's replies (the rest count as dropped)")
     join: str = _f("", "late joiners, 'node:round,...' (node = position among the sorted node ids)")
     faults: str = _f("", "injected client faults, 'round:client:kind,...' (kind: drop nan shape seed state)")
@@ -149,14 +153,23 @@ def check_federable(cfg: TrainConfig) -> None:
     cls = get_method(cfg.method)
     if cls.not_federated:
         raise FederatedError(f"{cfg.method} cannot be federated: {cls.not_federated}")
-    if cfg.method == "mezo" and cfg.method_config.queries != 1:
-        raise FederatedError("mezo federates with --queries 1 only: its queries update θ in turn within a step")
+
+
+def trained_arrays(oracle: Oracle, method) -> dict[str, np.ndarray]:
+    """Everything training can have changed in a replica, by checkpoint name (views, not copies): its adapters,
+    the bound weights within the trained blocks' reach (``oracle.manifest`` is ``--layers``' view: for
+    ``--layers head`` the final norm's gain, not the 211 tensors a checkpoint holds) and the method's and
+    optimizer's state. What the checksum hashes and a snapshot ships."""
+    arrays = oracle.trained.arrays(include_params=False)
+    if method.changes_weights and oracle.params:
+        arrays.update({contract.checkpoint_param_name(s.name): oracle.params[s.name] for s in oracle.manifest.params})
+    arrays.update({f"method/{k}": v for k, v in method.state_dict().items()})
+    return arrays
 
 
 def state_checksum(oracle: Oracle, method) -> str:
-    """blake2b-128 of everything a checkpoint would hold (trained arrays, method and optimizer state), by name."""
-    arrays = oracle.trained.arrays(include_params=method.changes_weights and bool(oracle.params))
-    arrays.update({f"method/{k}": v for k, v in method.state_dict().items()})
+    """blake2b-128 of ``trained_arrays`` (names, dtypes, shapes, bytes)."""
+    arrays = trained_arrays(oracle, method)
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
@@ -222,10 +235,37 @@ def check_reply(reply: Msg, t: int, queries: int, shapes: dict[str, tuple] | Non
 
 
 # --- the client -----------------------------------------------------------------------------------------------------
-class FedClient:
-    """One client: its own trained state (base + replayed history), its partition, its batch order."""
+#: the task, its split and the tokenizer, by data settings: simulated clients in one process parse the dataset once
+#: (Rotten Tomatoes' bz2 CSV: about 1 s a client), each then takes its own partition of the same split
+_DATA: dict[str, tuple] = {}
 
-    def __init__(self, setup: Setup, cid: int, *, share: Callable[[TrainConfig], Oracle] | None = None) -> None:
+
+def _task_data(cfg: TrainConfig) -> tuple:
+    """(task, split, tokenizer) of ``cfg``, loaded once per process and data settings (read-only: shared)."""
+    from zo_edge.data import load_tokenizer
+    from zo_edge.train import load_task_data
+
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataFields)}
+    stamp = os.stat(cfg.data).st_mtime_ns if cfg.data and os.path.exists(cfg.data) else 0
+    key = json.dumps([fields, cfg.seed, cfg.k, cfg.dev_k, cfg.model, stamp], sort_keys=True, default=str)
+    if key not in _DATA:
+        _DATA[key] = (*load_task_data(cfg), load_tokenizer(cfg.model))
+    return _DATA[key]
+
+
+#: how a client gets an oracle over sessions other clients share: (its Oracle, the pristine base values of the
+#: bound weights it may change, {} when it changes none). flower.py's ``_shared_oracle``.
+Share = Callable[[TrainConfig], "tuple[Oracle, dict[str, np.ndarray]]"]
+
+
+class FedClient:
+    """One client: its own trained state (base + replayed history), its partition, its batch order.
+
+    ``share``: simulated clients in one process share one copy of the model's sessions (and prefix cache). Where
+    the method changes bound weights (MeZO on ``--layers head``: the final norm's gain), each client keeps its own
+    copy of those and swaps it into the shared arrays around every message it handles (``swapped_in``)."""
+
+    def __init__(self, setup: Setup, cid: int, *, share: Share | None = None) -> None:
         self.setup = setup
         self.cid = cid
         self.cfg = setup.train_config()
@@ -233,25 +273,32 @@ class FedClient:
         self.faults = {(r, c): k for r, c, k in parse_plan(self.fed.faults, 3, "--faults")}
         self._share = share
         self._calibration: list | None = None
+        #: this client's own values of the shared bound weights its method changes (None: nothing shared)
+        self._own: dict[str, np.ndarray] | None = None
         self.build()
+        if self._own is not None:
+            self._own = {k: v.copy() for k, v in self._own.items()}
 
     def build(self) -> None:
         """A fresh start from the base (first contact, or a resync): index 0, no history applied."""
-        from zo_edge.data import TaskBatches, load_tokenizer
-        from zo_edge.train import build_method, load_task_data, make_oracle
+        from zo_edge.data import TaskBatches
+        from zo_edge.train import build_method, make_oracle
 
         cfg = self.cfg
         if self._share:
-            self.oracle = self._share(cfg)
+            self.oracle, base = self._share(cfg)
+            for name, value in base.items():  # the shared arrays hold whichever client ran last: start from base
+                self.oracle.params[name][...] = value
+            self._own = {name: self.oracle.params[name] for name in base} if base else None
         else:
             options = cfg.provider_options([cfg.provider])[cfg.provider]
             self.oracle = make_oracle(cfg.model, cfg.provider, cfg.threads, cfg.micro_batch, options, cfg.layers)
-        task, data = load_task_data(cfg)
+        task, data, tokenizer = _task_data(cfg)
         examples = partition(data.train, self.fed, self.cid, cfg.seed)
         self.batches = TaskBatches(
             task,
             examples,
-            load_tokenizer(cfg.model),
+            tokenizer,
             cfg.batch_size,
             cfg.max_len,
             cfg.seed + self.cid,
@@ -263,13 +310,33 @@ class FedClient:
         self.method = build_method(cfg)
         self.method.init(self.oracle, cfg.seed)
         self.index = 0
+        #: the step whose batch ``batch`` is: a method with several rounds a step probes one batch in all of them
+        self._step: int | None = None
+        self._batch = None
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """This client's values in the shared bound weights while it works, copied back after (nothing to do
+        without a shared oracle)."""
+        if self._own is None:
+            yield
+            return
+        params = self.oracle.params
+        for name, value in self._own.items():
+            params[name][...] = value
+        try:
+            yield
+        finally:
+            if self._own is not None:
+                self._own = {name: np.array(params[name], copy=True) for name in self._own}
 
     def handle(self, msg: Msg) -> Msg:
         phase = msg.config["phase"]
-        if phase == "sketch":
-            return self._sketch(msg)
-        if phase == "probe":
-            return self._probe(msg)
+        with self.swapped_in():
+            if phase == "sketch":
+                return self._sketch(msg)
+            if phase == "probe":
+                return self._probe(msg)
         raise FederatedError(f"unknown phase {phase!r} in a server message")
 
     def _sketch(self, msg: Msg) -> Msg:
@@ -306,7 +373,10 @@ class FedClient:
         if fault == "state":
             next(iter(self.method.trainable(self.oracle).values())).flat[0] += 1e-3
         checksum = state_checksum(self.oracle, self.method)
-        batch, objective = self.batches.next()
+        step = t // self.method.rounds_per_step
+        if step != self._step:  # the centralised loop draws one batch a step, for all of its queries
+            self._step, self._batch = step, self.batches.next()
+        batch, objective = self._batch
         p = self.method.probe(self.oracle, batch, objective, t)
         g = [float(x) for x in p.scalars]
         if fault == "nan":
@@ -318,12 +388,12 @@ class FedClient:
     def catch_up(self, start: int, entries: list[tuple[int, np.ndarray]]) -> bool:
         """Replay history entries ``start``, ``start + 1``, ... (those already applied are skipped: a reply lost last
         round); False if they begin after this client's index (it lost state and must resync)."""
-        for i, (step, g) in enumerate(entries, start=start):
+        for i, (r, g) in enumerate(entries, start=start):
             if i < self.index:
                 continue
             if i > self.index:
                 return False
-            self.method.replay(self.oracle, step, g)
+            self.method.replay(self.oracle, r, g)
             self.index += 1
         return True
 
@@ -357,6 +427,7 @@ class ClientDropped(RuntimeError):
 @dataclass
 class RoundLog:
     round: int
+    step: int  # the training step the round belongs to (round // rounds_per_step)
     sampled: int
     answered: int
     dropped: int = 0
@@ -366,11 +437,16 @@ class RoundLog:
     loss: float = float("nan")  # example-weighted mean of the clients' probe losses
     bytes_down: int = 0
     bytes_up: int = 0
+    held: int = 0  # history entries the server holds after the round (bounded by --snapshot-every)
     eval: dict[str, float] = field(default_factory=dict)
 
 
 class FedServer:
-    """Holds the global state (its own replica, which also evaluates), the history, and each node's index."""
+    """Holds the global state (its own replica, which also evaluates), the history, and each node's index.
+
+    History indices are absolute (entry i is the i-th applied round); with ``--snapshot-every N`` the server keeps
+    only the entries from ``origin`` on (at most 2N) and one snapshot of its state at ``snapshot_index`` >= origin:
+    a client whose index is below ``origin`` (a late joiner, a resync) gets the snapshot and the entries since."""
 
     def __init__(self, setup: Setup, prepared=None, *, evaluate: Callable | None = None) -> None:
         from zo_edge.train import build_method, prepare
@@ -383,11 +459,17 @@ class FedServer:
         self.oracle = self.p.oracle
         self.method = build_method(self.cfg)
         self.method.init(self.oracle, self.cfg.seed)
-        self.queries = int(self.method.config.queries)
-        #: the global history: (step t, aggregated scalars g_1..g_q) per applied round
+        #: scalars per round: every query's, or one where the method's queries are rounds of their own (MeZO)
+        self.rounds_per_step = int(self.method.rounds_per_step)
+        self.queries = int(self.method.config.queries) // self.rounds_per_step
+        #: the global history from absolute index ``origin`` on: (round r, aggregated scalars g_1..g_q) per round
         self.history: list[tuple[int, np.ndarray]] = []
-        #: checksum of the global state after history[:i] (index 0: the base, after calibration)
+        self.origin = 0
+        #: checksums[i - origin]: the global state's after i entries (index 0: the base, after calibration)
         self.checksums: list[str] = []
+        #: the global state (``trained_arrays``, copies) at absolute index ``snapshot_index``, once taken
+        self.snapshot: dict[str, np.ndarray] | None = None
+        self.snapshot_index = 0
         self.index: dict[int, int] = {}  # node -> its confirmed history index
         self.resync: set[int] = set()
         self.has_bases: set[int] = set()  # nodes that confirmed a round after receiving the ZO-Act bases
@@ -435,17 +517,22 @@ class FedServer:
         self.checksums = [state_checksum(self.oracle, self.method)]
         if self.evaluate:
             self.initial_eval = self.evaluate(self.p)
-        for t in range(self.cfg.steps):
-            joined = [n for n in order if joins.get(n, 0) <= t]
+        per = self.rounds_per_step
+        for r in range(self.cfg.steps * per):
+            t = r // per  # the step: its rounds sample the same clients (each probes its one batch of the step)
+            joined = [n for n in order if joins.get(n, 0) <= r]
             if not joined:
-                raise FederatedError(f"no client has joined by round {t}: check --join, or that the clients connected")
+                raise FederatedError(f"no client has joined by round {r}: check --join, or that the clients connected")
             k = max(1, int(round(self.fed.fraction * len(joined))))
             picked = sorted(rng.stream(self.cfg.seed, "fed-sample", t).choice(joined, k, replace=False).tolist())
             b0 = dict(transport.bytes)
-            log = self.round(transport, t, picked)
+            log = self.round(transport, r, picked)
             log.bytes_down, log.bytes_up = (transport.bytes[k] - b0[k] for k in ("down", "up"))
-            if self.evaluate and (
-                self.cfg.eval_every and (t + 1) % self.cfg.eval_every == 0 or t + 1 == self.cfg.steps
+            step_done = (r + 1) % per == 0
+            if (
+                self.evaluate
+                and step_done
+                and (self.cfg.eval_every and (t + 1) % self.cfg.eval_every == 0 or t + 1 == self.cfg.steps)
             ):
                 log.eval = self.evaluate(self.p)
             self.rounds.append(log)
@@ -453,19 +540,23 @@ class FedServer:
                 on_round(log)
         return self.rounds
 
+    @property
+    def end(self) -> int:
+        """The absolute index after the last history entry (rounds applied so far)."""
+        return self.origin + len(self.history)
+
     def _message(self, node: int, t: int) -> Msg:
         reset = node in self.resync
         start = 0 if reset else self.index.get(node, 0)
         cfg: dict[str, Any] = {"phase": "probe", "t": t, "queries": self.queries, "reset": reset}
         arrays: dict[str, np.ndarray] = {}
-        behind = len(self.history) - start
-        if self.fed.snapshot_every and behind > self.fed.snapshot_every:
-            arrays = self.oracle.trained.arrays(include_params=self.method.changes_weights)
-            arrays.update({f"method/{k}": v for k, v in self.method.state_dict().items()})
-            cfg["snapshot_index"] = start = len(self.history)
+        if start < self.origin:  # the entries it needs are gone: the snapshot, then the history since
+            assert self.snapshot is not None, "history trimmed without a snapshot"
+            arrays = dict(self.snapshot)
+            cfg["snapshot_index"] = start = self.snapshot_index
         elif start == 0 and self.bases is not None and (reset or node not in self.has_bases):
             arrays = {f"basis/{g}": a for g, a in self.bases.items()}
-        entries = self.history[start:]
+        entries = self.history[start - self.origin :]
         cfg.update(
             {
                 "from": start,
@@ -478,7 +569,7 @@ class FedServer:
 
     def round(self, transport: Transport, t: int, nodes: list[int]) -> RoundLog:
         replies = transport.send({n: self._message(n, t) for n in nodes}, "train", str(t))
-        log = RoundLog(round=t, sampled=len(nodes), answered=0)
+        log = RoundLog(round=t, step=t // self.rounds_per_step, sampled=len(nodes), answered=0)
         good: list[Msg] = []
         for node in nodes:
             reply = replies.get(node)
@@ -491,7 +582,7 @@ class FedServer:
                 self.resync.add(node)
             elif not why:
                 at = int(reply.config["index"])
-                if at >= len(self.checksums) or reply.config["checksum"] != self.checksums[at]:
+                if not self.origin <= at <= self.end or reply.config["checksum"] != self.checksums[at - self.origin]:
                     why = "replayed state differs from the server's (resync)"
                     self.resync.add(node)
                     log.resynced += 1
@@ -517,11 +608,28 @@ class FedServer:
         log.applied = self.method.replay(self.oracle, t, g)
         self.history.append((t, g))
         self.checksums.append(state_checksum(self.oracle, self.method))
+        every = self.fed.snapshot_every
+        if every and self.end - self.snapshot_index >= every:
+            self.take_snapshot()
+        log.held = len(self.history)
         return log
+
+    def take_snapshot(self) -> None:
+        """Snapshot the global state at the current index and drop the entries before the previous snapshot: the
+        history then holds at most 2N entries, and a client at most one snapshot period behind (the usual one
+        round) still catches up by replay rather than by the snapshot's bytes."""
+        drop = self.snapshot_index - self.origin
+        self.history = self.history[drop:]
+        self.checksums = self.checksums[drop:]
+        self.origin = self.snapshot_index
+        self.snapshot = {k: np.array(v, copy=True) for k, v in trained_arrays(self.oracle, self.method).items()}
+        self.snapshot_index = self.end
 
     def result(self) -> dict[str, Any]:
         return {
             "rounds": [asdict(r) for r in self.rounds],
+            "rounds_per_step": self.rounds_per_step,
+            "history_origin": self.origin,
             "history": [[t, g.tolist()] for t, g in self.history],
             "calibration_bytes": self.calibration_bytes,
             "checksum": self.checksums[-1] if self.checksums else "",
