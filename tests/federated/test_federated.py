@@ -175,6 +175,20 @@ def test_methods_that_cannot_be_federated_are_refused_in_one_line(method, why):
     assert "\n" not in str(e.value)
 
 
+def test_flwr_run_config_takes_the_head_recipe(tmp_path):
+    """``flwr run``'s TOML may name ``recipe = "head"``: its values are the base of the file's keys (as for
+    ``zo-edge train --config``), so real machines run the same recipe as ``zo-edge federate --recipe head``."""
+    toml = tmp_path / "fed.toml"
+    toml.write_text(
+        f'model = "{_flags()["model"]}"\nrecipe = "head"\ntemplate = "Review: {{text}}\\nSentiment:"\nmax_len = 64\n'
+        "[method]\nqueries = 4\n[optim]\nlr = 0.005\n[federated]\nclients = 2\n"
+    )
+    setup = flower.setup_from_run_config({"config": str(toml)})
+    cfg, fed = setup.train_config(), setup.fed_config()
+    assert (cfg.method, cfg.layers, cfg.optim.optimizer, cfg.objective) == ("mezo", "head", "adam", "classification")
+    assert (cfg.method_config.queries, cfg.optim.lr, cfg.batch_size, fed.clients) == (4, 0.005, 32, 2)
+
+
 def test_bad_plans_are_one_line_errors(capsys):
     assert main(["federate", *_argv(_flags()), "--faults", "1:x"]) == 2
     assert "is not round:client:kind" in capsys.readouterr().err

@@ -210,7 +210,8 @@ def make_server_app(server: FedServer | None = None, out: str | None = None, on_
 
 def setup_from_run_config(run_config: dict, client: bool = False) -> Setup:
     """``flwr run``: the run config's ``config`` names a TOML file with ``zo-edge train``'s keys and a
-    ``[federated]`` table; everything must be explicit there (each machine resolves it alone)."""
+    ``[federated]`` table; everything must be explicit there (each machine resolves it alone). A ``recipe`` key
+    (``recipe = "head"``) is the base of the other keys, as in ``zo-edge train --config``."""
     from zo_edge.config import TrainConfig, load_toml
 
     path = run_config.get("config")
@@ -218,7 +219,10 @@ def setup_from_run_config(run_config: dict, client: bool = False) -> Setup:
         raise FederatedError("flwr run needs --run-config 'config=\"fed.toml\"' (zo-edge train keys + [federated])")
     data = dict(load_toml(str(path)))
     fed = FederatedConfig(**data.pop("federated", {}))
-    cfg = TrainConfig.from_dict(data, f"{path}: ")
+    # the TOML's tables as the flat flags from_sources takes (it applies a recipe under them; from_dict does not)
+    top, method, knobs, optim = TrainConfig._split(data, f"{path}: ")
+    flags = {**top, **optim, **knobs, **({"method": method} if method else {})}
+    cfg = TrainConfig.from_sources(None, flags)
     if cfg.template == "auto" or not cfg.max_len:
         raise FederatedError(f"{path}: set template and max_len explicitly (every machine must build the same task)")
     return Setup(cfg.to_dict(), asdict(fed))
