@@ -713,7 +713,9 @@ def cli_cases() -> list[Case]:
         flag("labels-same-word", ["--labels", "neg=good,pos=good"], "good"),
         flag("labels-garbage", ["--labels", "==,,"], "label"),
         flag("template-unknown-field", ["--template", "Review: {review} Label:"], "review"),
-        flag("template-auto-with-labels", ["--template", "auto"], "--labels"),
+        # a file's candidate prompts are built from its --labels, so auto + labels is a valid choice for --data
+        # (a built-in task's refusal is tests/zo_edge/test_config.py's)
+        flag("template-auto-with-labels-accepted", ["--template", "auto"], "", expect="accept"),
         flag("task-and-data", ["--task", "trec"], "--data"),
         Case(
             "cli/out-is-a-file",
