@@ -188,6 +188,10 @@ def run(args) -> None:
 
 
 # --- report -------------------------------------------------------------------------------------------------------
+def _threads(n) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def _combined(values: list[float], ns: list[int]) -> tuple[float, float]:
     """(mean accuracy over seeds, its standard error: the fixed test set's binomial term plus the seeds' spread)."""
     p = statistics.mean(values)
@@ -244,7 +248,7 @@ def report(results: dict[str, dict], tasks, budget: float, table_marks=TABLE_MAR
         t = zs["test"]
         lines += [
             f"### {TASK_TITLES.get(tag, tag)}: held-out test accuracy ± s.e. (n {zs['test']['n']}) after N minutes "
-            f"of training ({budget:g} min budget, {zs.get('threads')} threads)",
+            f"of training ({budget:g} min budget, {_threads(zs.get('threads'))})",
             "",
             f"Best zero-shot prompt (chosen on dev): `{zs['prompt']['name']}` {zs['prompt']['template']!r} -> "
             f"{' / '.join('|'.join(w) for w in zs['prompt']['verbalizer'].values())}; max_len {zs['max_len']}; "
@@ -316,7 +320,7 @@ def plot(results: dict[str, dict], tag: str, budget: float, out: Path) -> Path |
     ax.set_ylabel("held-out test accuracy")
     n = zs["test"]["n"] if zs and "error" not in zs else "?"
     threads = zs.get("threads") if zs else "?"
-    ax.set_title(f"{TASK_TITLES.get(tag, tag)}: SmolLM2-135M, held-out n = {n}, {threads} threads")
+    ax.set_title(f"{TASK_TITLES.get(tag, tag)}: SmolLM2-135M, held-out n = {n}, {_threads(threads)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
