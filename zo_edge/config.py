@@ -441,9 +441,7 @@ class TrainConfig(DataFields, SessionFields):
         return cls._build(*cls._split(data, where))
 
     @classmethod
-    def from_sources(
-        cls, toml_path: str | None, flags: dict[str, Any], *, default_recipe: str = ""
-    ) -> TrainConfig:
+    def from_sources(cls, toml_path: str | None, flags: dict[str, Any], *, default_recipe: str = "") -> TrainConfig:
         """The TOML file's values, then every flag given (the CLI passes None for a flag not given).
 
         Flags are flat (``--lr``, ``--nu``); each lands in its section: a TrainConfig key, an ``[optim]`` key, or
