@@ -236,3 +236,14 @@ def test_transport_waits_for_clients_to_connect():
     assert grid.calls == 4
     with pytest.raises(FederatedError, match="no client connected within 0.5 s"):
         flower.GridTransport(_LateGrid(empty_calls=10**9), timeout=0.5, expected=2).nodes()
+
+
+def test_sampled_node_ids_stay_exact_integers():
+    """Ray's node ids are random 64-bit integers; a mix of int64- and uint64-range ids once came back as floats."""
+    from zo_edge.federated.node import sample_nodes
+
+    ids = [315051014219014140, 2**63 + 5, 2**64 - 3, 7]
+    for t in range(20):
+        picked = sample_nodes(ids, 2, seed=0, t=t)
+        assert len(set(picked)) == 2 and set(picked) <= set(ids)
+        assert all(type(n) is int for n in picked)

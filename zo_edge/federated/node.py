@@ -45,6 +45,7 @@ __all__ = [
     "check_reply",
     "parse_plan",
     "partition",
+    "sample_nodes",
     "state_checksum",
     "trained_arrays",
 ]
@@ -204,6 +205,15 @@ def partition(examples: list[Example], fed: FederatedConfig, cid: int, seed: int
     return part
 
 
+def sample_nodes(joined: list[int], k: int, seed: int, t: int) -> list[int]:
+    """The ``k`` clients of step ``t`` (sorted), drawn from ``joined`` by the run seed.
+
+    Indices are drawn, not the ids: Flower's node ids are random 64-bit integers, and numpy turns a list mixing
+    int64- and uint64-range ids into float64, so the Ray engine's ids came back rounded, as floats."""
+    drawn = rng.stream(seed, "fed-sample", t).choice(len(joined), k, replace=False)
+    return sorted(joined[int(i)] for i in drawn)
+
+
 def check_reply(reply: Msg, t: int, queries: int, shapes: dict[str, tuple] | None = None) -> str:
     """'' when the reply is well-formed, else why not (it is then dropped)."""
     c = reply.config
@@ -313,6 +323,7 @@ class FedClient:
         #: the step whose batch ``batch`` is: a method with several rounds a step probes one batch in all of them
         self._step: int | None = None
         self._batch = None
+        self._drawn = 0  # batches drawn from self.batches so far
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
@@ -375,7 +386,11 @@ class FedClient:
         checksum = state_checksum(self.oracle, self.method)
         step = t // self.method.rounds_per_step
         if step != self._step:  # the centralised loop draws one batch a step, for all of its queries
-            self._step, self._batch = step, self.batches.next()
+            # batch number `step` of this client's stream, a function of (seed, cid, step) alone: a client rebuilt in
+            # another process (Flower's Ray engine hands a node's messages to any worker) draws the same batch
+            while self._drawn <= step:
+                self._batch, self._drawn = self.batches.next(), self._drawn + 1
+            self._step = step
         batch, objective = self._batch
         p = self.method.probe(self.oracle, batch, objective, t)
         g = [float(x) for x in p.scalars]
@@ -524,7 +539,7 @@ class FedServer:
             if not joined:
                 raise FederatedError(f"no client has joined by round {r}: check --join, or that the clients connected")
             k = max(1, int(round(self.fed.fraction * len(joined))))
-            picked = sorted(rng.stream(self.cfg.seed, "fed-sample", t).choice(joined, k, replace=False).tolist())
+            picked = sample_nodes(joined, k, self.cfg.seed, t)
             b0 = dict(transport.bytes)
             log = self.round(transport, r, picked)
             log.bytes_down, log.bytes_up = (transport.bytes[k] - b0[k] for k in ("down", "up"))
