@@ -331,8 +331,8 @@ class TrainConfig(DataFields, SessionFields):
         "",
         "a measured recipe as the base of every other setting: head (MeZO on the final norm behind the cached "
         "stack, what the demo runs) | every-block (ZO-Act, INT4 exports) | auto (head where the export allows) | "
-        "none (the method's own defaults); flags given override its values. zo-edge train uses auto unless "
-        "--method (or a TOML method) is given",
+        "none (the method's own defaults); flags given override its values (default: auto in zo-edge train "
+        "unless --method or a TOML method is given, else none)",
     )
     method: str = _f("zo-act", "ZO method", choices="methods")
     steps: int = _f(200, "training steps")
