@@ -57,9 +57,9 @@ def run(args) -> None:
             tag = f"{args.what}/{label}/b{bsz}/t{seq}"
             run_cell("attention.py", {"key": f"{tag}/forward", **common}, path, force=args.force)
             if args.what == "int4" and not args.forward_only:
-                spec = {"key": f"{tag}/{TRAIN_METHOD}", "kind": "method", "method": TRAIN_METHOD, **common}
+                spec = {"key": f"{tag}/{args.method}", "kind": "method", "method": args.method, **common}
                 run_cell("step_cost.py", spec, path, force=args.force)
-    print(table(load_results(path), args.what, models))
+    print(table(load_results(path), args.what, models, args.method))
 
 
 def forward_cell(spec: dict) -> dict:
@@ -91,17 +91,17 @@ def forward_cell(spec: dict) -> dict:
     }
 
 
-def table(results: dict[str, dict], what: str, models: dict[str, str]) -> str:
+def table(results: dict[str, dict], what: str, models: dict[str, str], method: str = TRAIN_METHOD) -> str:
     """Forward time, peak RSS (lifetime / after load) per model and shape, and each model's ratio to the first."""
     first = next(iter(models))
     lines = [
         f"| model | B x T | forward (s) | x {first} | peak RSS (MiB) | run peak (MiB) | x {first} |"
-        + (f" {TRAIN_METHOD} step (s) | step peak RSS (MiB) | x {first} |" if what == "int4" else ""),
+        + (f" {method} step (s) | step peak RSS (MiB) | x {first} |" if what == "int4" else ""),
         "|---|---|---|---|---|---|---|" + ("---|---|---|" if what == "int4" else ""),
     ]
     for bsz, seq in SHAPES[what]:
         base = results.get(f"{what}/{first}/b{bsz}/t{seq}/forward", {})
-        base_step = results.get(f"{what}/{first}/b{bsz}/t{seq}/{TRAIN_METHOD}", {})
+        base_step = results.get(f"{what}/{first}/b{bsz}/t{seq}/{method}", {})
         for label in models:
             f = results.get(f"{what}/{label}/b{bsz}/t{seq}/forward", {})
             row = (
@@ -110,7 +110,7 @@ def table(results: dict[str, dict], what: str, models: dict[str, str]) -> str:
                 f"{_ratio(f, base, 'peak_rss_mb')} |"
             )
             if what == "int4":
-                m = results.get(f"{what}/{label}/b{bsz}/t{seq}/{TRAIN_METHOD}", {})
+                m = results.get(f"{what}/{label}/b{bsz}/t{seq}/{method}", {})
                 row += (
                     f" {fmt(m.get('step_s'))} | {fmt(m.get('peak_rss_mb'), '{:.0f}')} | "
                     f"{_ratio(m, base_step, 'peak_rss_mb')} |"
@@ -146,6 +146,10 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, default=3, help="timed forwards / steps per cell")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
     ap.add_argument("--forward-only", action="store_true", help="int4: skip the training-step cells")
+    ap.add_argument(
+        "--method", default=TRAIN_METHOD, help=f"int4: the training step's method (default {TRAIN_METHOD}; lozo on a"
+        " --ports lowrank export)",
+    )  # fmt: skip
     ap.add_argument("--force", action="store_true", help="rerun cells whose results are already stored")
     ap.add_argument("--report-only", action="store_true", help="print the table from stored results, run nothing")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of attention.jsonl and the batches")
