@@ -321,9 +321,8 @@ class FedClient:
         self.method.init(self.oracle, cfg.seed)
         self.index = 0
         #: the step whose batch ``batch`` is: a method with several rounds a step probes one batch in all of them
-        self._step: int | None = None
         self._batch = None
-        self._drawn = 0  # batches drawn from self.batches so far
+        self._drawn = 0  # batches drawn from self.batches so far: self._batch is batch number _drawn - 1
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
@@ -385,12 +384,11 @@ class FedClient:
             next(iter(self.method.trainable(self.oracle).values())).flat[0] += 1e-3
         checksum = state_checksum(self.oracle, self.method)
         step = t // self.method.rounds_per_step
-        if step != self._step:  # the centralised loop draws one batch a step, for all of its queries
-            # batch number `step` of this client's stream, a function of (seed, cid, step) alone: a client rebuilt in
-            # another process (Flower's Ray engine hands a node's messages to any worker) draws the same batch
-            while self._drawn <= step:
-                self._batch, self._drawn = self.batches.next(), self._drawn + 1
-            self._step = step
+        # the centralised loop draws one batch a step, for all of its queries: batch number `step` of this client's
+        # stream, a function of (seed, cid, step) alone, so a client rebuilt in another process (Flower's Ray engine
+        # hands a node's messages to any worker) draws the same batch
+        while self._drawn <= step:
+            self._batch, self._drawn = self.batches.next(), self._drawn + 1
         batch, objective = self._batch
         p = self.method.probe(self.oracle, batch, objective, t)
         g = [float(x) for x in p.scalars]
