@@ -215,6 +215,12 @@ def emit(result: dict) -> None:
 def cell_main(fn) -> None:
     """Entry point of a cell script: ``python benchmarks/X.py '{"kind": ..., ...}'``."""
     spec = json.loads(sys.argv[1])
+    if "execution_order" in spec:  # benchmarks/execution_order.py: onnxruntime's node order for this cell's sessions
+        import onnxruntime as ort
+
+        import runtime.session
+
+        runtime.session.EXECUTION_ORDER = getattr(ort.ExecutionOrder, spec["execution_order"])
     t0 = time.perf_counter()
     out = fn(spec)
     out["wall_s"] = round(time.perf_counter() - t0, 2)

@@ -30,6 +30,14 @@ __all__ = ["FUSED_ATTENTION_PROVIDERS", "GraphSession"]
 #: providers with onnxruntime's com.microsoft GroupQueryAttention kernel (``--attention fused`` exports)
 FUSED_ATTENTION_PROVIDERS = frozenset({"CPUExecutionProvider", "CUDAExecutionProvider"})
 
+#: The order onnxruntime runs the graph's nodes in. Its DEFAULT order is a reverse depth-first walk from the graph's
+#: outputs, which runs each activation group's probe nodes only after the whole forward that feeds the loss, so every
+#: group's input stayed alive to the end, probes on or off (~13 MB a block at [16, 64], the growth RESULTS.md §10.5
+#: put on the probe family). PRIORITY_BASED follows the traced order, where a probe runs right after its input is
+#: made: same values bit for bit, a lower peak and a faster forward (RESULTS.md §11). ``benchmarks/execution_order.py``
+#: sets this to DEFAULT for the side-by-side "before".
+EXECUTION_ORDER = ort.ExecutionOrder.PRIORITY_BASED
+
 
 class GraphSession:
     """Loads ``model.onnx`` + ``manifest.json`` (+ ``params.safetensors``) and runs forwards with ports."""
@@ -78,6 +86,7 @@ class GraphSession:
         # Memory patterns pre-plan one arena block per input shape; with our varying batch shapes they held ~400 MB
         # more at the same speed on SmolLM2-135M (1.54 vs 1.14 GB peak fp32, 1.31 vs 0.91 GB INT4; see RESULTS.md).
         opts.enable_mem_pattern = False
+        opts.execution_order = EXECUTION_ORDER
         if threads:
             opts.intra_op_num_threads = int(threads)
         provider_opts = [self.provider_options[p] for p in self.providers]

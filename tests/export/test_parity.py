@@ -312,6 +312,30 @@ def test_sketch_and_act_ports(tiny_export, tiny, model_type):
         np.testing.assert_allclose(out[contract.probe_act(g.name)], acts[g.name][act_rows], atol=1e-5, err_msg=g.name)
 
 
+def test_execution_order_changes_no_value(tiny_export, tiny, monkeypatch):
+    """Sessions run the graph in PRIORITY_BASED order (the traced order: a probe runs as soon as its input exists,
+    RESULTS.md §11); onnxruntime's DEFAULT order must give the same losses and probe outputs bit for bit."""
+    import onnxruntime as ort
+
+    import runtime.session
+
+    exp, sess = _session(tiny_export, "llama")
+    assert sess.session.get_session_options().execution_order == ort.ExecutionOrder.PRIORITY_BASED
+    monkeypatch.setattr(runtime.session, "EXECUTION_ORDER", ort.ExecutionOrder.DEFAULT)
+    default = GraphSession(exp.dir)
+    assert default.session.get_session_options().execution_order == ort.ExecutionOrder.DEFAULT
+    batch = tiny.make_batch(tiny.VOCAB, seed=12, batch=4, seq=10)
+    rng = np.random.default_rng(13)
+    ports: dict[str, np.ndarray] = {contract.INPUT_PROBE_ROWS: batch.real_token_rows(), **_omegas(exp.manifest, 14)}
+    for lin in exp.manifest.linears:
+        ports[contract.port_p(lin.name)] = rng.standard_normal((lin.d_in, 2)).astype(np.float32)
+        ports[contract.port_q(lin.name)] = rng.standard_normal((lin.d_out, 2)).astype(np.float32)
+    fetch = (contract.OUTPUT_ROW_NLL, *(contract.probe_basis(g.name) for g in exp.manifest.groups))
+    got, want = sess.forward(batch, ports, fetch=fetch), default.forward(batch, ports, fetch=fetch)
+    for name in fetch:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 # --- (5) switched-off ports ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("model_type", CASES)
 def test_ports_off_equal_no_ports(tiny_export, tiny, model_type):
