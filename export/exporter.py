@@ -37,6 +37,7 @@ from export.split import resolve_splits, write_split_graphs
 from runtime import contract
 from runtime.atomic import atomic_folder, check_replaceable
 from runtime.errors import ZoEdgeError
+from runtime.safetensors_io import safetensors_chunks
 
 __all__ = ["ExportError", "export_model", "export_source"]
 
@@ -111,7 +112,13 @@ def _trace(wrapper: TrainingForward, layout: PortLayout, cfg: ExportConfig, path
 
 
 def trace_to_onnx(module: nn.Module, args: tuple, path: Path, input_names, output_names, dyn, opset: int) -> None:
-    """torch.onnx.export (TorchScript) with the settings every zo-edge graph needs (the split graphs too)."""
+    """torch.onnx.export (TorchScript) with the settings every zo-edge graph needs (the split graphs too).
+
+    The graph is traced without its weights (``export_params=False``): every parameter is a graph input named by
+    its ``named_parameters`` key, and ``_lift_params`` takes the values from the torch module itself. Exporting them
+    made the exporter hold each weight three times (the module, torch's serialised proto, the loaded proto; about
+    2.7x the weights at peak, RESULTS.md §11.2), which is what kept a 1.7B model from exporting in 24 GB.
+    """
     with torch.no_grad():
         torch.onnx.export(
             module,
@@ -122,48 +129,52 @@ def trace_to_onnx(module: nn.Module, args: tuple, path: Path, input_names, outpu
             dynamic_axes=dyn,
             opset_version=opset,
             dynamo=False,
-            # Folding would bake transposed copies of weights into new initializers (the tied embedding ends up
+            export_params=False,
+            # Folding would bake transposed copies of weights into new constants (the tied embedding ends up
             # twice); onnxruntime folds what is really constant at session start anyway.
             do_constant_folding=False,
-            # True skips the exporter's value-based initializer dedup, which would merge distinct parameters
-            # that happen to hold equal values (every freshly initialised norm weight); _lift_params then
-            # removes the duplicated inputs. Tied weights are one Parameter and stay one name.
+            # True also skips the exporter's value-based initializer dedup, which would merge distinct parameters
+            # that happen to hold equal values (every freshly initialised norm weight). Tied weights are one
+            # Parameter and stay one name.
             keep_initializers_as_inputs=True,
         )
 
 
 # --- graph surgery -------------------------------------------------------------------------------------------
 def _lift_params(
-    graph_model: onnx.ModelProto, arch: Architecture, layout: PortLayout
+    graph_model: onnx.ModelProto, arch: Architecture, layout: PortLayout, module: nn.Module
 ) -> tuple[dict[str, np.ndarray], list[contract.ParamSpec]]:
-    """Move every model-parameter initializer out of the graph and make it a ``param::`` input."""
+    """Name every model-parameter input of a graph traced by ``trace_to_onnx`` ``param::<key>``; return the values.
+
+    The arrays are numpy views of ``module``'s own tensors (no copy: the caller saves or quantizes them before the
+    module changes). A constant buffer of the family (e.g. rotary ``inv_freq``) or a non-float tensor is not a
+    parameter: it becomes an initializer of the graph again.
+    """
     graph = graph_model.graph
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
     arrays: dict[str, np.ndarray] = {}
     specs: list[contract.ParamSpec] = []
     linear_weights = {f"{m.name}.weight" for m in layout.linears}
     renames: dict[str, str] = {}
-    keep = []
-    for init in graph.initializer:
-        if not init.name.startswith(_WRAPPER_PREFIX) or init.data_type != onnx.TensorProto.FLOAT:
-            keep.append(init)
+    inputs = []
+    for value in graph.input:
+        tensor = tensors.get(value.name) if value.name.startswith(_WRAPPER_PREFIX) else None
+        if tensor is None:
+            inputs.append(value)
             continue
-        key = init.name[len(_WRAPPER_PREFIX) :]
-        if arch.is_constant_buffer(key):  # e.g. rotary inv_freq: a constant, not a parameter
-            keep.append(init)
+        key = value.name[len(_WRAPPER_PREFIX) :]
+        arr = tensor.detach().numpy()
+        if arch.is_constant_buffer(key) or arr.dtype != np.float32:
+            graph.initializer.append(numpy_helper.from_array(arr, value.name))
             continue
-        arr = numpy_helper.to_array(init)
         arrays[key] = arr
         if key in linear_weights:  # PortedLinear holds it [d_in, d_out] whatever the family's HF layout
             kind, layout_name = contract.KIND_LINEAR, contract.LAYOUT_IN_OUT
         else:
             kind, layout_name = arch.param_kind(key), contract.LAYOUT_HF
         specs.append(contract.ParamSpec(name=key, shape=list(arr.shape), kind=kind, layout=layout_name))
-        renames[init.name] = contract.param_name(key)
-        graph.input.append(helper.make_tensor_value_info(contract.param_name(key), onnx.TensorProto.FLOAT, arr.shape))
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    as_inputs = {i.name for i in keep} | set(renames)
-    inputs = [i for i in graph.input if i.name not in as_inputs]
+        renames[value.name] = contract.param_name(key)
+        inputs.append(helper.make_tensor_value_info(contract.param_name(key), onnx.TensorProto.FLOAT, arr.shape))
     del graph.input[:]
     graph.input.extend(inputs)
     for node in graph.node:
@@ -218,8 +229,6 @@ def export_model(
     the hash of the exported float parameters is recorded instead, so every export names its base. ``architecture``
     replaces the registry's declaration for ``model.config.model_type`` (tests of the hooks use it).
     """
-    from safetensors.numpy import save_file
-
     cfg = cfg or ExportConfig()
     out_dir = Path(out_dir)
     arch = architecture or get_architecture(model.config.model_type)
@@ -239,7 +248,7 @@ def export_model(
         _trace(wrapper, layout, cfg, traced)
         graph_model = onnx.load(str(traced))
         traced.unlink()
-        arrays, specs = _lift_params(graph_model, arch, layout)
+        arrays, specs = _lift_params(graph_model, arch, layout, wrapper)
         head_name = contract.param_name(head_key)
         if head_name not in {i.name for i in graph_model.graph.input}:  # tied: the exporter kept one name
             head_name = contract.param_name(next(k for k in arrays if k.startswith(arch.embed_path)))
@@ -257,7 +266,8 @@ def export_model(
             )
             specs = []
         else:
-            save_file(arrays, str(tmp / contract.PARAMS_FILE))
+            with (tmp / contract.PARAMS_FILE).open("wb") as fh:  # streamed from the arrays: no copy of the model
+                fh.writelines(safetensors_chunks(arrays))
         _save_graph(graph_model, tmp / contract.GRAPH_FILE)
         splits = resolve_splits(cfg.splits, len(model.get_submodule(arch.layers_path)), arch, cfg.int4)
         write_split_graphs(wrapper, cfg, tmp, splits)

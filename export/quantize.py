@@ -1,8 +1,8 @@
 """INT4 bases: freeze the bound parameters into the graph and quantize every base MatMul with MatMulNBits.
 
-Only MatMuls whose weight is a constant initializer are quantized, so the low-rank ports (graph inputs) stay
-float and keep working on top of the INT4 weights. The LM head is a Gemm over the (tied) embedding, which the
-quantizer leaves alone: by default the embedding is stored once, in float, shared by Gather and the head.
+Only MatMuls whose weight is a model parameter are quantized, so the low-rank ports (graph inputs) stay float and
+keep working on top of the INT4 weights. The LM head is a Gemm over the (tied) embedding, which that pass leaves
+alone: by default the embedding is stored once, in float, shared by Gather and the head.
 
 ``--int4-embedding`` quantizes that float too (``quantize_embedding``), once, symmetric 4-bit blocks along d::
 
@@ -15,8 +15,6 @@ and the 113 MB float table of SmolLM2 becomes 14 MB + 3.5 MB of scales. An untie
 """
 
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 import onnx
@@ -49,39 +47,88 @@ def quantize_int4(
     accuracy_level: int = 0,
     embedding: tuple[str, str] | None = None,
 ) -> onnx.ModelProto:
-    """fp32 training graph + its params -> INT4 training graph (symmetric blocks along d_in).
+    """fp32 training graph + its params -> INT4 training graph (symmetric blocks along d_in), in place.
+
+    Every MatMul whose weight is a ``param::`` input becomes MatMulNBits with the codes of onnxruntime's own kernel
+    (the node, initializer names and codes MatMulNBitsQuantizer writes), quantized straight from ``arrays``: the
+    float weights never enter the graph, so the export holds no second copy of the model (the quantizer needed the
+    floats as initializers first: 4x the weights at peak on SmolLM2-360M, RESULTS.md §11.2). The other params
+    (norms, the embedding, any weight another node also reads) are frozen into initializers. Low-rank ports
+    (graph inputs) stay float and keep working on top of the INT4 weights.
 
     ``accuracy_level``: MatMulNBits' compute type (0 = onnxruntime's default, fp32; 4 = int8 activations).
     ``embedding``: (embedding graph name, LM-head weight graph name) to quantize with ``quantize_embedding`` too.
     """
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnx import helper
 
-    freeze_params(model, arrays)
-    # The quantizer logs one INFO line per MatMul; hundreds on a real model.
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(
-        model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level or None
-    )
-    quantizer.process()
-    out = quantizer.model.model
+    graph = model.graph
+    keys = {contract.param_name(k): k for k in arrays}
+    all_nodes = list(graph.node)
+    weight_of = {
+        i: keys[n.input[1]]
+        for i, n in enumerate(all_nodes)
+        if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in keys and arrays[keys[n.input[1]]].ndim == 2
+    }
+    read_elsewhere = {name for i, n in enumerate(all_nodes) if i not in weight_of for name in n.input if name in keys}
+    nodes, new_inits, quantized = [], [], set()
+    for i, node in enumerate(all_nodes):
+        key = weight_of.get(i)
+        if key is None:
+            nodes.append(node)
+            continue
+        weight, b = arrays[key], node.input[1]
+        if b not in quantized:
+            packed, scales = _pack(weight, block_size)
+            new_inits += [numpy_helper.from_array(packed, f"{b}_Q4"), numpy_helper.from_array(scales, f"{b}_scales")]
+            quantized.add(b)
+        nodes.append(
+            helper.make_node(
+                "MatMulNBits",
+                [node.input[0], f"{b}_Q4", f"{b}_scales"],
+                list(node.output),
+                name=f"{node.name}_Q4" if node.name else "",
+                domain="com.microsoft",
+                K=weight.shape[0],
+                N=weight.shape[1],
+                bits=4,
+                block_size=block_size,
+                **({"accuracy_level": accuracy_level} if accuracy_level else {}),
+            )
+        )
+    del graph.node[:]
+    graph.node.extend(nodes)
+    gone = quantized - read_elsewhere  # quantized and read by no other node: neither an input nor a float initializer
+    inputs = [i for i in graph.input if i.name not in gone]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    graph.initializer.extend(new_inits)
+    freeze_params(model, {k: v for k, v in arrays.items() if contract.param_name(k) not in gone})
     if embedding is not None:
-        quantize_embedding(out, *embedding, block_size=block_size, accuracy_level=accuracy_level)
-    return out
+        quantize_embedding(model, *embedding, block_size=block_size, accuracy_level=accuracy_level)
+    return model
 
 
-def _pack_rows(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """[N, K] float -> MatMulNBits codes [N, K/bs, bs/2] uint8 and scales [N, K/bs] (symmetric, zero point 8),
-    with onnxruntime's own quantization kernel, so the codes are the ones MatMulNBitsQuantizer would write."""
+def _pack(kn: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A MatMul weight [K, N] float -> MatMulNBits codes [N, ceil(K/bs), bs/2] uint8 and scales [N, ceil(K/bs)]
+    (symmetric, zero point 8), with onnxruntime's own quantization kernel and K zero-padded to whole blocks, as
+    MatMulNBitsQuantizer does it, so the codes are the ones it would write."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
-    n, k = weight.shape
-    blocks = k // block_size
+    k, n = kn.shape
+    blocks = (k + block_size - 1) // block_size
+    kn = np.ascontiguousarray(kn, dtype=np.float32)
+    if blocks * block_size != k:
+        kn = np.pad(kn, ((0, blocks * block_size - k), (0, 0)))
     packed = np.zeros((n, blocks, block_size // 2), np.uint8)
     scales = np.zeros((n, blocks), np.float32)
     zero_points = np.zeros((n, (blocks + 1) // 2), np.uint8)
-    kn = np.ascontiguousarray(weight.T, dtype=np.float32)  # the kernel takes the [K, N] MatMul weight
     quantize_matmul_4bits(packed, kn, scales, zero_points, block_size, n, k, True)
     return packed, scales
+
+
+def _pack_rows(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, K] float (the embedding / LM head orientation) -> the codes and scales of ``_pack`` for its transpose."""
+    return _pack(weight.T, block_size)
 
 
 def quantize_embedding(

@@ -142,8 +142,9 @@ def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list
     token_axes = {0: "batch", 1: "seq"}
     for start in splits:
         prefix_path = folder / contract.prefix_graph_file(start)
+        prefix = PrefixForward(model, arch, start)
         trace_to_onnx(
-            PrefixForward(model, arch, start),
+            prefix,
             (ids, attn),
             prefix_path,
             [contract.INPUT_IDS, contract.INPUT_ATTENTION_MASK],
@@ -156,7 +157,7 @@ def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list
             cfg.opset,
         )
         g = onnx.load(str(prefix_path))
-        _lift_params(g, arch, layout)
+        _lift_params(g, arch, layout, prefix)
         _save_graph(g, prefix_path)
 
         sub = suffix_layout(layout, start)
@@ -182,7 +183,7 @@ def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list
             cfg.opset,
         )
         g = onnx.load(str(suffix_path))
-        arrays, _ = _lift_params(g, arch, layout)
+        arrays, _ = _lift_params(g, arch, layout, suffix)
         head = arch.lm_head_weight(model)
         head_key = next(k for k, p in model.named_parameters(remove_duplicate=False) if p is head)
         head_name = contract.param_name(head_key)
@@ -203,8 +204,9 @@ def write_candidate_head(model: nn.Module, arch: Architecture, layout: PortLayou
     hidden = torch.randn(*ids.shape, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     token_axes = {0: "batch", 1: "seq"}
     path = folder / contract.candidate_head_file(len(model.get_submodule(arch.layers_path)))
+    head = CandidateHeadForward(model, arch)
     trace_to_onnx(
-        CandidateHeadForward(model, arch),
+        head,
         (hidden, attn, loss, candidate_ids),
         path,
         [contract.INPUT_HIDDEN, contract.INPUT_ATTENTION_MASK, contract.INPUT_LOSS_MASK, contract.INPUT_CANDIDATE_IDS],
@@ -219,5 +221,5 @@ def write_candidate_head(model: nn.Module, arch: Architecture, layout: PortLayou
         opset,
     )
     g = onnx.load(str(path))
-    _lift_params(g, arch, layout)
+    _lift_params(g, arch, layout, head)
     _save_graph(g, path)
