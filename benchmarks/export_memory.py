@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, ROOT, load_results, machine_info  # noqa: E402
 
 #: runs ``zo-edge export`` from the tree on PYTHONPATH in a child and prints that child's peak RSS (KiB)
-_MEASURE = (
+MEASURE_EXPORT = (
     "import resource, subprocess, sys\n"
     "cli = 'import sys; from zo_edge.cli import main; sys.exit(main(sys.argv[1:]))'\n"
     "p = subprocess.run([sys.executable, '-c', cli, *sys.argv[1:]])\n"
@@ -41,7 +41,7 @@ def weights_bytes(hf: Path) -> int:
 
 
 def export_cell(tree: Path, hf: Path, int4: bool, out: Path) -> dict:
-    cmd = [sys.executable, "-c", _MEASURE, "export", str(hf), "--out", str(out), "--splits", "none", "--force"]
+    cmd = [sys.executable, "-c", MEASURE_EXPORT, "export", str(hf), "--out", str(out), "--splits", "none", "--force"]
     cmd += ["--int4"] if int4 else []
     env = dict(os.environ, PYTHONPATH=str(tree))
     t0 = time.perf_counter()

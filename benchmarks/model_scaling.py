@@ -27,10 +27,12 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, ROOT, load_results, machine_info, make_batches, run_cell  # noqa: E402
+from export_memory import MEASURE_EXPORT  # noqa: E402
 
 #: model_type and config of each size (the published configs' shapes; tied embeddings as published)
 SIZES: dict[str, dict] = {
@@ -59,8 +61,9 @@ CELLS = ("fp32-forward", "fp32-mezo", "int4-forward", "int4-lozo", "torch-adamw"
 BYTES_ADAMW = 16  # fp32 weight + gradient + two AdamW moments, per parameter
 
 
-def build(name: str, root: Path) -> dict[str, Path]:
-    """The random model's HF folder and its fp32 / INT4 exports (each skipped when already there)."""
+def build(name: str, root: Path) -> tuple[dict[str, Path], list[dict]]:
+    """The random model's HF folder and its fp32 / INT4 exports (each skipped when already there), and a record per
+    export made now: the export process's peak RSS (``export_memory.MEASURE_EXPORT``) and wall time."""
     folders = {"hf": root / "hf", "fp32": root / "fp32", "int4": root / "int4"}
     if not (folders["hf"] / "config.json").is_file():
         code = (
@@ -86,14 +89,21 @@ def build(name: str, root: Path) -> dict[str, Path]:
             check=True,
             cwd=ROOT,
         )
+    records = []
     for kind in ("fp32", "int4"):
         if not (folders[kind] / "manifest.json").is_file():
-            cmd = [str(ROOT / ".venv" / "bin" / "zo-edge"), "export", str(folders["hf"]), "--out", str(folders[kind])]
+            cmd = [sys.executable, "-c", MEASURE_EXPORT, "export", str(folders["hf"]), "--out", str(folders[kind])]
             cmd += ["--splits", "none", "--force"] + (["--int4"] if kind == "int4" else [])
-            proc = subprocess.run(cmd, cwd=ROOT)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
             if proc.returncode != 0:  # e.g. SIGKILL by the OOM killer: the build side's limit is a result too
                 raise BuildFailed(f"{name}: zo-edge export {kind} exited {proc.returncode} (-9: out of memory)")
-    return folders
+            peak = next(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_KIB"))
+            records.append(
+                {"key": f"{name}/export-{kind}", "size": name, "cell": f"export-{kind}", "export_peak_mb": peak / 1024,
+                 "export_s": round(time.perf_counter() - t0, 1)}
+            )  # fmt: skip
+    return folders, records
 
 
 class BuildFailed(RuntimeError):
@@ -151,7 +161,7 @@ def report(results: dict, args) -> None:
         rows = {r["cell"]: r for r in results.values() if r.get("size") == name}
         if not rows:
             continue
-        if "build" in rows:
+        if "build" in rows and len(rows) == 1:  # a size that did not build (and was not built since)
             print(f"| {name} | - | {rows['build']['error']} |")
             continue
         p = next((r.get("n_params_est") for r in rows.values() if r.get("n_params_est")), 0)
@@ -159,6 +169,10 @@ def report(results: dict, args) -> None:
         cols += [_col(rows, c) for c in ("int4-lozo", "torch-adamw", "torch-lora")]
         print(f"| {name} | {p / 1e9:.2f}B | " + " | ".join(cols) + " |")
     print(f"batch {args.batch} x {args.seq} tokens; peaks after loading (peak_run_mb), fresh process per cell")
+    for r in results.values():
+        if "export_peak_mb" in r:
+            gb = r["export_peak_mb"] / 1024
+            print(f"- {r['size']}: zo-edge export {r['cell'][7:]} peak {gb:.2f} GB, {r['export_s']:.0f} s")
 
 
 def main() -> None:
@@ -179,7 +193,7 @@ def main() -> None:
             if name not in SIZES:
                 sys.exit(f"--sizes: unknown size {name!r}; choose from {', '.join(SIZES)}")
             try:
-                folders = build(name, args.root / name)
+                folders, records = build(name, args.root / name)
             except BuildFailed as e:
                 print(f"  [fail] {e}", flush=True)
                 row = {"key": f"{name}/build", "size": name, "cell": "build", "error": str(e)}
@@ -187,6 +201,8 @@ def main() -> None:
                 with args.results.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 continue
+            with args.results.open("a") as f:
+                f.writelines(json.dumps({**r, "machine": machine_info()}) + "\n" for r in records)
             batches = make_batches(
                 "packed", args.results.parent / f"packed_b{args.batch}_l{args.seq}.npz", str(folders["fp32"]),
                 args.batch, args.seq,
