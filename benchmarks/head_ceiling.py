@@ -97,6 +97,24 @@ def tail_fits(model, w, mtr, ytr, mte, yte, acc) -> dict[str, float]:
     return out
 
 
+def selection_scores(ztr: np.ndarray, ytr: np.ndarray, zte: np.ndarray, yte: np.ndarray) -> dict[str, float]:
+    """Forward-only scores of a prompt that a prompt choice could use instead of its zero-shot accuracy (which a
+    class bias dominates): accuracy after contextual calibration (the mean of the class logits over the training
+    prompts, no labels, subtracted), and for two classes the AUC of the logit margin (accuracy at the best bias).
+    The first 64 training prompts stand in for a dev split (``dev64_*``: what ``--template auto`` sees)."""
+    out: dict[str, float] = {}
+    for tag, z, y in (("test", zte, yte), ("dev64", ztr[:64], ytr[:64])):
+        mean = ztr.mean(0)
+        out[f"{tag}_zero_shot"] = float((z.argmax(1) == y).mean())
+        out[f"{tag}_calibrated"] = float(((z - mean).argmax(1) == y).mean())
+        if z.shape[1] == 2:
+            margin = z[:, 1] - z[:, 0]
+            pos, neg = margin[y == 1], margin[y == 0]
+            wins = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+            out[f"{tag}_auc"] = float(wins)
+    return out
+
+
 def fit(make, params, x, y, steps: int = 300, lr: float = 1e-2):
     import torch
 
@@ -132,7 +150,7 @@ def main() -> None:
     cand = [tok.encode(ws[0], add_special_tokens=False)[0] for ws in task.verbalizer.values()]
     order = np.random.default_rng(0).permutation(len(data.train))[: a.n_train]
     t0 = time.time()
-    xtr, _, ytr, mtr = features(model, tok, task, [data.train[i] for i in order], cand)
+    xtr, ztr, ytr, mtr = features(model, tok, task, [data.train[i] for i in order], cand)
     xte, zte, yte, mte = features(model, tok, task, data.test[: a.n_test], cand)
     enc_s = time.time() - t0
     g0, w = model.model.norm.weight.detach().clone(), model.lm_head.weight.detach()[cand].clone()
@@ -143,6 +161,7 @@ def main() -> None:
         return float((logits.argmax(1) == yte).float().mean())
 
     rows = {"zero_shot": acc(torch.tensor(zte)), "n_test": len(yte), "encode_s": round(enc_s, 1), "by_n": []}
+    rows |= selection_scores(ztr, ytr.numpy(), zte, yte.numpy())
     for n in sorted({n for n in (32, 64, 256, 1000, a.n_train) if n <= a.n_train}):
         g = g0.clone().requires_grad_(True)
         gain_loss = fit(lambda x, g=g: (x * g) @ w.T, [g], xtr[:n], ytr[:n])
@@ -161,6 +180,7 @@ def main() -> None:
         print(f"n={n}: final-norm gain {gain_acc:.3f}  linear probe {probe_acc:.3f}{tail}", flush=True)
     se = (rows["zero_shot"] * (1 - rows["zero_shot"]) / len(yte)) ** 0.5
     print(f"zero-shot {rows['zero_shot']:.3f} ± {se:.3f} (n={len(yte)})")
+    print("selection: " + "  ".join(f"{k} {v:.3f}" for k, v in rows.items() if k.startswith(("test_", "dev64_"))))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"task": a.task, "prompt": a.prompt, **rows}, indent=1) + "\n")
 
