@@ -231,6 +231,7 @@ def train_config(spec: dict, method: str = "zo-act") -> TrainConfig:
     if spec.get("prompt"):
         kw["template"] = spec["prompt"]["template"]
         kw["labels"] = labels_spec(spec["prompt"]["verbalizer"])
+        kw["bos"] = spec["prompt"].get("bos", True)  # cells stored before the BOS choice existed had BOS
     cfg = TrainConfig.from_flat({**kw, **flat})
     if cfg.optim.schedule != "constant":
         raise SystemExit(f"{spec['key']}: schedule {cfg.optim.schedule!r} counts steps; a time budget needs constant")
@@ -240,7 +241,9 @@ def train_config(spec: dict, method: str = "zo-act") -> TrainConfig:
 def check_prompt(task, spec: dict) -> None:
     """The task as built from the config asks exactly the chosen prompt (the --labels round trip kept the words)."""
     want = spec.get("prompt")
-    if want and (task.template != want["template"] or task.verbalizer != want["verbalizer"]):
+    if want and (
+        task.template != want["template"] or task.verbalizer != want["verbalizer"] or task.bos != want.get("bos", True)
+    ):
         raise SystemExit(f"{spec['key']}: the task's prompt {task.prompt.describe()} is not the chosen {want}")
 
 
@@ -295,7 +298,7 @@ def zero_shot(spec: dict) -> dict:
     test_examples = _test(p.data.test, spec["n_test"], p.tokenizer, task)
     test = evaluate(p.oracle, p.tokenizer, task, test_examples, max_len=max_len, batch_examples=cfg.batch_size)
     return {
-        "prompt": {"name": best.name, "template": best.template, "verbalizer": best.verbalizer},
+        "prompt": {"name": best.name, "template": best.template, "verbalizer": best.verbalizer, "bos": best.bos},
         "max_len": max_len,
         "length_report": length_report(p.tokenizer, task, p.data.train, max_len),
         "candidates": [s.summary() for s in scores],

@@ -65,7 +65,7 @@ def _encode_example(tokenizer: TokenizerLike, task: Task, ex: Example, words: Se
     if any(not w for w in word_ids):
         raise TaskError(f"a label word of {task.name!r} among {list(words)} encodes to no tokens: choose another word")
     prompt = tokenizer.encode(task.render(ex))
-    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    bos = [tokenizer.bos_token_id] if add_bos and task.bos and tokenizer.bos_token_id is not None else []
     if bos and prompt[:1] == bos:
         prompt = prompt[1:]  # a template that opens with BOS itself (a chat form): one BOS, kept when truncating
     budget = max_len - len(bos) - max(len(w) for w in word_ids)
@@ -402,7 +402,7 @@ def prompt_lengths(
 ) -> np.ndarray:
     """Tokens each example needs uncut: BOS + prompt + the task's longest label word (what ``max_len`` bounds)."""
     longest_word = max(len(tokenizer.encode(w)) for w in _all_words(task))
-    bos_id = tokenizer.bos_token_id if add_bos else None
+    bos_id = tokenizer.bos_token_id if add_bos and task.bos else None
     out = np.empty(len(examples), dtype=np.int64)
     for i, ex in enumerate(examples):
         prompt = tokenizer.encode(task.render(ex))

@@ -212,6 +212,11 @@ class DataFields:
         "candidate prompts on the dev split (default: the task's own)",
     )
     labels: str = _f("", "verbalizer class=word[|word], e.g. 'neg=terrible,pos=great' (default: the task's own)")
+    bos: bool = _f(
+        True,
+        "prepend the tokenizer's BOS token to each prompt (--no-bos: the template's tokens only; --template auto "
+        "tries each candidate both ways where the tokenizer has one)",
+    )
     skip_bad_rows: bool = _f(False, "skip malformed rows of --data (counted) instead of refusing the file")
     max_len: int = _f(
         0,
@@ -267,11 +272,11 @@ class DataFields:
                 labels=self.labels,
                 skip_bad_rows=self.skip_bad_rows,
                 **({"template": template} if template else {}),
-            )
+            ).with_bos(self.bos)
         task = get_task(self.task)
         if template or self.labels:
             task = task.with_prompt(template or None, self.labels or None)
-        return task
+        return task if self.bos else task.with_bos(False)
 
 
 @dataclass
@@ -588,7 +593,7 @@ class ScoringConfig(DataFields, SessionFields):
     FROM_RUN: typing.ClassVar[tuple[str, ...]] = ("model", "max_len", "length_normalize", "seed", "k", "dev_k")
     #: ... and the run's task with its data, unless --task or --data names another one
     TASK_FROM_RUN: typing.ClassVar[tuple[str, ...]] = (
-        "task", "data", "text_field", "label_field", "template", "labels", "skip_bad_rows",
+        "task", "data", "text_field", "label_field", "template", "labels", "bos", "skip_bad_rows",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ earlier candidate (the task's own prompt comes first).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from zo_edge.batching import AUTO_BALANCE_RATIO, TokenizerLike, choose_max_len, 
 from zo_edge.evaluate import evaluate
 from zo_edge.tasks import Example, Prompt, Task, TaskError
 
-__all__ = ["PromptScore", "chosen", "format_prompt_table", "select_prompt", "standard_error"]
+__all__ = ["PromptScore", "chosen", "format_prompt_table", "select_prompt", "standard_error", "with_bos_variants"]
 
 
 @dataclass
@@ -82,12 +83,15 @@ def select_prompt(
 ) -> list[PromptScore]:
     """Score every candidate prompt zero-shot on ``dev_examples`` (forwards only; the oracle's trained state, if
     any, is used as it is) and mark the best one (see the module docstring). ``candidates`` defaults to
-    ``task.prompt_candidates()``. ``max_len`` 0: each candidate at ``choose_max_len`` of its own dev lengths (a
-    chat-form prompt needs ~40 tokens more than a bare one), reported in ``PromptScore.max_len``. Returns the
-    scores in candidate order."""
+    ``task.prompt_candidates()``, each also tried without the BOS token (``with_bos_variants``); given candidates
+    are scored as they are. ``max_len`` 0:
+    each candidate at ``choose_max_len`` of its own dev lengths (a chat-form prompt needs ~40 tokens more than a
+    bare one), reported in ``PromptScore.max_len``. Returns the scores in candidate order."""
     if not dev_examples:
         raise TaskError("prompt selection needs dev examples: the dev split is empty (raise k or dev_k)")
-    candidates = list(candidates) if candidates is not None else task.prompt_candidates()
+    if candidates is None:  # the task's own candidates, each with and without BOS; given ones are scored as given
+        candidates = with_bos_variants(task.prompt_candidates(), tokenizer, task, dev_examples[0])
+    candidates = list(candidates)
     if not candidates:
         raise TaskError(f"no candidate prompts for {task.name!r}: pass at least one")
     scores = []
@@ -109,6 +113,23 @@ def select_prompt(
 
     scores[max(range(len(scores)), key=key)].chosen = True
     return scores
+
+
+def with_bos_variants(
+    candidates: Sequence[Prompt], tokenizer: TokenizerLike, task: Task, example: Example
+) -> list[Prompt]:
+    """Each candidate, followed by the same prompt without the BOS token (named ``<name>/no-bos``) where the
+    tokenizer has one and the candidate neither leaves it out already nor opens with it (a chat form, whose first
+    token is the BOS itself). Whether a bare prompt reads better after BOS depends on the model: SmolLM2's BOS is
+    its chat-turn opener, and "Review: {text}\nSentiment:" loses 9 points behind it (RESULTS.md §11.4), while
+    Llama-style base models expect it; so it is chosen on dev like the rest of the prompt."""
+    bos = tokenizer.bos_token_id
+    out: list[Prompt] = []
+    for p in candidates:
+        out.append(p)
+        if bos is not None and p.bos and tokenizer.encode(task.with_prompt(p).render(example))[:1] != [bos]:
+            out.append(dataclasses.replace(p, name=f"{p.name}/no-bos", bos=False))
+    return out
 
 
 def chosen(scores: Sequence[PromptScore]) -> PromptScore:

@@ -122,7 +122,8 @@ def resolve_max_len(cfg: DataFields, tokenizer, task, data: TaskData) -> None:
 def resolve_prompt(cfg: DataFields, oracle: Oracle, tokenizer, task, data: TaskData):
     """(task, scores): with ``--template auto``, the task asking with the best candidate prompt on the dev split
     (zero-shot, forwards only) and every candidate's dev scores; ``cfg.template``/``cfg.labels`` are set to the
-    chosen prompt, so the run's config.json records the prompt it trained with. Otherwise (task, None)."""
+    chosen prompt (and ``cfg.bos`` to its BOS choice), so the run's config.json records the prompt it trained
+    with. Otherwise (task, None)."""
     if cfg.template != AUTO:
         return task, None
     from zo_edge.prompts import chosen, select_prompt
@@ -131,6 +132,7 @@ def resolve_prompt(cfg: DataFields, oracle: Oracle, tokenizer, task, data: TaskD
     prompt = chosen(scores).prompt
     cfg.template = prompt.template
     cfg.labels = ",".join(f"{c}={'|'.join(w.strip() for w in ws)}" for c, ws in prompt.verbalizer.items())
+    cfg.bos = prompt.bos
     return task.with_prompt(prompt), scores
 
 

@@ -206,6 +206,17 @@ def test_eval_run_alone_names_model_and_data(tmp_path):
         EvalConfig.from_flags({"run": str(tmp_path)})
 
 
+def test_no_bos_reaches_the_task_and_an_eval_of_the_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = TrainConfig(model="some/model", task="rotten-tomatoes", template="Review: {text}\nSentiment:", bos=False)
+    assert cfg.make_task().bos is False and TrainConfig(model="some/model").make_task().bos is True
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    e = EvalConfig.from_flags({"run": str(run)})
+    assert e.bos is False and e.make_task().bos is False, "the run's prompt is scored as it was trained"
+    assert EvalConfig.from_flags({"run": str(run), "task": "trec"}).bos is True, "another task: its own prompt"
+
+
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -14,9 +14,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from runtime.tokenizer import Tokenizer
 from zo_edge.batching import candidate_batch
 from zo_edge.evaluate import evaluate
-from zo_edge.prompts import chosen, format_prompt_table, select_prompt
+from zo_edge.prompts import chosen, format_prompt_table, select_prompt, with_bos_variants
 from zo_edge.tasks import Example, Prompt, Task, TaskError, get_task, list_tasks
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -59,6 +60,28 @@ def test_builtin_candidates_are_valid_and_start_with_the_default(name, smollm2_t
         assert ids[0] == smollm2_tok.bos_token_id and ids[1] != smollm2_tok.bos_token_id, f"{c.name}: one BOS"
         for ws in variant.verbalizer.values():
             assert all(smollm2_tok.encode(w) for w in ws)
+
+
+def test_no_bos_variants_leave_out_bos_except_for_chat_forms(smollm2_tok, tiny_tok):
+    task = get_task("rotten-tomatoes")
+    ex = Example({"text": "a dull film"}, "rotten")
+    cands = with_bos_variants(task.prompt_candidates(), smollm2_tok, task, ex)
+    names = [c.name for c in cands]
+    assert (
+        "review-sentiment/no-bos" in names
+        and names.index("review-sentiment/no-bos") == names.index("review-sentiment") + 1
+    ), "each variant right after its prompt (a tie goes to the BOS one, as before)"
+    assert "chat/no-bos" not in names, "the chat form opens with <|im_start|>, the BOS itself"
+    assert len(cands) == 2 * len(task.prompt_candidates()) - 1
+    for c in cands:
+        feeds, _, _ = candidate_batch(smollm2_tok, [ex], task.with_prompt(c), 256)
+        ids = feeds["input_ids"][0][feeds["attention_mask"][0] == 1]
+        assert (ids[0] == smollm2_tok.bos_token_id) == (c.bos or c.name == "chat"), c.name
+        assert ids[1] != smollm2_tok.bos_token_id, f"{c.name}: never two BOS"
+        assert task.with_prompt(c).bos is c.bos and c.describe().endswith("(no BOS)") is not c.bos
+    assert task.with_prompt(cands[1]).with_prompt("{text} Q").bos is False, "a new template keeps the BOS choice"
+    no_bos_tok = Tokenizer(tiny_tok.model_dir, pad_token_id=0)  # a tokenizer without BOS: nothing to leave out
+    assert with_bos_variants(task.prompt_candidates(), no_bos_tok, task, ex) == task.prompt_candidates()
 
 
 def test_user_data_candidates_use_its_fields_and_words(tmp_path):
@@ -134,6 +157,28 @@ def test_max_len_zero_sizes_each_candidate_from_its_dev_lengths(tiny_tok):
     dev = _dev(2, 2, 4)  # needs 1 (BOS) + 1..4 text + 1 (Q) + 1 (word) tokens: at most 7, rounded up to 8
     scores = select_prompt(ScriptedOracle(), tiny_tok, TOY, dev, [ALWAYS_POS, long], 0)
     assert [s.max_len for s in scores] == [8, 24] and [s.truncated for s in scores] == [0, 0]
+
+
+class BosHurtsOracle(ScriptedOracle):
+    """As ScriptedOracle after "It", but a row that opens with BOS (id 1) always favours " good"."""
+
+    def run(self, batch):
+        out = super().run(batch)
+        for i, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask, strict=True)):
+            row = ids[mask == 1].tolist()
+            if row[0] == 1:
+                out["row_nll"][i] = 0.1 if row[-1] == 9 else 2.0
+        return out
+
+
+def test_selection_tries_the_task_candidates_without_bos(tiny_tok):
+    task = Task(name="toy", template="{text} It", verbalizer={"neg": [" bad"], "pos": [" good"]})
+    scores = select_prompt(BosHurtsOracle(), tiny_tok, task, _dev(2, 2, 4), max_len=32)
+    assert [s.prompt.name for s in scores] == ["default", "default/no-bos"]
+    assert [s.accuracy for s in scores] == pytest.approx([0.5, 0.75])
+    assert chosen(scores).prompt.bos is False
+    given = select_prompt(BosHurtsOracle(), tiny_tok, task, _dev(2, 2, 4), [C_MEANS_NEG], 32)
+    assert [s.prompt.name for s in given] == ["c-means-neg"], "given candidates are scored as given"
 
 
 def test_selection_refuses_empty_dev(tiny_tok):

@@ -167,11 +167,15 @@ class Prompt:
     name: str
     template: str
     verbalizer: dict[str, list[str]]
+    #: prepend the tokenizer's BOS token (``Task.bos``); a candidate of its own because it is a prompt choice: on
+    #: SmolLM2-Instruct, whose BOS is the chat-turn opener <|im_start|>, "Review: ...\nSentiment:" scores 0.688
+    #: with it and 0.776 without (RT test n = 1000, benchmarks/RESULTS.md §11.4)
+    bos: bool = True
 
     def describe(self) -> str:
-        """``template`` -> words, on one line (newlines shown as \\n)."""
+        """``template`` -> words, on one line (newlines shown as \\n); "(no BOS)" when the BOS token is left out."""
         words = " / ".join(repr("|".join(ws)) for ws in self.verbalizer.values())
-        return f"{self.template!r} -> {words}"
+        return f"{self.template!r} -> {words}" + ("" if self.bos else " (no BOS)")
 
 
 @dataclass
@@ -187,6 +191,9 @@ class Task:
     verbalizer: dict[str, list[str]]
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     test_size: int = 1000  # examples held out by the fixed split seed (MeZO evaluates on 1000 test examples)
+    #: prepend the tokenizer's BOS token to every prompt (``zo_edge.batching``; a template that opens with it, a
+    #: chat form, keeps one); False: the prompt's own tokens only (``Prompt.bos``, ``--no-bos``)
+    bos: bool = True
 
     def __post_init__(self) -> None:
         self.check_prompt()
@@ -228,13 +235,19 @@ class Task:
 
     @property
     def prompt(self) -> Prompt:
-        """The task's current template and verbalizer."""
-        return Prompt("current", self.template, {c: list(ws) for c, ws in self.verbalizer.items()})
+        """The task's current template, verbalizer and BOS choice."""
+        return Prompt("current", self.template, {c: list(ws) for c, ws in self.verbalizer.items()}, self.bos)
 
     def prompt_candidates(self) -> list[Prompt]:
         """Prompts worth scoring for this task, the current one first (built-in tasks override this with a set
         suited to instruct models)."""
-        return [Prompt("default", self.template, {c: list(ws) for c, ws in self.verbalizer.items()})]
+        return [Prompt("default", self.template, {c: list(ws) for c, ws in self.verbalizer.items()}, self.bos)]
+
+    def with_bos(self, bos: bool) -> Task:
+        """A copy of this task that does (True) or does not (False) prepend the tokenizer's BOS token."""
+        out = copy.copy(self)
+        out.bos = bool(bos)
+        return out
 
     def with_prompt(
         self, template: str | Prompt | None = None, verbalizer: dict[str, list[str]] | str | None = None
@@ -242,14 +255,15 @@ class Task:
         """A copy of this task asking with another template and/or label words; the data and splits are the same.
 
         ``template``: a str.format template over the task's text fields, or a ``Prompt`` (then ``verbalizer`` must be
-        None). ``verbalizer``: class -> words, or a spec string ``"rotten=terrible,fresh=great|good"``
-        (``Verbalizer.parse``). It must name exactly the task's classes; they keep the task's order, so class
-        index i means the same class under every prompt.
+        None, and the copy takes the Prompt's ``bos`` too). ``verbalizer``: class -> words, or a spec string
+        ``"rotten=terrible,fresh=great|good"`` (``Verbalizer.parse``). It must name exactly the task's classes;
+        they keep the task's order, so class index i means the same class under every prompt.
         """
+        bos = self.bos
         if isinstance(template, Prompt):
             if verbalizer is not None:
                 raise TaskError("with_prompt got a Prompt and a verbalizer: the Prompt already carries its words")
-            template, verbalizer = template.template, template.verbalizer
+            template, verbalizer, bos = template.template, template.verbalizer, template.bos
         new_template = self.template if template is None else template
         if verbalizer is None:
             words = {c: list(ws) for c, ws in self.verbalizer.items()}
@@ -265,6 +279,7 @@ class Task:
         out = copy.copy(self)
         out.template = new_template
         out.verbalizer = {c: words[c] for c in self.verbalizer}
+        out.bos = bos
         out.check_prompt()
         return out
 
