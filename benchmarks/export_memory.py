@@ -40,7 +40,9 @@ def weights_bytes(hf: Path) -> int:
     return sum(f.stat().st_size for f in hf.glob("*.safetensors"))
 
 
-def export_cell(tree: Path, hf: Path, int4: bool, out: Path) -> dict:
+def measured_export(hf: Path, out: Path, int4: bool, tree: Path = ROOT) -> dict:
+    """``zo-edge export HF --out OUT --splits none --force [--int4]`` from ``tree`` in a fresh process: its return
+    code, peak RSS (MiB, that process alone) and wall time. ``model_scaling.py`` builds its exports with it too."""
     cmd = [sys.executable, "-c", MEASURE_EXPORT, "export", str(hf), "--out", str(out), "--splits", "none", "--force"]
     cmd += ["--int4"] if int4 else []
     env = dict(os.environ, PYTHONPATH=str(tree))
@@ -48,8 +50,13 @@ def export_cell(tree: Path, hf: Path, int4: bool, out: Path) -> dict:
     proc = subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     peak = next((int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_KIB")), 0)
-    shutil.rmtree(out, ignore_errors=True)
     return {"rc": proc.returncode, "peak_mb": round(peak / 1024, 1), "wall_s": round(wall, 1)}
+
+
+def export_cell(tree: Path, hf: Path, int4: bool, out: Path) -> dict:
+    r = measured_export(hf, out, int4, tree)
+    shutil.rmtree(out, ignore_errors=True)
+    return r
 
 
 def run(args) -> None:

@@ -27,12 +27,11 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, ROOT, load_results, machine_info, make_batches, run_cell  # noqa: E402
-from export_memory import MEASURE_EXPORT  # noqa: E402
+from export_memory import measured_export  # noqa: E402
 
 #: model_type and config of each size (the published configs' shapes; tied embeddings as published)
 SIZES: dict[str, dict] = {
@@ -63,7 +62,7 @@ BYTES_ADAMW = 16  # fp32 weight + gradient + two AdamW moments, per parameter
 
 def build(name: str, root: Path) -> tuple[dict[str, Path], list[dict]]:
     """The random model's HF folder and its fp32 / INT4 exports (each skipped when already there), and a record per
-    export made now: the export process's peak RSS (``export_memory.MEASURE_EXPORT``) and wall time."""
+    export made now: the export process's peak RSS (``export_memory.measured_export``) and wall time."""
     folders = {"hf": root / "hf", "fp32": root / "fp32", "int4": root / "int4"}
     if not (folders["hf"] / "config.json").is_file():
         code = (
@@ -92,16 +91,12 @@ def build(name: str, root: Path) -> tuple[dict[str, Path], list[dict]]:
     records = []
     for kind in ("fp32", "int4"):
         if not (folders[kind] / "manifest.json").is_file():
-            cmd = [sys.executable, "-c", MEASURE_EXPORT, "export", str(folders["hf"]), "--out", str(folders[kind])]
-            cmd += ["--splits", "none", "--force"] + (["--int4"] if kind == "int4" else [])
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-            if proc.returncode != 0:  # e.g. SIGKILL by the OOM killer: the build side's limit is a result too
-                raise BuildFailed(f"{name}: zo-edge export {kind} exited {proc.returncode} (-9: out of memory)")
-            peak = next(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_KIB"))
+            r = measured_export(folders["hf"], folders[kind], kind == "int4")
+            if r["rc"] != 0:  # e.g. SIGKILL by the OOM killer: the build side's limit is a result too
+                raise BuildFailed(f"{name}: zo-edge export {kind} exited {r['rc']} (-9: out of memory)")
             records.append(
-                {"key": f"{name}/export-{kind}", "size": name, "cell": f"export-{kind}", "export_peak_mb": peak / 1024,
-                 "export_s": round(time.perf_counter() - t0, 1)}
+                {"key": f"{name}/export-{kind}", "size": name, "cell": f"export-{kind}",
+                 "export_peak_mb": r["peak_mb"], "export_s": r["wall_s"]}
             )  # fmt: skip
     return folders, records
 

@@ -126,11 +126,6 @@ def _pack(kn: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     return packed, scales
 
 
-def _pack_rows(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """[N, K] float (the embedding / LM head orientation) -> the codes and scales of ``_pack`` for its transpose."""
-    return _pack(weight.T, block_size)
-
-
 def quantize_embedding(
     model: onnx.ModelProto, embed_name: str, head_name: str, *, block_size: int, accuracy_level: int = 0
 ) -> None:
@@ -147,7 +142,7 @@ def quantize_embedding(
         vocab, dim = weight.shape
         if dim % block_size:
             raise ValueError(f"--int4-embedding: d = {dim} is not a multiple of --block-size {block_size}")
-        packed, scales = _pack_rows(weight, block_size)
+        packed, scales = _pack(weight.T, block_size)  # [V, d]: the head's MatMul weight is its transpose
         new_inits += [numpy_helper.from_array(packed, f"{name}_Q4"), numpy_helper.from_array(scales, f"{name}_scales")]
         codes[name] = (f"{name}_Q4", f"{name}_scales", vocab, dim)
     nodes: list[onnx.NodeProto] = []

@@ -276,7 +276,7 @@ class DataFields:
         task = get_task(self.task)
         if template or self.labels:
             task = task.with_prompt(template or None, self.labels or None)
-        return task if self.bos else task.with_bos(False)
+        return task.with_bos(self.bos)
 
 
 @dataclass
