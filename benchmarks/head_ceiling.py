@@ -100,18 +100,17 @@ def tail_fits(model, w, mtr, ytr, mte, yte, acc) -> dict[str, float]:
 def selection_scores(ztr: np.ndarray, ytr: np.ndarray, zte: np.ndarray, yte: np.ndarray) -> dict[str, float]:
     """Forward-only scores of a prompt that a prompt choice could use instead of its zero-shot accuracy (which a
     class bias dominates): accuracy after contextual calibration (the mean of the class logits over the training
-    prompts, no labels, subtracted), and for two classes the AUC of the logit margin (accuracy at the best bias).
+    prompts, no labels, subtracted), and the macro one-vs-rest AUC of the class margins (``zo_edge.metrics``, what
+    ``select_prompt`` ranks by; for two classes the accuracy at the best bias, ranked).
     The first 64 training prompts stand in for a dev split (``dev64_*``: what ``--template auto`` sees)."""
+    from zo_edge.metrics import macro_auc
+
     out: dict[str, float] = {}
     for tag, z, y in (("test", zte, yte), ("dev64", ztr[:64], ytr[:64])):
         mean = ztr.mean(0)
         out[f"{tag}_zero_shot"] = float((z.argmax(1) == y).mean())
         out[f"{tag}_calibrated"] = float(((z - mean).argmax(1) == y).mean())
-        if z.shape[1] == 2:
-            margin = z[:, 1] - z[:, 0]
-            pos, neg = margin[y == 1], margin[y == 0]
-            wins = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
-            out[f"{tag}_auc"] = float(wins)
+        out[f"{tag}_auc"] = macro_auc(z, y, z.shape[1])
     return out
 
 

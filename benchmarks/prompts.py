@@ -100,9 +100,14 @@ def report(results: dict[str, dict], tasks: list[str]) -> str:
         cell = {(r["prompt"], r["split"]): r for r in rows}
         describe = {p.name: p.describe() for p in get_task(name).prompt_candidates()}
         pick = None
-        if all((p, "dev") in cell for p in prompts):  # select_prompt's rule on a balanced dev split
+        if all((p, "dev") in cell for p in prompts):  # select_prompt's rule (the training choice), balanced dev
             dev = [cell[(p, "dev")] for p in prompts]
-            pick = prompts[max(range(len(prompts)), key=lambda i: (dev[i]["accuracy"], dev[i]["macro_f1"], -i))]
+            pick = prompts[
+                max(
+                    range(len(prompts)),
+                    key=lambda i: (dev[i].get("auc", 0.0), dev[i]["accuracy"], dev[i]["macro_f1"], -i),
+                )
+            ]
         tests = {p: cell[(p, "test")]["accuracy"] for p in prompts if (p, "test") in cell}
         best_test = max(tests, key=tests.get) if tests else None
         out += [f"### {name}", ""]

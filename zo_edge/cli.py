@@ -225,7 +225,7 @@ def cmd_train(a) -> int:
     from runtime.atomic import atomic_write_json
     from zo_edge.config import TrainConfig
     from zo_edge.recipes import AUTO_RECIPE
-    from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress
+    from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress, zero_shot_baseline
 
     # `zo-edge train --model M --task T` alone trains with the measured best recipe the export can run
     cfg = TrainConfig.from_sources(a.config, _given(a, a._names), default_recipe=AUTO_RECIPE)
@@ -251,14 +251,18 @@ def cmd_train(a) -> int:
 
         print(
             format_prompt_table(p.prompt_scores)
-            + f"\nprompt (--template auto, best on dev): {p.task.prompt.describe()}"
+            + f"\nprompt (--template auto, best dev AUC): {p.task.prompt.describe()}"
         )
     n = cfg.eval_examples
-    before = evaluate_on(p, p.data.test, n)  # the base model, before any checkpoint is loaded (also on --resume)
+    # the base model, before any checkpoint is loaded (also on --resume)
+    before, before_prompt = zero_shot_baseline(p, n)
     result = train_with_progress(p, resume=a.resume)
     load_run(p.oracle, cfg.out, "best")
     after = evaluate_on(p, p.data.test, n)
-    atomic_write_json(Path(cfg.out) / "test.json", {"before": before.summary(), "after": after.summary()})
+    atomic_write_json(
+        Path(cfg.out) / "test.json",
+        {"before": {**before.summary(), "prompt": before_prompt}, "after": after.summary()},
+    )
     plot = plot_run(cfg.out)
     print(
         f"run {cfg.out}: {result['step']} steps, best dev accuracy {result['best']:.3f}, "
@@ -266,7 +270,8 @@ def cmd_train(a) -> int:
     )
     print(
         f"held-out test (n={before.n}): accuracy {before.accuracy:.3f} -> {after.accuracy:.3f}, "
-        f"macro-F1 {before.macro_f1:.3f} -> {after.macro_f1:.3f} (best checkpoint; {cfg.out}/test.json)"
+        f"macro-F1 {before.macro_f1:.3f} -> {after.macro_f1:.3f} (before: zero-shot with prompt {before_prompt}; "
+        f"after: best checkpoint; {cfg.out}/test.json)"
     )
     return 0
 
@@ -451,7 +456,7 @@ def _add_prompts(sub) -> None:
 def cmd_prompts(a) -> int:
     from zo_edge.config import ScoringConfig
     from zo_edge.data import load_tokenizer
-    from zo_edge.prompts import chosen, format_prompt_table, select_prompt
+    from zo_edge.prompts import chosen, format_prompt_table, select_prompt, zero_shot_best
     from zo_edge.train import load_run, load_task_data, make_oracle
 
     cfg = ScoringConfig.from_flags(_given(a, a._names))
@@ -466,7 +471,10 @@ def cmd_prompts(a) -> int:
         print(json.dumps([s.summary() for s in scores]))
         return 0
     print(format_prompt_table(scores))
-    print(f"best on dev: {chosen(scores).prompt.name}; train with it: --template auto (or its template and --labels)")
+    print(
+        f"train from (*): {chosen(scores).prompt.name}, the best dev AUC (--template auto picks it); "
+        f"answer untrained with (z): {zero_shot_best(scores).prompt.name}, the best zero-shot on dev"
+    )
     return 0
 
 

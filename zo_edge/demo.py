@@ -81,7 +81,7 @@ def ensure_export(artifacts: Path, int4: bool) -> Path:
 
 def run_demo(a: DemoConfig) -> int:
     from zo_edge.config import TrainConfig
-    from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress
+    from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress, zero_shot_baseline
 
     final = Path(a.out)
     # an earlier demo run is ours to replace; anything else non-empty is the user's and needs --force
@@ -106,10 +106,13 @@ def run_demo(a: DemoConfig) -> int:
             print(format_prompt_table(p.prompt_scores))
         n = cfg.eval_examples
         print(f"      prompt: {p.task.prompt.describe()}")
-        print(f"      zero-shot on {n} held-out {cfg.task} test sentences with it ...", flush=True)
+        print(f"      zero-shot on {n} held-out {cfg.task} test sentences ...", flush=True)
         t0 = time.time()
-        before = evaluate_on(p, p.data.test, n)
-        print(f"      accuracy {before.accuracy:.3f}  macro-F1 {before.macro_f1:.3f}  ({time.time() - t0:.0f} s)")
+        before, before_prompt = zero_shot_baseline(p, n)
+        print(
+            f"      accuracy {before.accuracy:.3f}  macro-F1 {before.macro_f1:.3f} with prompt {before_prompt}  "
+            f"({time.time() - t0:.0f} s)"
+        )
         mc = cfg.method_config
         knobs = ", ".join(f"{k} {getattr(mc, k):g}" for k in ("mu", "queries"))
         print(
@@ -128,7 +131,12 @@ def run_demo(a: DemoConfig) -> int:
         atomic_write_json(tmp / "config.json", {**cfg.to_dict(), "out": str(final)})
         atomic_write_json(
             tmp / "demo.json",
-            {"before": before.summary(), "after": after.summary(), "train_s": train_s, **result},
+            {
+                "before": {**before.summary(), "prompt": before_prompt},
+                "after": after.summary(),
+                "train_s": train_s,
+                **result,
+            },
         )
     plot = final / "loss.png"
     print()

@@ -23,7 +23,7 @@ from runtime.batch import Batch
 from runtime.oracle import ForwardOutputs, Oracle
 from runtime.tokenizer import Tokenizer
 from zo_edge.batching import candidate_batch, one_row_batch
-from zo_edge.metrics import accuracy, confusion_matrix, macro_f1
+from zo_edge.metrics import accuracy, confusion_matrix, macro_auc, macro_f1
 from zo_edge.objectives import candidate_class_scores, class_scores, use_one_row
 from zo_edge.tasks import Example, Task, TaskError
 
@@ -34,6 +34,7 @@ __all__ = ["EvalResult", "evaluate"]
 class EvalResult:
     accuracy: float
     macro_f1: float
+    auc: float  # macro one-vs-rest AUC of the class scores: what a trained class bias could make of them
     confusion: list[list[int]]
     n: int
     truncated: int  # prompts cut from the left to fit max_len
@@ -41,7 +42,13 @@ class EvalResult:
     loglik: np.ndarray = field(repr=False)  # [n, n_classes] best log-likelihood per class
 
     def summary(self) -> dict:
-        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "n": self.n, "truncated": self.truncated}
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "auc": self.auc,
+            "n": self.n,
+            "truncated": self.truncated,
+        }
 
     @classmethod
     def from_scores(cls, scores: np.ndarray, task: Task, examples: list[Example], truncated: int) -> EvalResult:
@@ -53,6 +60,7 @@ class EvalResult:
         return cls(
             accuracy=accuracy(pred, gold),
             macro_f1=macro_f1(pred, gold, n_classes),
+            auc=macro_auc(scores, gold, n_classes),
             confusion=confusion_matrix(pred, gold, n_classes).tolist(),
             n=len(examples),
             truncated=truncated,

@@ -1,14 +1,17 @@
-"""Classification metrics, numpy only: accuracy, the confusion matrix, macro-F1.
+"""Classification metrics, numpy only: accuracy, the confusion matrix, macro-F1, macro one-vs-rest AUC.
 
 Macro-F1 sits beside accuracy everywhere because user data is imbalanced: a model that answers the majority class
-for everything scores the majority rate in accuracy, and about 1 / n_classes of a perfect macro-F1.
+for everything scores the majority rate in accuracy, and about 1 / n_classes of a perfect macro-F1. The AUC reads
+the scores rather than the argmax: it is blind to a constant per-class bias (which a trained bias or head removes
+in a few steps) and uses every example's margin, so on a small dev split it ranks prompts by what training can
+realise, where accuracy ranks them by their class bias and by noise (RESULTS.md §12.1).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["accuracy", "confusion_matrix", "macro_f1"]
+__all__ = ["accuracy", "confusion_matrix", "macro_auc", "macro_f1"]
 
 
 def accuracy(pred, gold) -> float:
@@ -35,3 +38,38 @@ def macro_f1(pred, gold, n_classes: int) -> float:
     denom = 2 * tp + fp + fn
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     return float(f1[present].mean())
+
+
+def macro_auc(scores, gold, n_classes: int) -> float:
+    """Mean over classes of the one-vs-rest ROC AUC of class c's margin ``s_c - max_{c' != c} s_c'``: the chance
+    that an example of class c has a higher margin than one of another class, ties counted half (Mann-Whitney U,
+    from mid-ranks). Classes with no positive or no negative example are left out; nan if none remains. The margin,
+    not the raw score, so a per-row constant (the one-row path's log-probabilities are known only up to one)
+    changes nothing."""
+    s = np.asarray(scores, dtype=np.float64)
+    gold = np.asarray(gold, dtype=np.int64)
+    assert s.ndim == 2 and s.shape == (gold.size, n_classes), f"scores {s.shape} for {gold.size} x {n_classes}"
+    if n_classes < 2:
+        return float("nan")
+    aucs = []
+    for c in range(n_classes):
+        pos = gold == c
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if not n_pos or not n_neg:
+            continue
+        margin = s[:, c] - np.delete(s, c, axis=1).max(axis=1)
+        aucs.append((_mid_ranks(margin)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _mid_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x``, tied values sharing the mean of their ranks."""
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    # first index of each run of equal values, and the run's mean rank
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], x.size]
+    mean_rank = (starts + ends + 1) / 2
+    ranks = np.empty(x.size)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks

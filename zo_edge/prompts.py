@@ -10,9 +10,19 @@ candidate costs one candidate-scoring pass over the dev examples: exactly what a
     print(format_prompt_table(scores))
     task = task.with_prompt(chosen(scores).prompt)
 
-Choice: the highest dev macro-F1 when the dev classes are imbalanced (largest/smallest >= 1.5: accuracy there
-rewards answering the majority class), else the highest dev accuracy; ties go to the other metric, then to the
-earlier candidate (the task's own prompt comes first).
+Choice: the highest dev macro one-vs-rest AUC of the class scores (``zo_edge.metrics.macro_auc``); ties go to the
+zero-shot rule below, then to the earlier candidate (the task's own prompt comes first). Why AUC and not accuracy:
+training starts from the chosen prompt, and the first thing any recipe learns is the class bias (the head recipe's
+final-norm gain, a LoRA's output); what it cannot learn in ten minutes is a better ranking. Dev accuracy on 32-64
+examples is dominated by that bias and by noise: on Rotten Tomatoes (RESULTS.md §12.1) it ranks the chat form
+first (dev 0.81, test 0.690), the AUC ranks "Review: {text}\nSentiment:" without BOS first (dev AUC 0.913), which
+is also the best on test, zero-shot (0.776) and trained (head ceiling 0.821 vs 0.777).
+
+The zero-shot rule (``PromptScore.zero_shot_best``, the prompt a user who does not train would pick): the highest
+dev macro-F1 when the dev classes are imbalanced (largest/smallest >= 1.5: accuracy there rewards answering the
+majority class), else the highest dev accuracy; ties go to the other metric, then to the earlier candidate. The
+"before" of a run is the better of the two on test (``zo_edge.train.zero_shot_baseline``), so a training gain is
+never measured against a prompt chosen for how well it trains.
 """
 
 from __future__ import annotations
@@ -29,7 +39,15 @@ from zo_edge.batching import AUTO_BALANCE_RATIO, TokenizerLike, choose_max_len, 
 from zo_edge.evaluate import evaluate
 from zo_edge.tasks import Example, Prompt, Task, TaskError
 
-__all__ = ["PromptScore", "chosen", "format_prompt_table", "select_prompt", "standard_error", "with_bos_variants"]
+__all__ = [
+    "PromptScore",
+    "chosen",
+    "format_prompt_table",
+    "select_prompt",
+    "standard_error",
+    "with_bos_variants",
+    "zero_shot_best",
+]
 
 
 @dataclass
@@ -39,10 +57,12 @@ class PromptScore:
     prompt: Prompt
     accuracy: float
     macro_f1: float
+    auc: float  # macro one-vs-rest AUC of the class scores (nan when the dev split holds one class)
     n: int
     truncated: int  # dev prompts cut from the left at max_len
     max_len: int  # the length it was scored at (chosen from the dev lengths when select_prompt's max_len is 0)
-    chosen: bool = False
+    chosen: bool = False  # the prompt to train from (highest dev AUC)
+    zero_shot_best: bool = False  # the prompt to answer with untrained (highest dev accuracy, or macro-F1)
 
     @property
     def template(self) -> str:
@@ -59,10 +79,12 @@ class PromptScore:
             "verbalizer": self.verbalizer,
             "accuracy": self.accuracy,
             "macro_f1": self.macro_f1,
+            "auc": self.auc,
             "n": self.n,
             "truncated": self.truncated,
             "max_len": self.max_len,
             "chosen": self.chosen,
+            "zero_shot_best": self.zero_shot_best,
         }
 
 
@@ -82,7 +104,8 @@ def select_prompt(
     batch_examples: int = 16,
 ) -> list[PromptScore]:
     """Score every candidate prompt zero-shot on ``dev_examples`` (forwards only; the oracle's trained state, if
-    any, is used as it is) and mark the best one (see the module docstring). ``candidates`` defaults to
+    any, is used as it is) and mark the one to train from (``chosen``) and the one to answer with untrained
+    (``zero_shot_best``; see the module docstring). ``candidates`` defaults to
     ``task.prompt_candidates()``, each also tried without the BOS token (``with_bos_variants``); given candidates
     are scored as they are. ``max_len`` 0:
     each candidate at ``choose_max_len`` of its own dev lengths (a chat-form prompt needs ~40 tokens more than a
@@ -103,15 +126,20 @@ def select_prompt(
         ordered = [dev_examples[i] for i in np.argsort(lengths, kind="stable")]
         length = max_len or choose_max_len(tokenizer, variant, dev_examples)
         r = evaluate(oracle, tokenizer, variant, ordered, max_len=length, batch_examples=batch_examples)
-        scores.append(PromptScore(prompt, r.accuracy, r.macro_f1, r.n, r.truncated, length))
+        scores.append(PromptScore(prompt, r.accuracy, r.macro_f1, r.auc, r.n, r.truncated, length))
     by_f1 = class_ratio(dev_examples) >= AUTO_BALANCE_RATIO
 
-    def key(i: int) -> tuple:
+    def zero_shot_key(i: int) -> tuple:
         s = scores[i]
         first, second = (s.macro_f1, s.accuracy) if by_f1 else (s.accuracy, s.macro_f1)
         return (first, second, -i)
 
-    scores[max(range(len(scores)), key=key)].chosen = True
+    def train_key(i: int) -> tuple:
+        auc = scores[i].auc
+        return (-math.inf if math.isnan(auc) else auc, *zero_shot_key(i))
+
+    scores[max(range(len(scores)), key=train_key)].chosen = True
+    scores[max(range(len(scores)), key=zero_shot_key)].zero_shot_best = True
     return scores
 
 
@@ -133,23 +161,33 @@ def with_bos_variants(
 
 
 def chosen(scores: Sequence[PromptScore]) -> PromptScore:
-    """The score marked chosen by ``select_prompt``."""
+    """The score marked chosen by ``select_prompt``: the prompt to train from."""
     picked = [s for s in scores if s.chosen]
     assert len(picked) == 1, f"{len(picked)} chosen prompts in a selection"
     return picked[0]
 
 
+def zero_shot_best(scores: Sequence[PromptScore]) -> PromptScore:
+    """The score marked ``zero_shot_best`` by ``select_prompt``: the prompt to answer with untrained."""
+    picked = [s for s in scores if s.zero_shot_best]
+    assert len(picked) == 1, f"{len(picked)} zero-shot-best prompts in a selection"
+    return picked[0]
+
+
 def format_prompt_table(scores: Sequence[PromptScore], title: str = "dev") -> str:
-    """A Markdown table of a selection: one row per candidate, accuracy ± standard error, macro-F1, the chosen one
-    marked with *."""
+    """A Markdown table of a selection: one row per candidate, accuracy ± standard error, macro-F1, AUC; the one
+    to train from marked with *, the zero-shot best with z (both: *z)."""
     lines = [
-        f"| | prompt | template -> label words | max_len | {title} accuracy | {title} macro-F1 | n | cut |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| | prompt | template -> label words | max_len | {title} accuracy | {title} macro-F1 | {title} AUC "
+        "| n | cut |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scores:
         shown = s.prompt.describe().replace("|", "&#124;")  # a chat template's <|im_start|> would split the cell
+        mark = ("*" if s.chosen else "") + ("z" if s.zero_shot_best else "")
         lines.append(
-            f"| {'*' if s.chosen else ''} | {s.prompt.name} | {shown} | {s.max_len} | "
-            f"{s.accuracy:.3f} ± {standard_error(s.accuracy, s.n):.3f} | {s.macro_f1:.3f} | {s.n} | {s.truncated} |"
+            f"| {mark} | {s.prompt.name} | {shown} | {s.max_len} | "
+            f"{s.accuracy:.3f} ± {standard_error(s.accuracy, s.n):.3f} | {s.macro_f1:.3f} | {s.auc:.3f} | {s.n} | "
+            f"{s.truncated} |"
         )
     return "\n".join(lines)

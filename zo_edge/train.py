@@ -38,6 +38,7 @@ __all__ = [
     "resolve_prompt",
     "run_training",
     "train_with_progress",
+    "zero_shot_baseline",
 ]
 
 
@@ -136,9 +137,34 @@ def resolve_prompt(cfg: DataFields, oracle: Oracle, tokenizer, task, data: TaskD
     return task.with_prompt(prompt), scores
 
 
-def evaluate_on(p: Prepared, examples, limit: int) -> EvalResult:
+def evaluate_on(p: Prepared, examples, limit: int, task=None, max_len: int = 0) -> EvalResult:
     subset = examples[:limit] if limit else examples
-    return evaluate(p.oracle, p.tokenizer, p.task, subset, max_len=p.cfg.max_len, normalize=p.cfg.length_normalize)
+    return evaluate(
+        p.oracle,
+        p.tokenizer,
+        task or p.task,
+        subset,
+        max_len=max_len or p.cfg.max_len,
+        normalize=p.cfg.length_normalize,
+    )
+
+
+def zero_shot_baseline(p: Prepared, limit: int) -> tuple[EvalResult, str]:
+    """(result, prompt name): the run's "before" on the test split, from the base model as it is. With
+    ``--template auto`` the run trains from the dev-AUC choice, which need not be the prompt an untrained model
+    answers best with (zo_edge.prompts); where the zero-shot rule picked another prompt, both are scored and the
+    better on test is the baseline, so a gain is never measured against a prompt chosen for how well it trains
+    (this favours the baseline: it is chosen on test). The other prompt runs at the length it was scored at on dev."""
+    before = evaluate_on(p, p.data.test, limit)
+    if not p.prompt_scores:
+        return before, p.task.prompt.name
+    from zo_edge.prompts import chosen, zero_shot_best
+
+    z, name = zero_shot_best(p.prompt_scores), chosen(p.prompt_scores).prompt.name
+    if z.chosen:
+        return before, name
+    other = evaluate_on(p, p.data.test, limit, task=p.task.with_prompt(z.prompt), max_len=z.max_len)
+    return (other, z.prompt.name) if other.accuracy > before.accuracy else (before, name)
 
 
 def prefill_cache(p: Prepared, on_chunk=None, chunk: int = 32) -> int:

@@ -52,11 +52,13 @@ def test_template_auto_records_the_chosen_prompt(tiny_lm_dirs, tmp_path, capsys)
     assert _train(tiny_lm_dirs["fp32"], run, "lozo", 2, *argv) == 0
     out = capsys.readouterr().out
     written = json.loads((run / "config.json").read_text())
-    assert "--template auto, best on dev" in out and written["template"] not in ("", "auto") and written["labels"]
+    assert "--template auto, best dev AUC" in out and written["template"] not in ("", "auto") and written["labels"]
+    before = json.loads((run / "test.json").read_text())["before"]
+    assert before["prompt"] in out and "zero-shot with prompt" in out, "the before names the prompt it was scored with"
     assert written["layers"] == "top:1"
     assert main(["prompts", "--run", str(run), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
-    assert len(scores) >= 1 and sum(s["chosen"] for s in scores) == 1
+    assert len(scores) >= 1 and sum(s["chosen"] for s in scores) == 1 == sum(s["zero_shot_best"] for s in scores)
 
 
 def test_toml_config_and_flag_override(tiny_lm_dirs, tmp_path):

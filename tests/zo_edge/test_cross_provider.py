@@ -32,6 +32,7 @@ def _result(pred: list[int], loglik: list[list[float]], gold: list[int]) -> Eval
     return EvalResult(
         accuracy=float(np.mean(pred_a == gold_a)),
         macro_f1=0.0,
+        auc=0.5,
         confusion=[],
         n=len(pred),
         truncated=0,

@@ -17,7 +17,7 @@ import pytest
 from runtime.tokenizer import Tokenizer
 from zo_edge.batching import candidate_batch
 from zo_edge.evaluate import evaluate
-from zo_edge.prompts import chosen, format_prompt_table, select_prompt, with_bos_variants
+from zo_edge.prompts import chosen, format_prompt_table, select_prompt, with_bos_variants, zero_shot_best
 from zo_edge.tasks import Example, Prompt, Task, TaskError, get_task, list_tasks
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_imbalanced_dev_selects_on_macro_f1(tiny_tok):
     scores = select_prompt(ScriptedOracle(), tiny_tok, TOY, _dev(7, 2, 1), [ALWAYS_POS, C_MEANS_NEG], 32)
     assert [s.accuracy for s in scores] == pytest.approx([0.9, 0.8])
     assert [s.macro_f1 for s in scores] == pytest.approx([18 / 19 / 2, 0.6875])
-    assert chosen(scores).prompt.name == "c-means-neg"
+    assert chosen(scores).prompt.name == "c-means-neg" and zero_shot_best(scores).prompt.name == "c-means-neg"
 
 
 def test_balanced_dev_selects_on_accuracy_then_f1_then_order(tiny_tok):
@@ -148,8 +148,38 @@ def test_balanced_dev_selects_on_accuracy_then_f1_then_order(tiny_tok):
     assert chosen(scores).prompt.name == "c-means-neg"
     same = select_prompt(ScriptedOracle(), tiny_tok, TOY, _dev(2, 2, 4), [C_MEANS_NEG, C_MEANS_NEG], 32)
     assert [s.chosen for s in same] == [True, False], "a tie goes to the earlier candidate"
+    assert [s.zero_shot_best for s in same] == [True, False]
     table = format_prompt_table(scores)
-    assert table.count("\n") == 3 and table.count("| * |") == 1 and "0.750 ± 0.153" in table
+    assert table.count("\n") == 3 and table.count("| *z |") == 1 and "0.750 ± 0.153 | 0.733 | 0.750 |" in table
+
+
+# Ranks the dev split perfectly but favours " good" everywhere: " bad" gets closer the more "c" a text holds
+RANKS_BIASED = Prompt("ranks-biased", "{text} Q Q", {"neg": [" bad"], "pos": [" good"]})
+
+
+class GradedOracle(ScriptedOracle):
+    """As ScriptedOracle, but after "Q Q" " good" costs 0.1 and " bad" 2.0 - 0.6 x (number of "c" in the text)."""
+
+    def run(self, batch):
+        out = super().run(batch)
+        for i, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask, strict=True)):
+            row = ids[mask == 1].tolist()
+            if row[-3:-1] == [12, 12]:
+                out["row_nll"][i] = 0.1 if row[-1] == 9 else 2.0 - 0.6 * row.count(5)
+        return out
+
+
+def test_training_prompt_is_chosen_on_auc_and_the_zero_shot_one_on_accuracy(tiny_tok):
+    pos = [Example({"text": t}, "pos") for t in ("a", "a a", "a c")]
+    neg = [Example({"text": t}, "neg") for t in ("c c", "c c a", "c c a a")]
+    scores = select_prompt(GradedOracle(), tiny_tok, TOY, pos + neg, [C_MEANS_NEG, RANKS_BIASED], 32)
+    # c-means-neg answers "a c" wrong: acc 5/6, and its AUC the same (2 of 3 pos above every neg, one tied);
+    # ranks-biased answers pos for all (acc 0.5) but every pos margin (1.9, 1.9, 1.3) is above every neg's (0.7)
+    assert [s.accuracy for s in scores] == pytest.approx([5 / 6, 0.5])
+    assert [s.auc for s in scores] == pytest.approx([5 / 6, 1.0])
+    assert chosen(scores).prompt.name == "ranks-biased", "train from the prompt whose scores rank the classes"
+    assert zero_shot_best(scores).prompt.name == "c-means-neg", "answer untrained with the most accurate one"
+    assert "| * | ranks-biased" in format_prompt_table(scores) and "| z | c-means-neg" in format_prompt_table(scores)
 
 
 def test_max_len_zero_sizes_each_candidate_from_its_dev_lengths(tiny_tok):
@@ -202,3 +232,18 @@ def test_select_prompt_on_a_tiny_model_matches_evaluate(tiny_lm_dirs):
     for s, c in zip(scores, cands, strict=True):
         r = evaluate(oracle, tok, task.with_prompt(c), dev, max_len=96)
         assert (s.accuracy, s.macro_f1) == pytest.approx((r.accuracy, r.macro_f1))
+
+
+def test_the_before_is_the_better_on_test_of_the_two_prompts(tiny_tok):
+    from zo_edge.train import Prepared, zero_shot_baseline
+
+    pos = [Example({"text": t}, "pos") for t in ("a", "a a", "a c")]
+    neg = [Example({"text": t}, "neg") for t in ("c c", "c c a", "c c a a")]
+    scores = select_prompt(GradedOracle(), tiny_tok, TOY, pos + neg, [C_MEANS_NEG, RANKS_BIASED], 32)
+    cfg = SimpleNamespace(max_len=32, length_normalize=False)
+    p = Prepared(cfg, GradedOracle(), tiny_tok, TOY.with_prompt(RANKS_BIASED), SimpleNamespace(test=pos + neg), scores)
+    before, name = zero_shot_baseline(p, 0)
+    assert name == "c-means-neg" and before.accuracy == pytest.approx(5 / 6), "not the training prompt's 0.5"
+    p.data = SimpleNamespace(test=pos)  # all positive: the always-pos training prompt is the better one here
+    before, name = zero_shot_baseline(p, 0)
+    assert name == "ranks-biased" and before.accuracy == 1.0

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from zo_edge.batching import BatchIterator, TruncationWarning, candidate_batch, lm_batch
-from zo_edge.metrics import accuracy, confusion_matrix, macro_f1
+from zo_edge.metrics import accuracy, confusion_matrix, macro_auc, macro_f1
 from zo_edge.objectives import classification_loss, predict
 from zo_edge.tasks import Example, Task, TaskError, get_task, list_tasks
 from zo_edge.tasks.base import dedup, template_fields
@@ -237,6 +237,36 @@ def test_metrics_by_hand():
     np.testing.assert_array_equal(confusion_matrix(pred, gold, 3), [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
     assert macro_f1(pred, gold, 3) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
     assert macro_f1([0, 0], [0, 0], 4) == 1.0, "classes absent from both gold and pred do not count"
+
+
+def _pairwise_auc(scores: np.ndarray, gold: np.ndarray, n_classes: int) -> float:
+    """The definition, pair by pair: P(margin of a class-c example > margin of another's), ties half."""
+    aucs = []
+    for c in range(n_classes):
+        margin = scores[:, c] - np.delete(scores, c, axis=1).max(axis=1)
+        pos, neg = margin[gold == c], margin[gold != c]
+        if len(pos) and len(neg):
+            aucs.append(np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg]))
+    return float(np.mean(aucs))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 6])
+def test_macro_auc_equals_the_pairwise_definition(n_classes):
+    rng = np.random.default_rng(n_classes)
+    scores = rng.integers(-3, 3, size=(40, n_classes)).astype(float)  # integer scores: many ties
+    gold = rng.integers(0, n_classes, size=40)
+    assert macro_auc(scores, gold, n_classes) == pytest.approx(_pairwise_auc(scores, gold, n_classes), abs=1e-12)
+    shifted = scores + rng.integers(-50, 50, size=(40, 1)) / 4  # a per-row constant (exact in binary: ties stay)
+    assert macro_auc(shifted, gold, n_classes) == pytest.approx(macro_auc(scores, gold, n_classes), abs=1e-12)
+
+
+def test_macro_auc_ignores_class_bias_where_accuracy_does_not():
+    scores = np.array([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]])  # always class 1, ranked perfectly
+    gold = np.array([0, 0, 1, 1])
+    assert accuracy(scores.argmax(1), gold) == 0.5 and macro_auc(scores, gold, 2) == 1.0
+    assert macro_auc(scores[::-1], gold, 2) == 0.0
+    assert macro_auc(np.zeros((4, 3)), np.array([0, 0, 1, 1]), 3) == 0.5, "class 2 has no example: left out"
+    assert np.isnan(macro_auc(np.zeros((2, 2)), np.array([1, 1]), 2)), "one class only: nothing to rank"
 
 
 # -------------------------------------------------------------------------------------------------------------------
