@@ -59,15 +59,22 @@ class TokenizerLike(Protocol):
 # Prompts that do not fit lose tokens from their left (the template's end and the label stay), counted and warned.
 
 
+def _bos_and_prompt(tokenizer: TokenizerLike, task: Task, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
+    """([BOS] or [], the rendered prompt's ids): the one place the BOS choice is applied. A template that opens with
+    BOS itself (a chat form) loses its own copy when one is prepended, so a row holds one BOS, kept when truncating."""
+    prompt = tokenizer.encode(task.render(ex))
+    bos = [tokenizer.bos_token_id] if add_bos and task.bos and tokenizer.bos_token_id is not None else []
+    if bos and prompt[:1] == bos:
+        prompt = prompt[1:]
+    return bos, prompt
+
+
 def _encode_example(tokenizer: TokenizerLike, task: Task, ex: Example, words: Sequence[str], max_len: int, add_bos):
     """(prefix ids, [word ids...], truncated?) with the prompt budget set by the longest candidate word."""
     word_ids = [tokenizer.encode(w) for w in words]
     if any(not w for w in word_ids):
         raise TaskError(f"a label word of {task.name!r} among {list(words)} encodes to no tokens: choose another word")
-    prompt = tokenizer.encode(task.render(ex))
-    bos = [tokenizer.bos_token_id] if add_bos and task.bos and tokenizer.bos_token_id is not None else []
-    if bos and prompt[:1] == bos:
-        prompt = prompt[1:]  # a template that opens with BOS itself (a chat form): one BOS, kept when truncating
+    bos, prompt = _bos_and_prompt(tokenizer, task, ex, add_bos)
     budget = max_len - len(bos) - max(len(w) for w in word_ids)
     if budget < 1:
         raise TaskError(f"max_len={max_len} cannot hold a prompt token plus the label words {list(words)}: raise it")
@@ -402,13 +409,10 @@ def prompt_lengths(
 ) -> np.ndarray:
     """Tokens each example needs uncut: BOS + prompt + the task's longest label word (what ``max_len`` bounds)."""
     longest_word = max(len(tokenizer.encode(w)) for w in _all_words(task))
-    bos_id = tokenizer.bos_token_id if add_bos and task.bos else None
     out = np.empty(len(examples), dtype=np.int64)
     for i, ex in enumerate(examples):
-        prompt = tokenizer.encode(task.render(ex))
-        if bos_id is not None and prompt[:1] != [bos_id]:
-            prompt = [bos_id, *prompt]
-        out[i] = len(prompt) + longest_word
+        bos, prompt = _bos_and_prompt(tokenizer, task, ex, add_bos)
+        out[i] = len(bos) + len(prompt) + longest_word
     return out
 
 
