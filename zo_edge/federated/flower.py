@@ -1,7 +1,7 @@
 """The Flower side: a ServerApp (``@app.main``, the Message API) and a ClientApp around node.py's protocol.
 
     zo-edge federate ...                                   # simulate(): Ray simulation engine, or --engine inprocess
-    flwr run . --run-config 'config="fed.toml"'            # real machines (README "Federated fine-tuning")
+    flwr run examples/flower-app zo-edge                   # real machines (examples/flower-app/README.md)
 
 Messages are Flower ``RecordDict``s: a ``ConfigRecord`` "zo" (round, indices, the history's scalars as a list of
 doubles, the checksum) and, only when arrays travel (ZO-Act's Ω / sketches / bases, a snapshot), an
@@ -10,11 +10,17 @@ deflated (what a SuperNode pushes to its SuperLink object store) plus the messag
 
 ``--engine inprocess`` runs the same two apps and the same Messages in one process through ``LocalGrid``, which
 round-trips every message through Flower's serialisation: the tests use it (no Ray start-up on a 2-core machine).
+
+Under ``flwr run`` on the deployment runtime (a SuperLink, SuperNodes), every message a SuperNode receives runs in a
+``flwr-clientapp`` process of its own, so nothing a client holds in memory survives to its next round: the ClientApp
+keeps its replica (index, trained arrays, method state) in its node's ``Context.state``, which Flower hands from
+message to message, and rebuilds from it (tests/federated/test_deployment.py runs that runtime on localhost).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -31,7 +37,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
-from zo_edge.federated.node import FedClient, FederatedConfig, FederatedError, FedServer, Msg, Setup
+from zo_edge.federated.node import FedClient, FederatedConfig, FederatedError, FedServer, Msg, Setup, trained_arrays
 
 __all__ = [
     "GridTransport",
@@ -180,14 +186,54 @@ def _client(setup: Setup, cid: int) -> FedClient:
     return _CLIENTS[key]
 
 
-def make_client_app(setup: Setup | None = None) -> ClientApp:
-    """The ClientApp; ``setup`` None: read from the run config (``flwr run``), partition from the node config."""
+#: ``Context.state`` keys of a client's replica between messages (``flwr run``: see the module docstring)
+_REPLICA, _REPLICA_ARRAYS = "zo-edge/replica", "zo-edge/replica-arrays"
+#: per cached client (``_CLIENTS``' key): the sequence number of the replica it last saved, i.e. the one it holds
+_SAVED: dict[tuple[str, int], int] = {}
+
+
+def _save_replica(key: tuple[str, int], client: FedClient, state: RecordDict) -> None:
+    """Put the client's replica (its history index and everything training can change, numbered) into ``state``."""
+    seq = int(state[_REPLICA]["seq"]) + 1 if _REPLICA in state else 0
+    with client.swapped_in():
+        rd = to_record(Msg({"index": client.index, "seq": seq}, trained_arrays(client.oracle, client.method)))
+    state[_REPLICA] = rd["zo"]
+    if "arrays" in rd:
+        state[_REPLICA_ARRAYS] = rd["arrays"]
+    _SAVED[key] = seq
+
+
+def _restore_replica(key: tuple[str, int], client: FedClient, state: RecordDict) -> None:
+    """Load the replica ``_save_replica`` left in ``state`` into ``client``, unless the client is the one that saved
+    it (this process handled the node's last message). A fresh ``flwr-clientapp`` process would otherwise start
+    every round from the base: index 0 (a "lost my state" answer to every other round), and without ZO-Act's
+    bases, which the server sends once."""
+    if _REPLICA not in state or _SAVED.get(key) == int(state[_REPLICA]["seq"]):
+        return
+    arrays = {"arrays": state[_REPLICA_ARRAYS]} if _REPLICA_ARRAYS in state else {}
+    saved = from_record(RecordDict({"zo": state[_REPLICA], **arrays}))
+    with client.swapped_in():
+        client._load_snapshot(saved.arrays, int(saved.config["index"]))  # a late joiner's path, from our own state
+
+
+def make_client_app(setup: Setup | None = None, persist: bool | None = None) -> ClientApp:
+    """The ClientApp; ``setup`` None: read from the run config (``flwr run``), partition from the node config.
+
+    ``persist`` (default: when ``setup`` is None, i.e. under ``flwr run``): keep each client's replica in its node's
+    ``Context.state`` between messages, for runtimes that start a process per message (the deployment runtime).
+    ``simulate()`` leaves it off: its processes keep their clients, and its rounds need not copy the state."""
     app = ClientApp()
+    keep = setup is None if persist is None else persist
 
     def handle(msg: Message, context: Context) -> Message:
-        s = setup or setup_from_run_config(context.run_config, client=True)
+        s = setup or setup_from_run_config(context.run_config, client=True, run=context.run_id)
         cid = int(context.node_config.get("partition-id", 0))
-        reply = _client(s, cid).handle(from_record(msg.content))
+        client = _client(s, cid)
+        if keep:
+            _restore_replica((s.key(), cid), client, context.state)
+        reply = client.handle(from_record(msg.content))
+        if keep:
+            _save_replica((s.key(), cid), client, context.state)
         return Message(to_record(reply), reply_to=msg)
 
     app.train()(handle)
@@ -201,23 +247,47 @@ def make_server_app(server: FedServer | None = None, out: str | None = None, on_
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        srv = server or FedServer(setup_from_run_config(context.run_config), evaluate=_evaluate)
+        srv = server or FedServer(setup_from_run_config(context.run_config, run=context.run_id), evaluate=_evaluate)
         srv.run(GridTransport(grid, srv.fed.timeout, srv.fed.clients), on_round)
         save_run(srv, out or srv.cfg.out)
 
     return app
 
 
-def setup_from_run_config(run_config: dict, client: bool = False) -> Setup:
+def _config_file(path: str) -> Path:
+    """The run config's ``config`` file on this machine: an absolute path as is; a relative one in the working
+    directory (where flower-superlink / flower-supernode was started: a machine's own copy) if it is there, else in
+    the Flower App as installed here (``flwr run`` ships the app folder's ``*.toml`` in its bundle, unpacked under
+    ``$FLWR_HOME/apps/`` and put on ``sys.path`` before our app is loaded): so the app folder's fed.toml reaches
+    every machine without a copy on each."""
+    from flwr.common.constant import APP_DIR
+    from flwr.supercore.utils import get_flwr_home
+
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.is_file():
+        return p
+    apps = (get_flwr_home() / APP_DIR).resolve()
+    for entry in sys.path:
+        folder = Path(entry or ".").resolve()
+        if folder.is_relative_to(apps) and (folder / p).is_file():
+            return folder / p
+    return p  # not found anywhere: load_toml names it
+
+
+def setup_from_run_config(run_config: dict, client: bool = False, run: int | str | None = None) -> Setup:
     """``flwr run``: the run config's ``config`` names a TOML file with ``zo-edge train``'s keys and a
-    ``[federated]`` table; everything must be explicit there (each machine resolves it alone). A ``recipe`` key
-    (``recipe = "head"``) is the base of the other keys, as in ``zo-edge train --config``."""
+    ``[federated]`` table (found by ``_config_file``); everything must be explicit there (each machine resolves it
+    alone). A ``recipe`` key (``recipe = "head"``) is the base of the other keys, as in ``zo-edge train --config``.
+
+    ``run``: the Flower run id. It names the Setup's run, so that a process that handles several messages of one run
+    keeps its clients (``_CLIENTS`` is keyed by the Setup) instead of a fresh client per message."""
     from zo_edge.config import TrainConfig, load_toml
 
     path = run_config.get("config")
     if not path:
         raise FederatedError("flwr run needs --run-config 'config=\"fed.toml\"' (zo-edge train keys + [federated])")
-    data = dict(load_toml(str(path)))
+    path = _config_file(str(path))
+    data = dict(load_toml(path))
     fed = FederatedConfig(**data.pop("federated", {}))
     # the TOML's tables as the flat flags from_sources takes (it applies a recipe under them; from_dict does not)
     top, method, knobs, optim = TrainConfig._split(data, f"{path}: ")
@@ -225,7 +295,9 @@ def setup_from_run_config(run_config: dict, client: bool = False) -> Setup:
     cfg = TrainConfig.from_sources(None, flags)
     if cfg.template == "auto" or not cfg.max_len:
         raise FederatedError(f"{path}: set template and max_len explicitly (every machine must build the same task)")
-    return Setup(cfg.to_dict(), asdict(fed))
+    if run is None:
+        return Setup(cfg.to_dict(), asdict(fed))
+    return Setup(cfg.to_dict(), asdict(fed), run=f"flwr-run-{run}")
 
 
 def _evaluate(p) -> dict[str, float]:
