@@ -150,14 +150,15 @@ def evaluate_on(p: Prepared, examples, limit: int, task=None, max_len: int = 0) 
 
 
 def zero_shot_baseline(p: Prepared, limit: int) -> tuple[EvalResult, str]:
-    """(result, prompt name): the run's "before" on the test split, from the base model as it is. With
-    ``--template auto`` the run trains from the dev-AUC choice, which need not be the prompt an untrained model
-    answers best with (zo_edge.prompts); where the zero-shot rule picked another prompt, both are scored and the
-    better on test is the baseline, so a gain is never measured against a prompt chosen for how well it trains
-    (this favours the baseline: it is chosen on test). The other prompt runs at the length it was scored at on dev."""
+    """(result, prompt): the run's "before" on the test split, from the base model as it is, and its prompt (by
+    name where --template auto chose it, else described). With ``--template auto`` the run trains from the dev-AUC
+    choice, which need not be the prompt an untrained model answers best with (zo_edge.prompts); where the
+    zero-shot rule picked another prompt, both are scored and the better on test is the baseline, so a gain is
+    never measured against a prompt chosen for how well it trains (this favours the baseline: it is chosen on
+    test). The other prompt runs at the length it was scored at on dev."""
     before = evaluate_on(p, p.data.test, limit)
-    if not p.prompt_scores:
-        return before, p.task.prompt.name
+    if not p.prompt_scores:  # the task's own or the user's prompt: named by what it is
+        return before, p.task.prompt.describe()
     from zo_edge.prompts import chosen, zero_shot_best
 
     z, name = zero_shot_best(p.prompt_scores), chosen(p.prompt_scores).prompt.name
