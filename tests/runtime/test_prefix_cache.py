@@ -79,9 +79,13 @@ def test_cached_step_equals_the_uncached_step(fp32, tiny, name):
             method.calibrate(oracle, [batch])
         reports.append([method.step(oracle, batch, lm_objective, t).loss for t in range(3)])
     np.testing.assert_allclose(reports[1], reports[0], rtol=1e-5, atol=1e-5)
+    # The two graphs round differently (the split graph's reductions are its own), and a step divides the loss
+    # difference by 2 mu: LOZO's mu 1e-3 and lr 1e-2 turn a 1e-6 rounding difference in a loss into ~5e-6 in a weight
+    # per step (seen: 1.7e-5 after 3 steps on one CPU model, under 1e-5 on another). A caching bug (stale or
+    # misplaced hidden states) moves the losses by far more than 1e-5, asserted above, and the weights by ~1e-2.
     a, b = full.trained.arrays(include_params=True), cached.trained.arrays(include_params=True)
     for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-4, err_msg=k)
 
 
 def test_head_only_run_trains_the_final_norm_behind_the_head_split(fp32, tiny):
