@@ -80,8 +80,13 @@ def test_peft_adapter_on_the_bundled_base_gives_the_merged_logits(merged):
         model = PeftModel.from_pretrained(base, merged["out"] / "peft").eval()
         got = model(input_ids=ids).logits
     want = AutoModelForCausalLM.from_pretrained(merged["out"] / "hf").eval()(input_ids=ids).logits.detach()
-    assert (want - before).abs().max() > 1e-3, "5 ZO-Act steps changed nothing"
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    change = (want - before).abs().max()
+    assert change > 1e-3, "5 ZO-Act steps changed nothing"
+    # x W + (x A) B and x (W + A B) round differently over 30 blocks: 1.4e-4 seen on 5 of 1.1M logits (|logit| up
+    # to ~20) on one CPU model, under 1e-4 on another. The adapter must give the merged change, to 5e-4 and to a
+    # twentieth of the change itself (an adapter that is not applied, or applied twice, is off by all of it).
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=5e-4)
+    assert (got - want).abs().max() < change / 20, f"off by over 5% of the change {change}"
 
 
 def test_llama_cpp_runs_the_merged_gguf_and_the_lora_like_the_merged_hf_model(merged):
