@@ -292,35 +292,31 @@ def zero_shot(spec: dict) -> dict:
     t0 = time.perf_counter()
     scores = select_prompt(p.oracle, p.tokenizer, p.task, p.data.dev, max_len=cfg.max_len)
     best = chosen(scores).prompt
-    task = p.task.with_prompt(best)
-    max_len = choose_max_len(p.tokenizer, task, [*p.data.train, *p.data.dev])
     select_s = time.perf_counter() - t0
     print(format_prompt_table(scores), file=sys.stderr)
+
+    def on_test(prompt) -> tuple:
+        """(task, max_len, test summary) of ``prompt``, at the max_len of its own train + dev lengths."""
+        task = p.task.with_prompt(prompt)
+        max_len = choose_max_len(p.tokenizer, task, [*p.data.train, *p.data.dev])
+        examples = _test(p.data.test, spec["n_test"], p.tokenizer, task)
+        r = evaluate(p.oracle, p.tokenizer, task, examples, max_len=max_len, batch_examples=cfg.batch_size)
+        return task, max_len, {**r.summary(), "se": round(standard_error(r.accuracy, r.n), 5)}
+
     t0 = time.perf_counter()
-    test_examples = _test(p.data.test, spec["n_test"], p.tokenizer, task)
-    test = evaluate(p.oracle, p.tokenizer, task, test_examples, max_len=max_len, batch_examples=cfg.batch_size)
+    task, max_len, test = on_test(best)
     alt = {}
     z = zero_shot_best(scores)
     if not z.chosen:
-        z_task = p.task.with_prompt(z.prompt)
-        z_len = choose_max_len(p.tokenizer, z_task, [*p.data.train, *p.data.dev])
-        z_test = evaluate(
-            p.oracle, p.tokenizer, z_task, _test(p.data.test, spec["n_test"], p.tokenizer, z_task),
-            max_len=z_len, batch_examples=cfg.batch_size,
-        )  # fmt: skip
-        alt = {
-            "zero_shot_best": {
-                "prompt": {"name": z.prompt.name, "template": z.prompt.template, "bos": z.prompt.bos},
-                "max_len": z_len,
-                "test": {**z_test.summary(), "se": round(standard_error(z_test.accuracy, z_test.n), 5)},
-            }
-        }
+        _, z_len, z_test = on_test(z.prompt)
+        prompt = {"name": z.prompt.name, "template": z.prompt.template, "bos": z.prompt.bos}
+        alt = {"zero_shot_best": {"prompt": prompt, "max_len": z_len, "test": z_test}}
     return {
         "prompt": {"name": best.name, "template": best.template, "verbalizer": best.verbalizer, "bos": best.bos},
         "max_len": max_len,
         "length_report": length_report(p.tokenizer, task, p.data.train, max_len),
         "candidates": [s.summary() for s in scores],
-        "test": {**test.summary(), "se": round(standard_error(test.accuracy, test.n), 5)},
+        "test": test,
         "load_peak_mb": round(load_peak, 1),
         "load_s": round(load_s, 2),
         "select_s": round(select_s, 2),
