@@ -376,11 +376,12 @@ def cmd_eval(a) -> int:
         if cfg.run:
             load_run(oracle, cfg.run, cfg.checkpoint)
         if auto:  # chosen once, on the first provider, with the state being evaluated; the rest reuse it
-            task, scores = resolve_prompt(cfg, oracle, tok, task, data)
+            task, scores = resolve_prompt(cfg, oracle, tok, task, data, training=False)
             auto = False
             if not cfg.json:
                 print(
-                    format_prompt_table(scores) + f"\nprompt (--template auto, best on dev): {task.prompt.describe()}"
+                    format_prompt_table(scores)
+                    + f"\nprompt (--template auto, best zero-shot on dev: z): {task.prompt.describe()}"
                 )
         # --json prints the JSON document alone on stdout: the sizing line goes to stderr then
         with contextlib.redirect_stdout(sys.stderr if cfg.json else sys.stdout):

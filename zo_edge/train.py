@@ -120,17 +120,18 @@ def resolve_max_len(cfg: DataFields, tokenizer, task, data: TaskData) -> None:
     print(length_report(tokenizer, task, examples, cfg.max_len) + " (--max-len 0: auto)", flush=True)
 
 
-def resolve_prompt(cfg: DataFields, oracle: Oracle, tokenizer, task, data: TaskData):
+def resolve_prompt(cfg: DataFields, oracle: Oracle, tokenizer, task, data: TaskData, *, training: bool = True):
     """(task, scores): with ``--template auto``, the task asking with the best candidate prompt on the dev split
-    (zero-shot, forwards only) and every candidate's dev scores; ``cfg.template``/``cfg.labels`` are set to the
-    chosen prompt (and ``cfg.bos`` to its BOS choice), so the run's config.json records the prompt it trained
-    with. Otherwise (task, None)."""
+    (zero-shot, forwards only) and every candidate's dev scores; ``cfg.template``/``cfg.labels`` are set to that
+    prompt (and ``cfg.bos`` to its BOS choice), so the run's config.json records the prompt it trained with.
+    ``training``: the prompt to train from (best dev AUC); False (``zo-edge eval``, whose state does not change):
+    the prompt that answers best as the model is (``zero_shot_best``). Otherwise (task, None)."""
     if cfg.template != AUTO:
         return task, None
-    from zo_edge.prompts import chosen, select_prompt
+    from zo_edge.prompts import chosen, select_prompt, zero_shot_best
 
     scores = select_prompt(oracle, tokenizer, task, data.dev, max_len=cfg.max_len)
-    prompt = chosen(scores).prompt
+    prompt = (chosen if training else zero_shot_best)(scores).prompt
     cfg.template = prompt.template
     cfg.labels = ",".join(f"{c}={'|'.join(w.strip() for w in ws)}" for c, ws in prompt.verbalizer.items())
     cfg.bos = prompt.bos

@@ -247,3 +247,20 @@ def test_the_before_is_the_better_on_test_of_the_two_prompts(tiny_tok):
     p.data = SimpleNamespace(test=pos)  # all positive: the always-pos training prompt is the better one here
     before, name = zero_shot_baseline(p, 0)
     assert name == "ranks-biased" and before.accuracy == 1.0
+
+
+def test_auto_template_trains_from_the_auc_choice_and_evaluates_with_the_zero_shot_one(tiny_tok):
+    from zo_edge.train import resolve_prompt
+
+    class TwoPrompts(Task):
+        def prompt_candidates(self):
+            return [C_MEANS_NEG, RANKS_BIASED]
+
+    pos = [Example({"text": t}, "pos") for t in ("a", "a a", "a c")]
+    neg = [Example({"text": t}, "neg") for t in ("c c", "c c a", "c c a a")]
+    task, data = TwoPrompts(name="toy", template="{text} Q", verbalizer=TOY.verbalizer), SimpleNamespace(dev=pos + neg)
+    for training, want in ((True, RANKS_BIASED), (False, C_MEANS_NEG)):
+        cfg = SimpleNamespace(template="auto", max_len=32, labels="", bos=True)
+        picked, scores = resolve_prompt(cfg, GradedOracle(), tiny_tok, task, data, training=training)
+        assert (picked.template, cfg.template) == (want.template, want.template), f"training={training}"
+        assert len(scores) == 4, "each candidate with and without BOS"
