@@ -24,9 +24,9 @@ from runtime.errors import ZoEdgeError
 #: prefix computed once per training example, and each ± pass runs the candidates' head alone (the C label words'
 #: rows of the LM head), so 32 queries a step cost next to nothing. Classification CE from the best prompt on dev.
 #: Measured (RESULTS.md §8, seed 0): 0.672 -> 0.800 on 500 held-out RT sentences from the chat prompt; from the
-#: dev-AUC prompt (§12.6) 0.782 -> 0.794. dev_k 64 per class: at 32 the 64-example dev split (s.e. 0.05) could not
-#: resolve the recipe's 1-3 points and kept the untrained base as "best" (the demo: 0.782 -> 0.782, its last
-#: checkpoint 0.804); 128 examples cost ~1 more minute of prompt scoring.
+#: dev-AUC prompt (§12.6) 0.782 -> 0.804 ± 0.012 over 3 seeds. dev_k 64 per class: at 32 the 64-example dev split
+#: (s.e. 0.05) could not resolve the recipe's 1-3 points and kept the untrained base as "best" (the demo: 0.782 ->
+#: 0.782, its last checkpoint 0.804); 128 examples cost ~1 more minute of prompt scoring.
 HEAD = dict(
     method="mezo",
     layers="head",
