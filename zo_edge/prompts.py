@@ -14,9 +14,9 @@ Choice: the highest dev macro one-vs-rest AUC of the class scores (``zo_edge.met
 zero-shot rule below, then to the earlier candidate (the task's own prompt comes first). Why AUC and not accuracy:
 training starts from the chosen prompt, and the first thing any recipe learns is the class bias (the head recipe's
 final-norm gain, a LoRA's output); what it cannot learn in ten minutes is a better ranking. Dev accuracy on 32-64
-examples is dominated by that bias and by noise: on Rotten Tomatoes (RESULTS.md §12.1) it ranks the chat form
-first (dev 0.81, test 0.690), the AUC ranks "Review: {text}\nSentiment:" without BOS first (dev AUC 0.913), which
-is also the best on test, zero-shot (0.776) and trained (head ceiling 0.821 vs 0.777).
+examples is dominated by that bias and by noise: on Rotten Tomatoes (RESULTS.md §11.4, §12.1) it ranks the chat
+form first (dev 0.75-0.81, test 0.688), the AUC ranks "Review: {text}\nSentiment:" without BOS first (dev AUC
+0.895-0.913), which is also the best on test, zero-shot (0.776) and trained (head ceiling 0.821 vs 0.777).
 
 The zero-shot rule (``PromptScore.zero_shot_best``, the prompt a user who does not train would pick): the highest
 dev macro-F1 when the dev classes are imbalanced (largest/smallest >= 1.5: accuracy there rewards answering the
