@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, ROOT, load_results, machine_info  # noqa: E402
 
-from zo_edge.prompts import standard_error  # noqa: E402
+from zo_edge.prompts import choose, standard_error  # noqa: E402
 from zo_edge.tasks import get_task  # noqa: E402
 
 TEST_N = {"rotten-tomatoes": 500, "trec": 500}
@@ -100,14 +102,9 @@ def report(results: dict[str, dict], tasks: list[str]) -> str:
         cell = {(r["prompt"], r["split"]): r for r in rows}
         describe = {p.name: p.describe() for p in get_task(name).prompt_candidates()}
         pick = None
-        if all((p, "dev") in cell for p in prompts):  # select_prompt's rule (the training choice), balanced dev
-            dev = [cell[(p, "dev")] for p in prompts]
-            pick = prompts[
-                max(
-                    range(len(prompts)),
-                    key=lambda i: (dev[i].get("auc", 0.0), dev[i]["accuracy"], dev[i]["macro_f1"], -i),
-                )
-            ]
+        if all((p, "dev") in cell for p in prompts):  # select_prompt's training choice, on a balanced dev split
+            dev = [SimpleNamespace(**{"auc": math.nan, **cell[(p, "dev")]}) for p in prompts]  # older cells: no AUC
+            pick = prompts[choose(dev, by_f1=False)[0]]
         tests = {p: cell[(p, "test")]["accuracy"] for p in prompts if (p, "test") in cell}
         best_test = max(tests, key=tests.get) if tests else None
         out += [f"### {name}", ""]

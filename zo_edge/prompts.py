@@ -41,6 +41,7 @@ from zo_edge.tasks import Example, Prompt, Task, TaskError
 
 __all__ = [
     "PromptScore",
+    "choose",
     "chosen",
     "format_prompt_table",
     "select_prompt",
@@ -127,7 +128,16 @@ def select_prompt(
         length = max_len or choose_max_len(tokenizer, variant, dev_examples)
         r = evaluate(oracle, tokenizer, variant, ordered, max_len=length, batch_examples=batch_examples)
         scores.append(PromptScore(prompt, r.accuracy, r.macro_f1, r.auc, r.n, r.truncated, length))
-    by_f1 = class_ratio(dev_examples) >= AUTO_BALANCE_RATIO
+    train, zero_shot = choose(scores, by_f1=class_ratio(dev_examples) >= AUTO_BALANCE_RATIO)
+    scores[train].chosen = True
+    scores[zero_shot].zero_shot_best = True
+    return scores
+
+
+def choose(scores: Sequence, by_f1: bool) -> tuple[int, int]:
+    """(index to train from, index to answer with untrained) among dev results with ``accuracy``, ``macro_f1``
+    and ``auc`` attributes (the module docstring's two rules; ``by_f1``: the dev classes are imbalanced). The one
+    place the rules live: ``select_prompt`` marks its scores with them, benchmarks/prompts.py reads stored cells."""
 
     def zero_shot_key(i: int) -> tuple:
         s = scores[i]
@@ -138,9 +148,8 @@ def select_prompt(
         auc = scores[i].auc
         return (-math.inf if math.isnan(auc) else auc, *zero_shot_key(i))
 
-    scores[max(range(len(scores)), key=train_key)].chosen = True
-    scores[max(range(len(scores)), key=zero_shot_key)].zero_shot_best = True
-    return scores
+    order = range(len(scores))
+    return max(order, key=train_key), max(order, key=zero_shot_key)
 
 
 def with_bos_variants(
