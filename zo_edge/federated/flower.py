@@ -213,7 +213,7 @@ def _restore_replica(key: tuple[str, int], client: FedClient, state: RecordDict)
     arrays = {"arrays": state[_REPLICA_ARRAYS]} if _REPLICA_ARRAYS in state else {}
     saved = from_record(RecordDict({"zo": state[_REPLICA], **arrays}))
     with client.swapped_in():
-        client._load_snapshot(saved.arrays, int(saved.config["index"]))  # a late joiner's path, from our own state
+        client.load_snapshot(saved.arrays, int(saved.config["index"]))  # a late joiner's path, from our own state
 
 
 def make_client_app(setup: Setup | None = None, persist: bool | None = None) -> ClientApp:

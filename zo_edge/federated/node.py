@@ -368,7 +368,7 @@ class FedClient:
         if c.get("reset"):
             self.build()
         if "snapshot_index" in c:
-            self._load_snapshot(msg.arrays, int(c["snapshot_index"]))
+            self.load_snapshot(msg.arrays, int(c["snapshot_index"]))
         elif self.index == 0 and any(k.startswith("basis/") for k in msg.arrays):
             self.method.set_bases(self.oracle, {k.removeprefix("basis/"): v for k, v in msg.arrays.items()})
         counts = list(c["counts"])
@@ -424,7 +424,9 @@ class FedClient:
             }
         )
 
-    def _load_snapshot(self, arrays: dict[str, np.ndarray], index: int) -> None:
+    def load_snapshot(self, arrays: dict[str, np.ndarray], index: int) -> None:
+        """Become the replica at history ``index`` with these trained arrays (``method/`` keys: the method's state):
+        a server snapshot for a late joiner or a resync, or the node's own saved replica under ``flwr run``."""
         self.oracle.trained.load_arrays({k: v for k, v in arrays.items() if not k.startswith("method/")})
         self.method.load_state_dict(
             {k.removeprefix("method/"): v for k, v in arrays.items() if k.startswith("method/")}
