@@ -86,7 +86,7 @@ ROWS: dict[str, dict] = {
         "kind": "zo",
         "flat": {
             k: RECIPES["head"][k]
-            for k in ("method", "layers", "optimizer", "lr", "mu", "dist", "queries", "batch_size")
+            for k in ("method", "layers", "kinds", "optimizer", "lr", "mu", "dist", "queries", "batch_size")
         },
     },
     "torch-fo": {"kind": "torch", "lr": 1e-5},

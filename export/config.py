@@ -35,7 +35,7 @@ class ExportConfig:
     #: ONNX opset; 17 has everything the graph needs (ScatterElements with reduction, LayerNormalization)
     opset: int = 17
     #: block boundaries with prefix/suffix graphs for layer-selective training (export/split.py): "auto" (the top
-    #: quarter's, fp32 Llama family), "none", or a comma list such as "20,24"
+    #: quarter's, the top block's and the head's, Llama family, fp32 or INT4), "none", or a comma list "20,24"
     splits: str = "auto"
 
     #: "eager" (MatMul/Softmax, runs on every provider) or "fused": onnxruntime's com.microsoft GroupQueryAttention

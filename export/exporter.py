@@ -257,20 +257,22 @@ def export_model(
         weights_sha256 = weights_sha256 or _arrays_sha256(arrays)
         if cfg.int4:
             embed_name = contract.param_name(next(k for k in arrays if k.startswith(arch.embed_path)))
-            graph_model = quantize_int4(
+            floats = quantize_int4(
                 graph_model,
                 arrays,
                 cfg.block_size,
                 accuracy_level=cfg.accuracy_level,
                 embedding=(embed_name, head_name) if cfg.int4_embedding else None,
             )
-            specs = []
+            specs = [s for s in specs if s.name in floats]  # the norms (and a float embedding) stay bound inputs
+            saved = {k: v for k, v in arrays.items() if k in floats}
         else:
-            with (tmp / contract.PARAMS_FILE).open("wb") as fh:  # streamed from the arrays: no copy of the model
-                fh.writelines(safetensors_chunks(arrays))
+            saved = arrays
+        with (tmp / contract.PARAMS_FILE).open("wb") as fh:  # streamed from the arrays: no copy of the model
+            fh.writelines(safetensors_chunks(saved))
         _save_graph(graph_model, tmp / contract.GRAPH_FILE)
         splits = resolve_splits(cfg.splits, len(model.get_submodule(arch.layers_path)), arch, cfg.int4)
-        write_split_graphs(wrapper, cfg, tmp, splits)
+        write_split_graphs(wrapper, cfg, tmp, splits, saved)
         tokenizer_files = _save_tokenizer(tokenizer, tmp)
         manifest = contract.Manifest(
             format_version=contract.FORMAT_VERSION,

@@ -246,7 +246,11 @@ def _format_onnx(ctx: MergeContext, out: Path) -> list[str]:
     _export_onnx(ctx.merged_hf(out), out / "onnx")
     if ctx.manifest.dtype != "int4":
         return ["onnx"]
-    _int4_with_adapter(ctx.base_hf(), out / "onnx-int4", ctx.manifest, ctx.adapters)
+    base = ctx.base_hf()
+    if ctx.trained_params:  # the norms an INT4 run trained are float there: they go in as they are (exact)
+        base = ctx.scratch / "trained-base-hf"
+        _write_hf(base, ctx.model_dir, ctx.manifest, ctx.arrays, {})
+    _int4_with_adapter(base, out / "onnx-int4", ctx.manifest, ctx.adapters)
     return ["onnx", "onnx-int4"]
 
 
@@ -278,7 +282,9 @@ def _merged_state(model_dir: Path, manifest: Manifest, arrays, adapters) -> dict
     from export.architectures import get_architecture
 
     arch = get_architecture(manifest.model_type)
-    params = load_file(str(model_dir / contract.PARAMS_FILE)) if manifest.dtype == "fp32" else _int4_params(model_dir)
+    params = load_file(str(model_dir / contract.PARAMS_FILE)) if manifest.params else {}
+    if manifest.dtype == "int4":
+        params.update(_int4_params(model_dir))
     params.update(_trained_params(arrays))
     # Targeted linear weights are bound as "[d_in, d_out] storage" (fp32: ParamSpec.layout; INT4 dequantizes to the
     # same); ΔW = Q Pᵀ is "HF [d_out, d_in]". Work in [d_out, d_in], then store in the family's HF layout.
@@ -324,7 +330,8 @@ def _write_hf(out: Path, model_dir: Path, manifest: Manifest, arrays, adapters, 
 
 
 def _int4_params(model_dir: Path) -> dict[str, np.ndarray]:
-    """The float weights an INT4 training graph computes with: float initializers + dequantized MatMulNBits."""
+    """The weights an INT4 training graph holds in itself: float initializers (exports before the float tensors
+    moved to params.safetensors) + dequantized MatMulNBits / GatherBlockQuantized."""
     import onnx
     from onnx import numpy_helper
 

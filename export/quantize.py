@@ -1,8 +1,10 @@
-"""INT4 bases: freeze the bound parameters into the graph and quantize every base MatMul with MatMulNBits.
+"""INT4 bases: quantize every base MatMul with MatMulNBits; the tensors left in float stay bound inputs.
 
 Only MatMuls whose weight is a model parameter are quantized, so the low-rank ports (graph inputs) stay float and
-keep working on top of the INT4 weights. The LM head is a Gemm over the (tied) embedding, which that pass leaves
-alone: by default the embedding is stored once, in float, shared by Gather and the head.
+keep working on top of the INT4 weights. What is not quantized (the norms' gains, biases, and by default the float
+embedding that the head's Gemm shares) stays a ``param::`` input fed from ``params.safetensors``, exactly as in an
+fp32 export: every graph of the folder (model.onnx and the split graphs) then binds one copy of it, and a run can
+train the norms of an INT4 base (``--layers head --kinds norm``: the head recipe) with the same code as fp32.
 
 ``--int4-embedding`` quantizes that float too (``quantize_embedding``), once, symmetric 4-bit blocks along d::
 
@@ -46,18 +48,22 @@ def quantize_int4(
     *,
     accuracy_level: int = 0,
     embedding: tuple[str, str] | None = None,
-) -> onnx.ModelProto:
+    expect: dict[str, int] | None = None,
+) -> set[str]:
     """fp32 training graph + its params -> INT4 training graph (symmetric blocks along d_in), in place.
 
     Every MatMul whose weight is a ``param::`` input becomes MatMulNBits with the codes of onnxruntime's own kernel
     (the node, initializer names and codes MatMulNBitsQuantizer writes), quantized straight from ``arrays``: the
     float weights never enter the graph, so the export holds no second copy of the model (the quantizer needed the
     floats as initializers first: 4x the weights at peak on SmolLM2-360M, RESULTS.md §11.2). The other params
-    (norms, the embedding, any weight another node also reads) are frozen into initializers. Low-rank ports
+    (norms, the embedding, any weight another node also reads) stay float inputs. Low-rank ports
     (graph inputs) stay float and keep working on top of the INT4 weights.
 
     ``accuracy_level``: MatMulNBits' compute type (0 = onnxruntime's default, fp32; 4 = int8 activations).
-    ``embedding``: (embedding graph name, LM-head weight graph name) to quantize with ``quantize_embedding`` too.
+    ``embedding``: (embedding graph name, LM-head weight graph name) to quantize with ``quantize_embedding`` too
+    (``expect``: how many embedding Gathers and head Gemms this graph has: a split graph has one of the two).
+    Returns the keys of ``arrays`` the graph still reads as ``param::`` inputs (the float tensors: the caller
+    saves them to ``params.safetensors``).
     """
     from onnx import helper
 
@@ -102,10 +108,12 @@ def quantize_int4(
     del graph.input[:]
     graph.input.extend(inputs)
     graph.initializer.extend(new_inits)
-    freeze_params(model, {k: v for k, v in arrays.items() if contract.param_name(k) not in gone})
     if embedding is not None:
-        quantize_embedding(model, *embedding, block_size=block_size, accuracy_level=accuracy_level)
-    return model
+        tables = {keys[name] for name in embedding if name in keys}
+        freeze_params(model, {k: arrays[k] for k in tables})  # quantize_embedding reads them as initializers
+        quantize_embedding(model, *embedding, block_size=block_size, accuracy_level=accuracy_level, expect=expect)
+    left = {i.name for i in graph.input}
+    return {key for name, key in keys.items() if name in left}
 
 
 def _pack(kn: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,10 +135,19 @@ def _pack(kn: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantize_embedding(
-    model: onnx.ModelProto, embed_name: str, head_name: str, *, block_size: int, accuracy_level: int = 0
+    model: onnx.ModelProto,
+    embed_name: str,
+    head_name: str,
+    *,
+    block_size: int,
+    accuracy_level: int = 0,
+    expect: dict[str, int] | None = None,
 ) -> None:
     """Replace the float embedding's Gather by GatherBlockQuantized and the head's Gemm(h, W, transB=1) by
-    MatMulNBits, in place (module diagram); a tied head (``head_name == embed_name``) shares one set of codes."""
+    MatMulNBits, in place (module diagram); a tied head (``head_name == embed_name``) shares one set of codes.
+    ``expect``: the count of each the graph must have (default one of each: the full graph). The split graphs have
+    one: the prefix the Gather, the suffix the Gemm, and the candidates' head a Gather of the C label words' rows
+    of the head (``embed_name = head_name``), which GatherBlockQuantized dequantizes from the same codes."""
     from onnx import helper
 
     graph = model.graph
@@ -194,8 +211,10 @@ def quantize_embedding(
             replaced["Gemm"] += 1
         else:
             nodes.append(node)
-    if replaced != {"Gather": 1, "Gemm": 1}:
-        raise ValueError(f"--int4-embedding: expected one embedding Gather and one head Gemm, found {replaced}")
+    if replaced != (expect or {"Gather": 1, "Gemm": 1}):
+        raise ValueError(
+            f"--int4-embedding: expected {expect or 'one embedding Gather and one head Gemm'}, found {replaced}"
+        )
     del graph.node[:]
     graph.node.extend(nodes)
     keep = [i for i in graph.initializer if i.name not in codes]

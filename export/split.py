@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -106,22 +107,25 @@ def suffix_layout(layout: PortLayout, start: int) -> PortLayout:
 
 
 # --- writing the pair ------------------------------------------------------------------------------------------
-def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool) -> list[int]:
+def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool = False) -> list[int]:
     """Block boundaries to export: "auto" = the top quarter's (S = n - max(1, n // 4)), the top block's (S = n - 1,
     for ``--layers top:1,head``, the best recipe measured: benchmarks/RESULTS.md §7) and the head's (S = n: the
-    suffix is the final norm and the loss head alone, for ``--layers head``) where the family supports splits and
-    the export is fp32, "none", or a comma list of boundaries in 1..n."""
+    suffix is the final norm and the loss head alone, for ``--layers head``) where the family supports splits,
+    "none", or a comma list of boundaries in 1..n.
+
+    INT4 exports get the same graphs, quantized as model.onnx is; "auto" writes only the head's there (what the
+    head recipe runs). An INT4 prefix graph holds its blocks' codes itself (fp32 split graphs share
+    params.safetensors), so every split costs up to one more model on disk: 401 vs 106 MiB for SmolLM2 with the
+    three fp32 splits, against ~200 MiB with the head's alone."""
     from export.config import ExportConfigError
 
     spec = spec.strip().lower()
-    if spec == "none" or (spec == "auto" and (int4 or not arch.supports_splits or n_layers < 2)):
+    if spec == "none" or (spec == "auto" and (not arch.supports_splits or n_layers < 2)):
         return []
     if spec == "auto":
-        return sorted({n_layers - max(1, n_layers // 4), n_layers - 1, n_layers})
+        return [n_layers] if int4 else sorted({n_layers - max(1, n_layers // 4), n_layers - 1, n_layers})
     if not arch.supports_splits:
         raise ExportConfigError(f"--splits: {arch.name} models have no split graphs yet (Llama family only); omit it")
-    if int4:
-        raise ExportConfigError("--splits needs an fp32 export (INT4 graphs embed their weights); drop --int4")
     try:
         splits = sorted({int(x) for x in spec.split(",")})
     except ValueError:
@@ -132,10 +136,62 @@ def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool) -> 
     return splits
 
 
-def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list[int]) -> None:
-    """Trace prefix_S.onnx and suffix_S.onnx for every S into ``folder`` (params lifted to ``param::`` inputs)."""
-    from export.exporter import _dummy_inputs, _head_to_gemm, _lift_params, _save_graph, trace_to_onnx
+class _Finisher:
+    """What every split graph goes through after its trace: params lifted to ``param::`` inputs, then for an INT4
+    export the same quantization as model.onnx (export/quantize.py: MatMulNBits from the same float weights, so the
+    same codes; with ``--int4-embedding`` the embedding's Gather or the head's Gemm, whichever the graph holds),
+    and a check that every float input it keeps is one ``params.safetensors`` holds (``saved``)."""
 
+    def __init__(self, wrapper: TrainingForward, cfg, saved: dict[str, np.ndarray]) -> None:
+        self.arch, self.layout, self.cfg, self.saved = wrapper.arch, wrapper.layout, cfg, saved
+
+    def __call__(self, path: Path, module: nn.Module, *, gemm_head: bool = False, table: str = "") -> None:
+        """``gemm_head``: the graph ends in the full LM head (the suffix). ``table``: which tied table it reads for
+        ``--int4-embedding`` ("embed": the prefix's Gather; "head": the suffix's Gemm, or the candidates' head's
+        Gather of the label words' rows)."""
+        from export.exporter import _head_to_gemm, _lift_params, _save_graph
+        from export.quantize import quantize_int4
+
+        g = onnx.load(str(path))
+        arrays, _ = _lift_params(g, self.arch, self.layout, module)
+        embed_key = next((k for k in arrays if k.startswith(self.arch.embed_path)), None)
+        head_key = embed_key
+        if table == "head":
+            head = self.arch.lm_head_weight(module.model)
+            names = [k for k, p in module.model.named_parameters(remove_duplicate=False) if p is head]
+            head_key = next((k for k in names if k in arrays), embed_key)  # tied: the exporter kept one name
+        if gemm_head:
+            _head_to_gemm(g, contract.param_name(head_key))
+        floats = set(arrays)
+        if self.cfg.int4:
+            key = {"embed": embed_key, "head": head_key}.get(table)
+            embedding = None
+            if self.cfg.int4_embedding and key is not None:
+                embedding = (contract.param_name(key), contract.param_name(key))
+            floats = quantize_int4(
+                g,
+                arrays,
+                self.cfg.block_size,
+                accuracy_level=self.cfg.accuracy_level,
+                embedding=embedding,
+                expect={"Gather": int(not gemm_head), "Gemm": int(gemm_head)},
+            )
+        unsaved = sorted(floats - set(self.saved))
+        if unsaved:
+            from export.exporter import ExportError
+
+            raise ExportError(f"{path.name} reads {unsaved[0]}, which params.safetensors does not hold")
+        _save_graph(g, path)
+
+
+def write_split_graphs(
+    wrapper: TrainingForward, cfg, folder: Path, splits: list[int], saved: dict[str, np.ndarray]
+) -> None:
+    """Trace prefix_S.onnx and suffix_S.onnx for every S into ``folder`` (params lifted to ``param::`` inputs;
+    ``saved``: the arrays params.safetensors holds, which every float input of theirs must be one of)."""
+    from export.exporter import _dummy_inputs, trace_to_onnx
+
+    finish = _Finisher(wrapper, cfg, saved)
     model, arch, layout = wrapper.model, wrapper.arch, wrapper.layout
     args, names, dyn = _dummy_inputs(model, layout, cfg.basis_rank)
     ids, attn = args[0], args[1]
@@ -156,9 +212,7 @@ def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list
             },
             cfg.opset,
         )
-        g = onnx.load(str(prefix_path))
-        _lift_params(g, arch, layout, prefix)
-        _save_graph(g, prefix_path)
+        finish(prefix_path, prefix, table="embed")
 
         sub = suffix_layout(layout, start)
         s_args, s_names, s_dyn = _dummy_inputs(model, sub, cfg.basis_rank)
@@ -182,22 +236,14 @@ def write_split_graphs(wrapper: TrainingForward, cfg, folder: Path, splits: list
             s_dyn,
             cfg.opset,
         )
-        g = onnx.load(str(suffix_path))
-        arrays, _ = _lift_params(g, arch, layout, suffix)
-        head = arch.lm_head_weight(model)
-        head_key = next(k for k, p in model.named_parameters(remove_duplicate=False) if p is head)
-        head_name = contract.param_name(head_key)
-        if head_name not in {i.name for i in g.graph.input}:  # tied: the exporter kept one name
-            head_name = contract.param_name(next(k for k in arrays if k.startswith(arch.embed_path)))
-        _head_to_gemm(g, head_name)
-        _save_graph(g, suffix_path)
+        finish(suffix_path, suffix, gemm_head=True, table="head")
     if len(model.get_submodule(arch.layers_path)) in splits:
-        write_candidate_head(model, arch, layout, cfg.opset, folder)
+        write_candidate_head(model, arch, cfg.opset, folder, finish)
 
 
-def write_candidate_head(model: nn.Module, arch: Architecture, layout: PortLayout, opset: int, folder: Path) -> None:
-    """Trace ``candidate_head_file(n)`` (``CandidateHeadForward``) with the params lifted to ``param::`` inputs."""
-    from export.exporter import _dummy_inputs, _lift_params, _save_graph, trace_to_onnx
+def write_candidate_head(model: nn.Module, arch: Architecture, opset: int, folder: Path, finish: _Finisher) -> None:
+    """Trace ``candidate_head_file(n)`` (``CandidateHeadForward``), then ``finish`` it as the pair's graphs."""
+    from export.exporter import _dummy_inputs, trace_to_onnx
 
     args, _, _ = _dummy_inputs(model, PortLayout(linears=[], groups={}), 1)  # the head has no ports
     ids, attn, loss, _, candidate_ids = args[:5]
@@ -220,6 +266,4 @@ def write_candidate_head(model: nn.Module, arch: Architecture, layout: PortLayou
         },
         opset,
     )
-    g = onnx.load(str(path))
-    _lift_params(g, arch, layout, head)
-    _save_graph(g, path)
+    finish(path, head, table="head")

@@ -323,7 +323,8 @@ class ManifestError(ZoEdgeError, ValueError):
 
 @dataclass
 class ParamSpec:
-    """A tensor bound as a graph input (fp32 export only; INT4 bases are frozen initializers)."""
+    """A tensor bound as a graph input: every parameter of an fp32 export; of an INT4 export the float ones (norms,
+    biases, a float embedding), the quantized linear weights being MatMulNBits initializers."""
 
     name: str  # HF state-dict key; the graph input is param_name(name)
     shape: list[int]

@@ -37,7 +37,7 @@ from runtime import checkpoint, contract
 from runtime.atomic import WRITE_ERRNOS, WriteError, atomic_write_json, atomic_write_text
 from runtime.batch import Batch
 from runtime.errors import ZoEdgeError
-from runtime.method import StepReport, ZOMethod
+from runtime.method import StepReport, ZOMethod, writes_params
 from runtime.oracle import Objective, Oracle
 from runtime.trained_state import NonFiniteState
 
@@ -148,7 +148,7 @@ def train(
     method.init(oracle, cfg.seed)
     # Methods that write into the bound weights (in place) must checkpoint them, at every save, the step-0 `best`
     # included: evaluating `best` later in the same process must put the base weights back.
-    weights_changed = method.changes_weights and bool(oracle.params)
+    weights_changed = writes_params(method, oracle)
     start = 0
     best = -np.inf
     latest = checkpoint.latest_checkpoint(run_dir) if resume else None

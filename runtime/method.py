@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHODS", "MethodError", "Optimizer", "Probe", "StepReport", "ZOMethod", "check_export", "get_method",
-    "register_method",
+    "register_method", "writes_params",
 ]  # fmt: skip
 
 
@@ -180,3 +180,11 @@ def check_export(method: type, manifest: Manifest, where: str = "this export", w
     missing = set(method.ports) - set(manifest.ports)
     if missing:
         raise MethodError(contract.ports_missing(who, missing, manifest.ports, where))
+
+
+def writes_params(method: ZOMethod, oracle) -> bool:
+    """Whether ``method`` (initialised on ``oracle``) writes into the oracle's bound params, so that checkpoints,
+    federated checksums and snapshots must hold them: a method that changes weights, where what it trains is bound
+    params (MeZO's selection, a folded low-rank update), not an adapter (LOZO / SubZero / AGZO on an INT4 base,
+    whose bound params are only the norms and float tables it never touches)."""
+    return method.changes_weights and any(k in oracle.params for k in method.trainable(oracle))

@@ -132,7 +132,7 @@ def _add_export(sub) -> None:
         "--splits",
         default="auto",
         help="block boundaries with prefix/suffix graphs for --layers training: auto (the top quarter's and the "
-        "head's, fp32 Llama family), none, or a list like 20,24,30 (default: auto)",
+        "head's, Llama family, fp32 or INT4), none, or a list like 20,24,30 (default: auto)",
     )
     p.add_argument(
         "--attention",

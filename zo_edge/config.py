@@ -335,7 +335,7 @@ class TrainConfig(DataFields, SessionFields):
     recipe: str = _f(
         "",
         "a measured recipe as the base of every other setting: head (MeZO on the final norm behind the cached "
-        "stack, what the demo runs) | every-block (ZO-Act, INT4 exports) | auto (head where the export allows) | "
+        "stack, what the demo runs) | every-block (ZO-Act on every block) | auto (head where the export allows) | "
         "none (the method's own defaults); flags given override its values (default: auto in zo-edge train "
         "unless --method or a TOML method is given, else none)",
     )

@@ -4,7 +4,7 @@
 run's configuration; every flag or TOML key given still overrides its value, except the method (a recipe's
 learning rate, perturbation scale and queries are tuned for its method, so ``--method`` other than the recipe's is
 refused in one line). ``zo-edge demo`` runs the same recipes. ``auto`` picks ``head`` where the export has the
-head's split with the candidates' head (an fp32 export of a Llama-family model), else ``every-block``.
+head's split with the candidates' head (a Llama-family export, fp32 or INT4), else ``every-block``.
 ``zo-edge train`` with neither ``--recipe`` nor ``--method`` (nor either in its TOML) runs ``auto``: the user who
 only names a model and data gets the measured best; ``--method M`` alone, or ``--recipe none``, gives the method's own
 defaults.
@@ -30,6 +30,7 @@ from runtime.errors import ZoEdgeError
 HEAD = dict(
     method="mezo",
     layers="head",
+    kinds="norm",  # the same selection as "all" behind --layers head; on INT4 the only one MeZO may move
     optimizer="adam",
     lr=1e-2,
     mu=1e-3,
@@ -45,7 +46,8 @@ HEAD = dict(
     save_every=500,
     eval_every=500,
 )
-#: ZO-Act's coefficients on every block: exports without split graphs (INT4 MatMulNBits, families without splits)
+#: ZO-Act's coefficients on every block: exports without the head's split (families without split graphs, or
+#: ``--splits none``), and a user's choice on INT4 (an adapter over the quantized linears)
 EVERY_BLOCK = dict(
     method="zo-act",
     layers="all",

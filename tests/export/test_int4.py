@@ -37,9 +37,12 @@ def test_int4_equals_fp32_with_dequantized_weights(tiny_export, tiny, model_type
     fp32 = tiny_export(model_type)
     int4 = tiny_export(model_type, int4=True, block_size=BLOCK)
     assert int4.manifest.dtype == "int4" and int4.manifest.int4_block_size == BLOCK
-    assert int4.manifest.params == [], "an INT4 export binds no params (its bases are frozen)"
     ref, replaced = tiny.dequantized_session(fp32.dir, int4.dir)
     linear_weights = {lin.weight for lin in fp32.manifest.linears}
+    # What is not quantized stays bound, as in fp32 (norms, biases, the float embedding): the linear weights only
+    # left params.safetensors
+    assert {p.name for p in int4.manifest.params} == {p.name for p in fp32.manifest.params} - linear_weights
+    assert not [p for p in int4.manifest.params if p.kind == contract.KIND_LINEAR]
     assert replaced == linear_weights, f"not quantized: {sorted(linear_weights - replaced)}"
     q = GraphSession(int4.dir)
     batch = tiny.make_batch(tiny.VOCAB, seed=20, batch=4, seq=9)
@@ -64,9 +67,14 @@ def test_int4_stores_embedding_once(tiny_export, model_type):
     model = onnx.load(str(int4.dir / contract.GRAPH_FILE))
     vocab, dims = int4.manifest.vocab_size, {g.d_in for g in int4.manifest.groups}
     floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
-    embeddings = [i.name for i in floats if len(i.dims) == 2 and i.dims[0] == vocab and i.dims[1] in dims]
+    bound = {p.name: p.shape for p in int4.manifest.params}
+    embeddings = [k for k, shape in bound.items() if len(shape) == 2 and shape[0] == vocab and shape[1] in dims]
     tied = int4.manifest.hf_config["tie_word_embeddings"]  # an untied head is a second float [vocab, d] (a Gemm)
-    assert len(embeddings) == (1 if tied else 2), f"{model_type}: float [vocab, d] initializers {embeddings}"
+    assert len(embeddings) == (1 if tied else 2), f"{model_type}: float [vocab, d] params {embeddings}"
+    inputs = {i.name for i in model.graph.input}
+    assert all(contract.param_name(k) in inputs for k in embeddings), "the float table is not a bound input"
+    tables = [i.name for i in floats if len(i.dims) == 2 and i.dims[0] == vocab]
+    assert not tables, f"{model_type}: a second float copy of the table in the graph: {tables}"
     assert not any(n.op_type == "MatMul" and n.input[1] in {i.name for i in floats} for n in model.graph.node), (
         "a MatMul with a constant float weight was left unquantized"
     )

@@ -127,8 +127,66 @@ def test_suffix_has_only_its_blocks_ports(tiny_export):
         assert (contract.port_p(s.name) in names) == (block_of(s.name) >= start), s.name
 
 
-def test_int4_and_unsupported_families_export_no_splits(tiny_export):
-    assert tiny_export("llama", int4=True).manifest.splits == []
+@pytest.mark.parametrize("case", ["llama", "llama-untied"])
+@pytest.mark.parametrize("int4_embedding", [False, True])
+def test_int4_split_graphs_compose_to_the_int4_graph(case, int4_embedding, tiny_export, tiny):
+    """An INT4 export's split graphs carry model.onnx's quantization (the same MatMulNBits codes; with
+    --int4-embedding the embedding's and head's too): prefix ∘ suffix gives the INT4 graph's losses and candidate
+    log-probs, the candidates' head its log-probs plus a row constant, and no graph holds a float copy of a
+    quantized weight (their float inputs are params.safetensors' norms and float table only)."""
+    exp = tiny_export(case, int4=True, block_size=32, int4_embedding=int4_embedding, splits="1,2")
+    m = exp.manifest
+    n = max(m.splits)
+    assert m.splits == [1, 2] and m.has(contract.FEATURE_CANDIDATE_HEAD), m.splits
+    assert tiny_export(case, int4=True, block_size=32).manifest.splits == [2], "INT4 auto: the head's split only"
+    params = read_safetensors_writable(exp.dir / contract.PARAMS_FILE)
+    assert set(params) == {p.name for p in m.params} and not [p for p in m.params if p.kind == contract.KIND_LINEAR]
+    batch = tiny.make_batch(tiny.VOCAB, seed=3, batch=3, seq=9)
+    base = {
+        contract.INPUT_IDS: batch.input_ids,
+        contract.INPUT_ATTENTION_MASK: batch.attention_mask,
+        contract.INPUT_LOSS_MASK: batch.loss_mask,
+        contract.INPUT_CANDIDATE_IDS: np.array([3, 5, 7], np.int64),
+    }
+    heads = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, contract.OUTPUT_ROW_CANDIDATE_LOGP)
+    full = _run(_session(exp.dir / contract.GRAPH_FILE), {**base, **_port_feeds(m, None, batch)}, params, heads)
+    files = [contract.candidate_head_file(n)]
+    for start in m.splits:
+        files += [contract.prefix_graph_file(start), contract.suffix_graph_file(start)]
+        prefix = _session(exp.dir / contract.prefix_graph_file(start))
+        hidden = _run(prefix, base, params, (contract.OUTPUT_HIDDEN,))[contract.OUTPUT_HIDDEN]
+        suffix = _session(exp.dir / contract.suffix_graph_file(start))
+        feeds = {**base, **_port_feeds(m, start, batch), contract.INPUT_HIDDEN: hidden}
+        s = _run(suffix, feeds, params, heads)
+        for name in heads:
+            np.testing.assert_allclose(s[name], full[name], rtol=1e-5, atol=1e-5, err_msg=f"{start} {name}")
+        if start == n:
+            head = _session(exp.dir / contract.candidate_head_file(n))
+            logit = _run(head, {**base, contract.INPUT_HIDDEN: hidden}, params, (contract.OUTPUT_ROW_CANDIDATE_LOGIT,))
+            shift = logit[contract.OUTPUT_ROW_CANDIDATE_LOGIT] - full[contract.OUTPUT_ROW_CANDIDATE_LOGP]
+            np.testing.assert_allclose(shift, np.repeat(shift[:, :1], 3, axis=1), rtol=1e-5, atol=1e-4)
+    import onnx
+
+    from export.quantize import dequantize_matmulnbits
+
+    vocab, dim = m.vocab_size, params[next(p.name for p in m.params if p.kind == contract.KIND_NORM)].shape[0]
+    for name in files:
+        g = onnx.load(str(exp.dir / name))
+        ops = {node.op_type for node in g.graph.node}
+        floats = {i.name for i in g.graph.input if i.name.startswith(contract.param_name(""))}
+        assert floats <= {contract.param_name(k) for k in params}, f"{name}: {sorted(floats - set(params))}"
+        assert not set(dequantize_matmulnbits(g)) & floats, f"{name}: a float copy of a quantized weight"
+        float_tables = [i.name for i in g.graph.initializer if list(i.dims) == [vocab, dim]]
+        assert not float_tables, f"{name}: a [V, d] initializer {float_tables}"
+        if name.startswith("prefix") or (name.startswith("suffix") and int(name[7:-5]) < n):
+            assert "MatMulNBits" in ops, f"{name} holds blocks but no MatMulNBits"
+        if int4_embedding:
+            assert not [k for k in floats if params[k.removeprefix(contract.param_name(""))].ndim == 2], name
+            if name.startswith(("prefix", "candidates")):
+                assert "GatherBlockQuantized" in ops, name
+
+
+def test_unsupported_families_export_no_splits(tiny_export):
     unsupported = sorted(t for t, cls in registered_architectures().items() if not cls.supports_splits)
     for t in unsupported:
         assert tiny_export(t).manifest.splits == [], t

@@ -28,10 +28,24 @@ def fp32(tiny_export):
     return exp
 
 
-def _method(name: str):
+@pytest.fixture(scope="module")
+def int4(tiny_export):
+    """An INT4 export: the same split graphs, quantized (export/split.py), its norms bound float."""
+    exp = tiny_export("llama", int4=True, block_size=32)
+    assert exp.manifest.splits == [2] and exp.manifest.has(contract.FEATURE_CANDIDATE_HEAD)  # auto: the head's
+    return exp
+
+
+@pytest.fixture(params=["fp32", "int4"])
+def head_export(request):
+    """Both bases for the head's-split tests: the head recipe trains the final norm of an INT4 base too."""
+    return request.getfixturevalue(request.param)
+
+
+def _method(name: str, **knobs):
     cls = get_method(name)
     schedule = optim.constant(1e-2)
-    return cls(cls.Config(), optim.make_optimizer(cls.default_optimizer, schedule), schedule)
+    return cls(cls.Config(**knobs), optim.make_optimizer(cls.default_optimizer, schedule), schedule)
 
 
 def test_choose_split():
@@ -88,9 +102,10 @@ def test_cached_step_equals_the_uncached_step(fp32, tiny, name):
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-4, err_msg=k)
 
 
-def test_head_only_run_trains_the_final_norm_behind_the_head_split(fp32, tiny):
+def test_head_only_run_trains_the_final_norm_behind_the_head_split(head_export, tiny):
     """``--layers head``: every block is the cached prefix, the suffix is the final norm + head; MeZO's steps equal
-    the full graph's, and the final norm is the only parameter that moves."""
+    the full graph's, and the final norm is the only parameter that moves (fp32 and INT4)."""
+    fp32 = head_export
     batch = tiny.make_batch(tiny.VOCAB, seed=6, batch=4, seq=9)
     head = [n_blocks(fp32.manifest)]
     full = Oracle(GraphSession(fp32.dir), blocks=head)
@@ -100,7 +115,7 @@ def test_head_only_run_trains_the_final_norm_behind_the_head_split(fp32, tiny):
     base = {k: v.copy() for k, v in full.trained.arrays(include_params=True).items()}
     reports = []
     for oracle in (full, cached):
-        method = _method("mezo")
+        method = _method("mezo", kinds="norm")
         method.init(oracle, 0)
         reports.append([method.step(oracle, batch, lm_objective, t).loss for t in range(3)])
     np.testing.assert_allclose(reports[1], reports[0], rtol=1e-5, atol=1e-5)
@@ -113,9 +128,11 @@ def test_head_only_run_trains_the_final_norm_behind_the_head_split(fp32, tiny):
     assert cached.prefix.prefix_passes == len(lengths), "the prefix ran again after the first pass over the batch"
 
 
-def test_head_run_scores_one_row_classification_through_the_candidates_head(fp32, tiny):
+def test_head_run_scores_one_row_classification_through_the_candidates_head(head_export, tiny):
     """At the head's split a one-row classification step runs the candidates' head (C head rows, no log-sum-exp):
-    MeZO's losses and moved gain equal the full graph's, the full suffix never runs, and an NLL pass still does."""
+    MeZO's losses and moved gain equal the full graph's, the full suffix never runs, and an NLL pass still does
+    (fp32 and INT4)."""
+    fp32 = head_export
     batch = tiny.make_batch(tiny.VOCAB, seed=7, batch=6, seq=9)
     one_row = np.zeros_like(batch.loss_mask)
     one_row[:, -1] = 1  # one loss position a row: the prompt's last token predicts the label word
@@ -140,7 +157,7 @@ def test_head_run_scores_one_row_classification_through_the_candidates_head(fp32
     base = full.trained.arrays(include_params=True)[key].copy()
     reports, gains = [], []
     for oracle in (full, cached):
-        method = _method("mezo")
+        method = _method("mezo", kinds="norm")
         method.init(oracle, 0)
         reports.append([method.step(oracle, batch, ce, t).loss for t in range(3)])
         gains.append(
@@ -154,6 +171,25 @@ def test_head_run_scores_one_row_classification_through_the_candidates_head(fp32
     assert calls["suffix"] == 0, "a classification step must not run the vocabulary-wide head"
     out = cached.run(Batch(batch.input_ids, batch.attention_mask, batch.loss_mask))
     assert calls["suffix"] == 1 and out[contract.OUTPUT_ROW_NLL].shape == (6,)
+
+
+def test_int4_mezo_moves_only_named_norms_and_adapters_leave_params_out(int4, tiny):
+    """On INT4 the bound params are the float norms (and table): MeZO moves them only when told (--kinds norm),
+    and an adapter method's checkpoint holds no params (it never writes them)."""
+    from runtime.method import MethodError, writes_params
+
+    oracle = Oracle(GraphSession(int4.dir))
+    assert oracle.params and not [p for p in oracle.manifest.params if p.kind == contract.KIND_LINEAR]
+    with pytest.raises(MethodError, match="--kinds norm"):
+        _method("mezo").init(oracle, 0)
+    norms = _method("mezo", kinds="norm")
+    norms.init(oracle, 0)
+    assert writes_params(norms, oracle) and {p.kind for p in oracle.manifest.params if p.name in norms.names} == {
+        "norm"
+    }
+    lozo = _method("lozo")
+    lozo.init(oracle, 0)
+    assert not writes_params(lozo, oracle), "an INT4 adapter run must not checkpoint the float table"
 
 
 class _Cycling:

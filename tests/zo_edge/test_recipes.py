@@ -42,8 +42,11 @@ def test_a_method_other_than_the_recipes_is_one_clear_error(capsys):
 
 def test_auto_picks_head_where_the_export_has_the_candidates_head(tiny_export):
     fp32, int4 = tiny_export("llama"), tiny_export("llama", int4=True)
+    no_split = tiny_export("llama", int4=True, splits="none")
     assert TrainConfig.from_flat({"model": str(fp32.dir), "recipe": "auto"}).recipe == "head"
-    cfg = TrainConfig.from_flat({"model": str(int4.dir), "recipe": "auto"})
+    cfg = TrainConfig.from_flat({"model": str(int4.dir), "recipe": "auto"})  # INT4 has the head's split too
+    assert (cfg.recipe, cfg.method, cfg.layers, cfg.method_config.kinds) == ("head", "mezo", "head", "norm")
+    cfg = TrainConfig.from_flat({"model": str(no_split.dir), "recipe": "auto"})
     assert (cfg.recipe, cfg.method, cfg.layers) == ("every-block", "zo-act", "all")
 
 

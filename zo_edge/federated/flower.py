@@ -415,6 +415,7 @@ def save_run(server: FedServer, out: str | Path) -> None:
     (``zo-edge eval --run`` reads it like a ``zo-edge train`` run)."""
     from runtime import checkpoint, contract
     from runtime.atomic import atomic_write_json
+    from runtime.method import writes_params
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -424,7 +425,7 @@ def save_run(server: FedServer, out: str | Path) -> None:
     atomic_write_json(out / "federated.json", result)
     m, o = server.method, server.oracle
     arrays = {f"method/{k}": v for k, v in m.state_dict().items()}
-    arrays.update(o.trained.arrays(include_params=m.changes_weights and bool(o.params)))
+    arrays.update(o.trained.arrays(include_params=writes_params(m, o)))
     meta = {
         "data": {},
         "config": server.cfg.to_dict(),

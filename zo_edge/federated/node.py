@@ -27,6 +27,7 @@ import numpy as np
 from runtime import contract, rng
 from runtime.contract import FEATURE_CANDIDATE_SCORING
 from runtime.errors import ZoEdgeError
+from runtime.method import writes_params
 from zo_edge.config import DataFields, TrainConfig, _f
 from zo_edge.tasks.base import Example
 
@@ -162,7 +163,7 @@ def trained_arrays(oracle: Oracle, method) -> dict[str, np.ndarray]:
     ``--layers head`` the final norm's gain, not the 211 tensors a checkpoint holds) and the method's and
     optimizer's state. What the checksum hashes and a snapshot ships."""
     arrays = oracle.trained.arrays(include_params=False)
-    if method.changes_weights and oracle.params:
+    if writes_params(method, oracle):
         arrays.update({contract.checkpoint_param_name(s.name): oracle.params[s.name] for s in oracle.manifest.params})
     arrays.update({f"method/{k}": v for k, v in method.state_dict().items()})
     return arrays

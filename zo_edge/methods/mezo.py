@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import rng
+from runtime import contract, rng
 from runtime.batch import Batch
 from runtime.method import MethodError, Probe, check_export, register_method
 from runtime.oracle import Objective, Oracle
@@ -52,6 +52,9 @@ class MeZOConfig(BaseConfig):
 @register_method("mezo")
 class MeZO(ZOBase):
     Config = MeZOConfig
+    # INT4: only its float tensors are bound (the norms' gains: export/quantize.py), so only those can move, and
+    # only when the user names them (init): the head recipe's ``--layers head --kinds norm``
+    bases = frozenset({"fp32", "int4"})
     # Adam only where its moments are small (init's budget check): a --layers head / few-norms selection
     optimizers = frozenset({"sgd", "adam"})
     not_federated = ""
@@ -65,6 +68,12 @@ class MeZO(ZOBase):
             raise MethodError(
                 f"--kinds {self.config.kinds!r} names none of this model's parameter kinds "
                 f"({', '.join(sorted(set(kinds.values())))})"
+            )
+        if oracle.manifest.dtype != "fp32" and (wanted is None or wanted - {contract.KIND_NORM}):
+            raise MethodError(
+                f"mezo on an {oracle.manifest.dtype} base can move only its float norms' gains (its linear weights "
+                "are quantized); pass --kinds norm (with --layers head: the head recipe), or train an adapter "
+                "with lozo, subzero, agzo or zo-act"
             )
         # the manifest the oracle shows: every param, or only the trained blocks' (--layers)
         self.names = [p.name for p in oracle.manifest.params if wanted is None or p.kind in wanted]
