@@ -36,9 +36,9 @@ class DemoError(ZoEdgeError):
 #: the demo's recipes (zo_edge/recipes.py, issue #13), on Rotten Tomatoes from the best of the task's candidate
 #: prompts on dev (the honest "before"). fp32: ``head``, MeZO + Adam on the final norm's gain alone, every block a
 #: frozen prefix computed once per example and each ± pass the candidates' head (benchmarks/RESULTS.md §8). INT4
-#: graphs have no split graphs and MeZO needs float weights: ``every-block``, ZO-Act's coefficients on every block.
+#: runs the same recipe: its export has the head's split too, quantized, and its final norm stays float (§13.1).
 DEMO = dict(task="rotten-tomatoes", recipe="head", **RECIPES["head"], eval_examples=500, seed=0)
-DEMO_INT4 = dict(task="rotten-tomatoes", recipe="every-block", **RECIPES["every-block"], eval_examples=500, seed=0)
+DEMO_INT4 = DEMO
 
 
 def _stale_export(folder: Path, int4: bool) -> str:
@@ -50,11 +50,13 @@ def _stale_export(folder: Path, int4: bool) -> str:
     missing = [f for f in FEATURES if not m.has(f)]
     if missing:
         return f"lacks {', '.join(missing)}"
-    if not int4 and not m.splits:
+    if (m.dtype == "int4") != int4:
+        return f"is an {m.dtype} export"
+    if not m.splits:
         return "has no split graphs"
-    if not int4 and n_blocks(m) not in m.splits:
+    if n_blocks(m) not in m.splits:
         return "has no head split (--layers head)"
-    if not int4 and not m.has(FEATURE_CANDIDATE_HEAD):
+    if not m.has(FEATURE_CANDIDATE_HEAD):
         return "has no candidates' head (the fast --layers head step)"
     return ""
 

@@ -162,10 +162,11 @@ def test_user_data_bad_rows_reported_with_line(tiny_lm_dirs, tmp_path, capsys):
     assert "line 3" in err and "--skip-bad-rows" in err.replace("skip_bad_rows", "--skip-bad-rows")
 
 
-@pytest.mark.parametrize("base", ["fp32", "int4"])
-def test_merge_matches_training_graph_and_generates(base, tiny_lm_dirs, tmp_path, capsys):
+@pytest.mark.parametrize(("base", "recipe"), [("fp32", "zo-act"), ("int4", "zo-act"), ("int4", "head")])
+def test_merge_matches_training_graph_and_generates(base, recipe, tiny_lm_dirs, tmp_path, capsys):
     """The merged HF model (ΔW folded; INT4: into the dequantized base) gives the training graph's per-row losses
-    with the trained state, to 1e-4."""
+    with the trained state, to 1e-4; so do the KV-cache graphs. ``head`` on INT4: the head recipe's trained final
+    norm (a float param of the INT4 export) reaches hf/, onnx/ and the re-quantized onnx-int4/."""
     from transformers import AutoModelForCausalLM
 
     from runtime.batch import Batch
@@ -174,12 +175,22 @@ def test_merge_matches_training_graph_and_generates(base, tiny_lm_dirs, tmp_path
     from runtime.session import GraphSession
 
     run, merged = tmp_path / "run", tmp_path / "merged"
-    assert _train(tiny_lm_dirs[base], run, "zo-act", 5, "--lr", "0.05") == 0
+    if recipe == "head":
+        argv = ["--recipe", "head", "--queries", "4", "--eval-examples", "8", "--lr", "0.1"]
+        assert _train(tiny_lm_dirs[base], run, "mezo", 5, *argv) == 0
+    else:
+        assert _train(tiny_lm_dirs[base], run, "zo-act", 5, "--lr", "0.05") == 0
     assert main(["merge", str(run), "--out", str(merged), "--checkpoint", "latest"]) == 0
-    assert (merged / "adapter.safetensors").is_file() and (merged / "adapter.json").is_file()
+    assert (merged / "adapter.json").is_file()
     oracle = Oracle(GraphSession(tiny_lm_dirs[base]))
+    base_params = {k: v.copy() for k, v in oracle.params.items()}
     load_trained(oracle, checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run))[0])
-    assert any(np.abs(a.q).max() > 0 for a in oracle.trained.adapters.values()), "training changed nothing"
+    if recipe == "head":
+        moved = [k for k, v in oracle.params.items() if not np.array_equal(v, base_params[k])]
+        assert moved == ["model.norm.weight"], f"the head recipe must move the final norm alone: {moved}"
+    else:
+        assert (merged / "adapter.safetensors").is_file()
+        assert any(np.abs(a.q).max() > 0 for a in oracle.trained.adapters.values()), "training changed nothing"
     rng = np.random.default_rng(0)
     ids = rng.integers(3, 1000, (3, 9))
     attn = np.ones_like(ids)
