@@ -6,7 +6,8 @@
 Steps: load (float32, eager attention) -> swap targeted linears for PortedLinear -> trace TrainingForward with the
 TorchScript exporter (8 s on a 100M model against 40 s for dynamo, and it keeps dynamic batch/seq/rank) -> move
 every parameter initializer out of the graph into ``params.safetensors`` as a ``param::`` graph input -> rewrite
-the LM head into one Gemm(transB) over the embedding -> (INT4) freeze + MatMulNBits -> manifest. The folder is
+the LM head into one Gemm(transB) over the embedding -> (INT4) MatMulNBits for the linears, the float rest kept
+in ``params.safetensors`` -> the split graphs (export/split.py) -> manifest. The folder is
 built by ``runtime.atomic.atomic_folder`` (a hidden temporary sibling, renamed into place at the end; a forced
 replace removes the old export only after the new one is in place), so a crash never leaves a half model that looks
 whole. What differs between families (parameter kinds, constant buffers, weight layout, trace patches, the logits

@@ -9,8 +9,9 @@ Inputs (B = batch, T = sequence, both dynamic):
 * ``input_ids`` int64 [B, T]; ``attention_mask`` int64 [B, T] (left padding works: positions come from its cumsum);
 * ``loss_mask`` int64 [B, T]: 1 where token t is a *target*, predicted from position t-1. The graph additionally drops
   targets whose own or whose predicting position is padding, so a careless mask never scores a pad;
-* every trainable tensor of the fp32 export, named ``param_name(hf_name)`` (``param::model.layers.0...``), with its
-  values in ``params.safetensors``: the runtime binds these numpy arrays zero-copy and updates them in place.
+* every float tensor (fp32: all; INT4: all but the quantized linears), named ``param_name(hf_name)``
+  (``param::model.layers.0...``), with its values in ``params.safetensors``: the runtime binds these numpy arrays
+  zero-copy and updates them in place.
   Targeted linear weights are stored **[d_in, d_out]** (``LAYOUT_IN_OUT``: the layout MatMul consumes, so no
   per-forward transpose and INT4 quantization applies directly); ``zo-edge merge`` restores the family's HF layout
   (``LAYOUT_OUT_IN`` = HF [d_out, d_in] for nn.Linear; GPT-2's Conv1D is in_out in HF too);
