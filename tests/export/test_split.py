@@ -36,6 +36,21 @@ def _run(sess, feeds: dict[str, np.ndarray], params: dict[str, np.ndarray], outp
     return dict(zip(outputs, sess.run(list(outputs), full), strict=True))
 
 
+HEADS = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, contract.OUTPUT_ROW_CANDIDATE_LOGP)
+
+
+def _batch_feeds(tiny):
+    """A ragged left-padded batch and the token feeds every graph of a split reads (three candidate ids)."""
+    batch = tiny.make_batch(tiny.VOCAB, seed=3, batch=3, seq=9)
+    base = {
+        contract.INPUT_IDS: batch.input_ids,
+        contract.INPUT_ATTENTION_MASK: batch.attention_mask,
+        contract.INPUT_LOSS_MASK: batch.loss_mask,
+        contract.INPUT_CANDIDATE_IDS: np.array([3, 5, 7], np.int64),
+    }
+    return batch, base
+
+
 def _port_feeds(manifest, start: int | None, batch_shape) -> dict[str, np.ndarray]:
     from runtime.layers import block_of
 
@@ -64,14 +79,7 @@ def test_prefix_then_suffix_is_the_full_forward(model_type, tiny_export, tiny):
 
 def _check_split(exp, m, start, model_type, tiny):
     params = read_safetensors_writable(exp.dir / contract.PARAMS_FILE)
-    batch = tiny.make_batch(tiny.VOCAB, seed=3, batch=3, seq=9)
-    base = {
-        contract.INPUT_IDS: batch.input_ids,
-        contract.INPUT_ATTENTION_MASK: batch.attention_mask,
-        contract.INPUT_LOSS_MASK: batch.loss_mask,
-        contract.INPUT_CANDIDATE_IDS: np.array([3, 5, 7], np.int64),
-    }
-    heads = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, contract.OUTPUT_ROW_CANDIDATE_LOGP)
+    batch, base = _batch_feeds(tiny)
 
     # prefix vs the torch residual stream entering block `start`
     prefix = _session(exp.dir / contract.prefix_graph_file(start))
@@ -87,9 +95,9 @@ def _check_split(exp, m, start, model_type, tiny):
     # suffix(prefix) vs the full graph and torch
     full = _session(exp.dir / contract.GRAPH_FILE)
     suffix = _session(exp.dir / contract.suffix_graph_file(start))
-    f = _run(full, {**base, **_port_feeds(m, None, batch)}, params, heads)
-    s = _run(suffix, {**base, **_port_feeds(m, start, batch), contract.INPUT_HIDDEN: hidden}, params, heads)
-    for name in heads:
+    f = _run(full, {**base, **_port_feeds(m, None, batch)}, params, HEADS)
+    s = _run(suffix, {**base, **_port_feeds(m, start, batch), contract.INPUT_HIDDEN: hidden}, params, HEADS)
+    for name in HEADS:
         np.testing.assert_allclose(s[name], f[name], rtol=1e-5, atol=1e-5, err_msg=name)
     ref_nll, ref_count = tiny.torch_row_losses(exp.reference, batch)
     np.testing.assert_allclose(s[contract.OUTPUT_ROW_NLL], ref_nll.detach().numpy(), rtol=1e-4, atol=1e-4)
@@ -109,7 +117,7 @@ def _check_split(exp, m, start, model_type, tiny):
         contract.INPUT_PROBE_ROWS: batch.real_token_rows(),
         contract.probe_omega(group.name): rng.standard_normal((group.d_in, m.basis_rank)).astype(np.float32),
     }
-    outs = (*heads, contract.probe_basis(group.name), contract.probe_gram(group.name))
+    outs = (*HEADS, contract.probe_basis(group.name), contract.probe_gram(group.name))
     fp = _run(full, {**base, **_port_feeds(m, None, batch), **pert}, params, outs)
     sp = _run(suffix, {**base, **_port_feeds(m, start, batch), **pert, contract.INPUT_HIDDEN: hidden}, params, outs)
     assert np.abs(fp[contract.OUTPUT_ROW_NLL] - f[contract.OUTPUT_ROW_NLL]).max() > 1e-4, "perturbation had no effect"
@@ -141,15 +149,8 @@ def test_int4_split_graphs_compose_to_the_int4_graph(case, int4_embedding, tiny_
     assert tiny_export(case, int4=True, block_size=32).manifest.splits == [2], "INT4 auto: the head's split only"
     params = read_safetensors_writable(exp.dir / contract.PARAMS_FILE)
     assert set(params) == {p.name for p in m.params} and not [p for p in m.params if p.kind == contract.KIND_LINEAR]
-    batch = tiny.make_batch(tiny.VOCAB, seed=3, batch=3, seq=9)
-    base = {
-        contract.INPUT_IDS: batch.input_ids,
-        contract.INPUT_ATTENTION_MASK: batch.attention_mask,
-        contract.INPUT_LOSS_MASK: batch.loss_mask,
-        contract.INPUT_CANDIDATE_IDS: np.array([3, 5, 7], np.int64),
-    }
-    heads = (contract.OUTPUT_ROW_NLL, contract.OUTPUT_ROW_COUNT, contract.OUTPUT_ROW_CANDIDATE_LOGP)
-    full = _run(_session(exp.dir / contract.GRAPH_FILE), {**base, **_port_feeds(m, None, batch)}, params, heads)
+    batch, base = _batch_feeds(tiny)
+    full = _run(_session(exp.dir / contract.GRAPH_FILE), {**base, **_port_feeds(m, None, batch)}, params, HEADS)
     files = [contract.candidate_head_file(n)]
     for start in m.splits:
         files += [contract.prefix_graph_file(start), contract.suffix_graph_file(start)]
@@ -157,8 +158,8 @@ def test_int4_split_graphs_compose_to_the_int4_graph(case, int4_embedding, tiny_
         hidden = _run(prefix, base, params, (contract.OUTPUT_HIDDEN,))[contract.OUTPUT_HIDDEN]
         suffix = _session(exp.dir / contract.suffix_graph_file(start))
         feeds = {**base, **_port_feeds(m, start, batch), contract.INPUT_HIDDEN: hidden}
-        s = _run(suffix, feeds, params, heads)
-        for name in heads:
+        s = _run(suffix, feeds, params, HEADS)
+        for name in HEADS:
             np.testing.assert_allclose(s[name], full[name], rtol=1e-5, atol=1e-5, err_msg=f"{start} {name}")
         if start == n:
             head = _session(exp.dir / contract.candidate_head_file(n))
