@@ -37,11 +37,14 @@ from runtime import checkpoint, contract
 from runtime.atomic import WRITE_ERRNOS, WriteError, atomic_write_json, atomic_write_text
 from runtime.batch import Batch
 from runtime.errors import ZoEdgeError
-from runtime.method import StepReport, ZOMethod, writes_params
+from runtime.method import StepReport, ZOMethod, written_params
 from runtime.oracle import Objective, Oracle
 from runtime.trained_state import NonFiniteState
 
-__all__ = ["BatchSource", "LoopConfig", "TrainingStopped", "check_run_meta", "load_trained", "peak_rss_mb", "train"]
+__all__ = [
+    "BatchSource", "LoopConfig", "TrainingStopped", "check_run_meta", "load_trained", "peak_rss_mb", "train",
+    "trained_arrays",
+]  # fmt: skip
 
 
 class TrainingStopped(ZoEdgeError):
@@ -76,9 +79,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _arrays(oracle: Oracle, method: ZOMethod, weights_changed: bool) -> dict[str, np.ndarray]:
+def trained_arrays(oracle: Oracle, method: ZOMethod, params: list[str]) -> dict[str, np.ndarray]:
+    """What a checkpoint holds (views, not copies): the adapters, the bound ``params`` the method writes
+    (``runtime.method.written_params``) and the method's and optimizer's state. Params the run cannot change are
+    left out: resume, eval and merge take them from the export, which the checkpoint's base hash pins."""
     arrays = {f"method/{k}": v for k, v in method.state_dict().items()}
-    arrays.update(oracle.trained.arrays(include_params=weights_changed))
+    arrays.update(oracle.trained.arrays(include_params=False))
+    arrays.update({contract.checkpoint_param_name(k): oracle.params[k] for k in params})
     return arrays
 
 
@@ -148,7 +155,7 @@ def train(
     method.init(oracle, cfg.seed)
     # Methods that write into the bound weights (in place) must checkpoint them, at every save, the step-0 `best`
     # included: evaluating `best` later in the same process must put the base weights back.
-    weights_changed = writes_params(method, oracle)
+    written = written_params(method, oracle)
     start = 0
     best = -np.inf
     latest = checkpoint.latest_checkpoint(run_dir) if resume else None
@@ -185,10 +192,10 @@ def train(
     atomic_write_json(run_dir / "config.json", cfg.config)
     if eval_fn and start == 0:
         # the starting point is a candidate too: if training never beats it on dev, `best` is the base model
-        best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, 0, best, weights_changed)
+        best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, 0, best, written)
 
     def save(step: int) -> None:
-        arrays = _arrays(oracle, method, weights_changed)
+        arrays = trained_arrays(oracle, method, written)
         try:
             _check_finite(arrays)
         except NonFiniteState as e:
@@ -227,7 +234,7 @@ def train(
                     f"rate or mu, then --resume"
                 )
             if eval_fn and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, weights_changed)
+                best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, written)
             if step % cfg.save_every == 0 and step < cfg.steps:
                 save(step)
             interrupted.__exit__()
@@ -241,17 +248,17 @@ def train(
     finally:
         interrupted.restore()
     if eval_fn:
-        best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, weights_changed)
+        best = _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, written)
     save(step)
     return {"step": step, "best": best, "peak_rss_mb": peak_rss_mb()}
 
 
-def _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, weights_changed) -> float:
+def _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, written) -> float:
     result = eval_fn(oracle)
     _log(metrics_path, {"step": step, **{f"eval_{k}": v for k, v in result.items()}})
     if cfg.best_metric and result.get(cfg.best_metric, -np.inf) > best:
         best = float(result[cfg.best_metric])
-        arrays = _arrays(oracle, method, weights_changed)
+        arrays = trained_arrays(oracle, method, written)
         _check_finite(arrays)
         meta = {"step": step, "config": cfg.config, cfg.best_metric: best, "method": method.name}
         meta.update(_meta_base(oracle))

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHODS", "MethodError", "Optimizer", "Probe", "StepReport", "ZOMethod", "check_export", "get_method",
-    "register_method", "writes_params",
+    "register_method", "written_params",
 ]  # fmt: skip
 
 
@@ -182,9 +182,12 @@ def check_export(method: type, manifest: Manifest, where: str = "this export", w
         raise MethodError(contract.ports_missing(who, missing, manifest.ports, where))
 
 
-def writes_params(method: ZOMethod, oracle) -> bool:
-    """Whether ``method`` (initialised on ``oracle``) writes into the oracle's bound params, so that checkpoints,
-    federated checksums and snapshots must hold them: a method that changes weights, where what it trains is bound
-    params (MeZO's selection, a folded low-rank update), not an adapter (LOZO / SubZero / AGZO on an INT4 base,
-    whose bound params are only the norms and float tables it never touches)."""
-    return method.changes_weights and any(k in oracle.params for k in method.trainable(oracle))
+def written_params(method: ZOMethod, oracle) -> list[str]:
+    """The bound params ``method`` (initialised on ``oracle``) writes into: what checkpoints, federated checksums and
+    snapshots hold besides the adapters. MeZO's selection (``--layers head --kinds norm``: the final norm's gain
+    alone, 2.3 KB, not the 540 MB of every tensor a SmolLM2 export binds), a folded low-rank update's linear
+    weights; none for adapter training (LOZO / SubZero / AGZO on an INT4 base, whose bound params are only the norms
+    and float tables they never touch, ZO-Act, FZOO)."""
+    if not method.changes_weights:
+        return []
+    return [k for k in method.trainable(oracle) if k in oracle.params]

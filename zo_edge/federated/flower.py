@@ -415,7 +415,7 @@ def save_run(server: FedServer, out: str | Path) -> None:
     (``zo-edge eval --run`` reads it like a ``zo-edge train`` run)."""
     from runtime import checkpoint, contract
     from runtime.atomic import atomic_write_json
-    from runtime.method import writes_params
+    from zo_edge.federated.node import trained_arrays
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -424,8 +424,7 @@ def save_run(server: FedServer, out: str | Path) -> None:
     result["initial_eval"] = getattr(server, "initial_eval", {})
     atomic_write_json(out / "federated.json", result)
     m, o = server.method, server.oracle
-    arrays = {f"method/{k}": v for k, v in m.state_dict().items()}
-    arrays.update(o.trained.arrays(include_params=writes_params(m, o)))
+    arrays = trained_arrays(o, m)
     meta = {
         "data": {},
         "config": server.cfg.to_dict(),

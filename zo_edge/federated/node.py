@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from runtime import contract, rng
+from runtime import rng
 from runtime.contract import FEATURE_CANDIDATE_SCORING
 from runtime.errors import ZoEdgeError
-from runtime.method import writes_params
+from runtime.method import written_params
 from zo_edge.config import DataFields, TrainConfig, _f
 from zo_edge.tasks.base import Example
 
@@ -158,15 +158,13 @@ def check_federable(cfg: TrainConfig) -> None:
 
 
 def trained_arrays(oracle: Oracle, method) -> dict[str, np.ndarray]:
-    """Everything training can have changed in a replica, by checkpoint name (views, not copies): its adapters,
-    the bound weights within the trained blocks' reach (``oracle.manifest`` is ``--layers``' view: for
-    ``--layers head`` the final norm's gain, not the 211 tensors a checkpoint holds) and the method's and
-    optimizer's state. What the checksum hashes and a snapshot ships."""
-    arrays = oracle.trained.arrays(include_params=False)
-    if writes_params(method, oracle):
-        arrays.update({contract.checkpoint_param_name(s.name): oracle.params[s.name] for s in oracle.manifest.params})
-    arrays.update({f"method/{k}": v for k, v in method.state_dict().items()})
-    return arrays
+    """Everything training can have changed in a replica, by checkpoint name (views, not copies): what a
+    checkpoint of ``zo-edge train`` holds (``runtime.loop.trained_arrays``: its adapters, the bound params the
+    method writes, for ``--layers head`` the final norm's gain alone, and the method's and optimizer's state).
+    What the checksum hashes and a snapshot ships."""
+    from runtime.loop import trained_arrays as checkpoint_arrays
+
+    return checkpoint_arrays(oracle, method, written_params(method, oracle))
 
 
 def state_checksum(oracle: Oracle, method) -> str:
