@@ -16,6 +16,7 @@ Interface (one file per method in zo_edge/methods/, registered where defined wit
     probe = method.probe(oracle, batch, objective, r)  # federated: round r's scalars g_k, nothing applied
     method.replay(oracle, r, probe.scalars)           # apply round r from its scalars alone -> False if skipped
     method.rounds_per_step                             # rounds a step is federated in (r = t·rounds_per_step + j)
+    METHOD.updates_per_step(config)                    # optimizer updates a step applies (the schedule's clock)
 
 Class-level declarations (read by the CLI, the config, the benchmarks and the tests; never a written-out list):
 
@@ -125,6 +126,9 @@ class ZOMethod(Protocol):
     @property
     def rounds_per_step(self) -> int: ...
 
+    @classmethod
+    def updates_per_step(cls, config: Any) -> int: ...
+
     def probe(self, oracle: Oracle, batch: Batch, objective: Objective, r: int) -> Probe: ...
 
     def replay(self, oracle: Oracle, r: int, scalars: np.ndarray) -> bool: ...
@@ -135,7 +139,7 @@ METHODS: dict[str, type] = {}
 _REQUIRED = (
     "Config", "bases", "ports", "changes_weights", "needs_calibration", "default_lr", "default_optimizer",
     "optimizers", "direct_sgd", "not_federated", "init", "calibrate", "step", "trainable", "state_dict",
-    "load_state_dict", "probe", "replay", "rounds_per_step",
+    "load_state_dict", "probe", "replay", "rounds_per_step", "updates_per_step",
 )  # fmt: skip
 
 

@@ -90,7 +90,10 @@ def build_method(cfg: TrainConfig):
     """The method of ``cfg`` from its nested Config and the optimizer section (defaults already resolved)."""
     cls = get_method(cfg.method)
     o = cfg.optim
-    schedule = optim.make_schedule(o.schedule, o.lr, cfg.steps, o.warmup)
+    # the schedule's clock is the optimizer's update count: MeZO updates once per query, so its --steps and
+    # --warmup span steps x q updates (a cosine over 2000 steps of 32 queries had reached 0 at step 63)
+    per = cls.updates_per_step(cfg.method_config)
+    schedule = optim.make_schedule(o.schedule, o.lr, cfg.steps * per, o.warmup * per)
     opt = optim.make_optimizer(o.optimizer, schedule, momentum=o.momentum, weight_decay=o.weight_decay)
     return cls(cfg.method_config, opt, schedule)
 

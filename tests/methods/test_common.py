@@ -385,3 +385,24 @@ def test_mezo_on_int4_moves_only_the_norms_it_is_told_to(models):
     moved = {k for k in oracle.params if not np.array_equal(oracle.params[k], before_params[k])}
     kinds = {p.name: p.kind for p in oracle.manifest.params}
     assert moved and {kinds[k] for k in moved} == {"norm"}, moved
+
+
+def test_mezo_schedule_runs_over_steps_not_queries(models):
+    """MeZO steps its optimizer once per query, and the schedule's clock is that update count: ``build_method``
+    stretches it by the queries, so a linear decay over 8 steps of 4 queries still moves θ in step 7 (before, it
+    reached 0 after 8 updates, at step 2, and a cosine head run stood still from step 63 of 2000)."""
+    from zo_edge.config import TrainConfig
+    from zo_edge.train import build_method
+
+    flat = {"model": str(models["fp32"]), "method": "mezo", "queries": 4, "steps": 8, "mu": 1e-3}
+    method = build_method(TrainConfig.from_flat({**flat, "schedule": "linear", "lr": 1e-3}))
+    oracle = Oracle(GraphSession(models["fp32"]))
+    method.init(oracle, 0)
+    moved = []
+    for t in range(8):
+        before = {k: v.copy() for k, v in oracle.params.items()}
+        method.step(oracle, BATCHES[t % len(BATCHES)], lm_objective, t)
+        moved.append(max(float(np.abs(oracle.params[k] - before[k]).max()) for k in before))
+    # lr at step t is 1e-3 (1 - t/8): an update moves some weight by >= 2e-4 here, the ±mu round trips' rounding
+    # by <= 5e-7 (what the steps after the schedule's end moved before the fix)
+    assert min(moved[:7]) > 1e-5, moved

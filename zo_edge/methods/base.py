@@ -132,6 +132,13 @@ class ZOBase:
         """Federated rounds per step: 1, every query probed at one state (MeZO, whose queries run in turn: q)."""
         return 1
 
+    @classmethod
+    def updates_per_step(cls, config: BaseConfig) -> int:
+        """Optimizer updates a step applies to each trained array: 1 (the queries averaged into one update), or
+        MeZO's q (its queries run in turn, each updating θ). The optimizer's schedule counts updates, so
+        ``zo_edge.train.build_method`` stretches ``--steps`` and ``--warmup`` by this to keep them in steps."""
+        return 1
+
     def probe(self, oracle: Oracle, batch, objective, t: int) -> Probe:
         raise MethodError(f"{self.name} cannot be federated: {self.not_federated}")
 

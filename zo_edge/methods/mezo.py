@@ -148,7 +148,12 @@ class MeZO(ZOBase):
     def rounds_per_step(self) -> int:
         """Federated rounds per step: MeZO's queries run in turn (query k probes the θ that query k - 1's update
         left), so a federation cannot probe them together; each query is a round of its own."""
-        return self.config.queries
+        return self.updates_per_step(self.config)
+
+    @classmethod
+    def updates_per_step(cls, config: MeZOConfig) -> int:
+        """q: each query steps the optimizer (so a schedule over --steps spans steps x q updates)."""
+        return config.queries
 
     def probe(self, oracle: Oracle, batch: Batch, objective: Objective, r: int, timer: Timer | None = None) -> Probe:
         """Round r = query k of step t (r = t·q + k): θ ± μz and back through ``step``'s own in-place ops (θ keeps
