@@ -302,6 +302,22 @@ def report(results: dict[str, dict], tasks, budget: float, table_marks=TABLE_MAR
     return "\n".join(lines)
 
 
+def _export_label(model: str | None) -> str:
+    """ " INT4" / " INT4, quantized embedding" for a plot title (fp32, or a folder no longer here: "")."""
+    from runtime.contract import FEATURE_INT4_EMBEDDING, Manifest
+    from runtime.errors import ZoEdgeError
+
+    if not model:
+        return ""
+    try:
+        m = Manifest.load(ROOT / model)
+    except ZoEdgeError:
+        return ""
+    if m.dtype != "int4":
+        return ""
+    return " INT4, quantized embedding" if m.has(FEATURE_INT4_EMBEDDING) else " INT4"
+
+
 def plot(results: dict[str, dict], tag: str, budget: float, out: Path) -> Path | None:
     """Accuracy vs training minutes, one line per row (mean over seeds, error bars = standard error), the best
     zero-shot prompt as a horizontal band."""
@@ -339,7 +355,8 @@ def plot(results: dict[str, dict], tag: str, budget: float, out: Path) -> Path |
     ax.set_ylabel("held-out test accuracy")
     n = zs["test"]["n"] if zs and "error" not in zs else "?"
     threads = zs.get("threads") if zs else "?"
-    ax.set_title(f"{TASK_TITLES.get(tag, tag)}: SmolLM2-135M, held-out n = {n}, {_threads(threads)}")
+    base = _export_label(zs.get("model") if zs else None)
+    ax.set_title(f"{TASK_TITLES.get(tag, tag)}: SmolLM2-135M{base}, held-out n = {n}, {_threads(threads)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -355,7 +372,9 @@ def _floats(s: str) -> list[float]:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="artifacts/smollm2-fp32", help="fp32 export (zo-edge export smollm2-135m)")
+    ap.add_argument(
+        "--model", default="artifacts/smollm2-fp32", help="an export (INT4 too; give it its own --results file)"
+    )
     ap.add_argument("--tasks", default="rt,trec", help=f"comma list of {', '.join(TASKS)}")
     ap.add_argument("--rows", default="", help=f"comma list of rows (default: all of {', '.join(ROWS)})")
     ap.add_argument(
