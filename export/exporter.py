@@ -142,6 +142,15 @@ def trace_to_onnx(module: nn.Module, args: tuple, path: Path, input_names, outpu
 
 
 # --- graph surgery -------------------------------------------------------------------------------------------
+def _head_param_key(model: nn.Module, arch: Architecture, arrays: dict[str, np.ndarray]) -> str:
+    """The key a traced graph's lifted params (``arrays``) hold the LM head under: its own, or, tied, the
+    embedding's (the exporter keeps one name for a shared tensor)."""
+    head = arch.lm_head_weight(model)
+    names = [k for k, p in model.named_parameters(remove_duplicate=False) if p is head]
+    own = [k for k in names if k in arrays]
+    return own[0] if own else next(k for k in arrays if k.startswith(arch.embed_path))
+
+
 def _lift_params(
     graph_model: onnx.ModelProto, arch: Architecture, layout: PortLayout, module: nn.Module
 ) -> tuple[dict[str, np.ndarray], list[contract.ParamSpec]]:
@@ -242,17 +251,13 @@ def export_model(
         _use_fused_attention(model, arch)
     layout = install_ports(model, arch, roles, cfg.basis_rank, frozenset(cfg.port_families))
     wrapper = TrainingForward(model, arch, layout, cfg.power_iters)
-    head = arch.lm_head_weight(model)
-    head_key = next(k for k, p in model.named_parameters(remove_duplicate=False) if p is head)
     with atomic_folder(out_dir, force=force) as tmp:
         traced = tmp / "traced.onnx"
         _trace(wrapper, layout, cfg, traced)
         graph_model = onnx.load(str(traced))
         traced.unlink()
         arrays, specs = _lift_params(graph_model, arch, layout, wrapper)
-        head_name = contract.param_name(head_key)
-        if head_name not in {i.name for i in graph_model.graph.input}:  # tied: the exporter kept one name
-            head_name = contract.param_name(next(k for k in arrays if k.startswith(arch.embed_path)))
+        head_name = contract.param_name(_head_param_key(model, arch, arrays))
         if _head_to_gemm(graph_model, head_name) != 1:
             raise ExportError("could not locate the LM head MatMul in the traced graph")
         weights_sha256 = weights_sha256 or _arrays_sha256(arrays)

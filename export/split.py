@@ -116,7 +116,7 @@ def resolve_splits(spec: str, n_layers: int, arch: Architecture, int4: bool = Fa
     INT4 exports get the same graphs, quantized as model.onnx is; "auto" writes only the head's there (what the
     head recipe runs). An INT4 prefix graph holds its blocks' codes itself (fp32 split graphs share
     params.safetensors), so every split costs up to one more model on disk: 401 vs 106 MiB for SmolLM2 with the
-    three fp32 splits, against ~200 MiB with the head's alone."""
+    three fp32 splits, against 203-244 MiB with the head's alone."""
     from export.config import ExportConfigError
 
     spec = spec.strip().lower()
@@ -149,17 +149,13 @@ class _Finisher:
         """``gemm_head``: the graph ends in the full LM head (the suffix). ``table``: which tied table it reads for
         ``--int4-embedding`` ("embed": the prefix's Gather; "head": the suffix's Gemm, or the candidates' head's
         Gather of the label words' rows)."""
-        from export.exporter import _head_to_gemm, _lift_params, _save_graph
+        from export.exporter import _head_param_key, _head_to_gemm, _lift_params, _save_graph
         from export.quantize import quantize_int4
 
         g = onnx.load(str(path))
         arrays, _ = _lift_params(g, self.arch, self.layout, module)
         embed_key = next((k for k in arrays if k.startswith(self.arch.embed_path)), None)
-        head_key = embed_key
-        if table == "head":
-            head = self.arch.lm_head_weight(module.model)
-            names = [k for k, p in module.model.named_parameters(remove_duplicate=False) if p is head]
-            head_key = next((k for k in names if k in arrays), embed_key)  # tied: the exporter kept one name
+        head_key = _head_param_key(module.model, self.arch, arrays) if table == "head" else embed_key
         if gemm_head:
             _head_to_gemm(g, contract.param_name(head_key))
         floats = set(arrays)
