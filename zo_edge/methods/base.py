@@ -129,8 +129,10 @@ class ZOBase:
 
     @property
     def rounds_per_step(self) -> int:
-        """Federated rounds per step: 1, every query probed at one state (MeZO, whose queries run in turn: q)."""
-        return 1
+        """Federated rounds per step: one per optimizer update (``updates_per_step``): 1 where every query is
+        probed at one state; MeZO's q, whose queries run in turn (query k probes the θ query k - 1's update left,
+        so a federation cannot probe them together)."""
+        return self.updates_per_step(self.config)
 
     @classmethod
     def updates_per_step(cls, config: BaseConfig) -> int:

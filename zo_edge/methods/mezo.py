@@ -144,12 +144,6 @@ class MeZO(ZOBase):
         deltas, self.opt_state = self.optimizer.update({name: z}, self.opt_state, oracle.params)
         oracle.trained.apply_dense(name, 1.0, deltas[name])
 
-    @property
-    def rounds_per_step(self) -> int:
-        """Federated rounds per step: MeZO's queries run in turn (query k probes the θ that query k - 1's update
-        left), so a federation cannot probe them together; each query is a round of its own."""
-        return self.updates_per_step(self.config)
-
     @classmethod
     def updates_per_step(cls, config: MeZOConfig) -> int:
         """q: each query steps the optimizer (so a schedule over --steps spans steps x q updates)."""
