@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import contract
 from runtime.batch import Batch
 from runtime.oracle import Objective, Oracle, lm_objective
 from runtime.session import GraphSession
@@ -70,9 +71,10 @@ CONFIGS: dict[str, dict] = {
 
 
 def _dense(name: str) -> bool:
-    """A method with no adapter form (it trains fp32 bases only) updates the bound weights in place: read back as
-    W_before − W_after, then restored. The others write adapters on an unfolded oracle."""
-    return "int4" not in get_method(name).bases
+    """A method with no adapter form (no P/Q ports: MeZO, Zoop) updates the bound weights in place: read back as
+    W_before − W_after, then restored. The others write adapters on an unfolded oracle. (Not "trains fp32 bases
+    only": MeZO also takes INT4 bases, for their norms.)"""
+    return contract.PORTS_LOWRANK not in get_method(name).ports
 
 
 def make_method(name: str, mu: float = 1e-3, config: Mapping | None = None):
@@ -146,6 +148,8 @@ def single_query_estimates(
                     np.matmul(-a.q, a.p.T, out=buf)
                     a.q[...] = 0.0  # C, stepped in place: the next draw starts at the base again
             else:
+                if not oracle.trained.adapters:  # a readback that reads nothing would yield zeros, silently
+                    raise RuntimeError(f"{name}: draw {t} wrote no adapter; is it a dense method (see _dense)?")
                 for s, buf in zip(linears, out, strict=True):
                     a = oracle.trained.adapters.get(s.name)
                     if a is None or not a.rank:
