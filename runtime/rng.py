@@ -132,8 +132,13 @@ def _pool():
     return _POOL
 
 
-def fill(out: np.ndarray, seed: int, *keys: int | str, dist: str = "gaussian") -> np.ndarray:
-    """Fill ``out`` (C-contiguous float32) with N(0, 1) or ±1 draws; chunk i from ``stream(seed, *keys, i)``.
+def fill(out: np.ndarray, seed: int, *keys: int | str, dist: str = "gaussian", first_chunk: int = 0) -> np.ndarray:
+    """Fill ``out`` (C-contiguous float32) with N(0, 1) or ±1 draws; chunk i from ``stream(seed, *keys, first_chunk
+    + i)``.
+
+    ``first_chunk``: ``out`` is a slab of a longer draw that starts at element ``first_chunk * CHUNK``; it receives
+    exactly the values of those positions of the whole draw (MeZO draws a table-sized z slab by slab this way, so a
+    16 MiB scratch replaces a table-sized one and the numbers do not change).
 
     Why chunks: drawing 135M normals with one Philox stream is single-threaded (~11.5 ns per value here), which made
     sampling 63% of a MeZO step. numpy's generators release the GIL while filling, so independently keyed chunks
@@ -141,12 +146,13 @@ def fill(out: np.ndarray, seed: int, *keys: int | str, dist: str = "gaussian") -
     Rademacher (±1, the classic SPSA choice; same E[z zᵀ] = I) is drawn from raw random bytes and is ~5x cheaper.
     """
     assert out.dtype == np.float32 and out.flags.c_contiguous, "fill: out must be C-contiguous float32"
+    assert first_chunk >= 0, f"fill: first_chunk must be >= 0, got {first_chunk}"
     flat = out.reshape(-1)
     n = flat.size
 
     def work(i: int) -> None:
         part = flat[i * CHUNK : min((i + 1) * CHUNK, n)]
-        g = stream(seed, *keys, i)
+        g = stream(seed, *keys, first_chunk + i)
         if dist == "gaussian":
             g.standard_normal(dtype=np.float32, out=part)
         elif dist == "rademacher":

@@ -109,8 +109,10 @@ class TrainedState:
         else:
             self.adapters.setdefault(layer, LowRank.empty(spec)).add(delta, alpha, self.adapter_rank)
 
-    def apply_dense(self, key: str, alpha: float, x: np.ndarray) -> None:
-        """param += alpha x in place (full-space methods; needs bound fp32 params on the CPU provider)."""
+    def apply_dense(self, key: str, alpha: float, x: np.ndarray, at: slice | None = None) -> None:
+        """param += alpha x in place (full-space methods; needs bound fp32 params on the CPU provider).
+
+        ``at``: a slice of the param's flattened elements that ``x`` covers (MeZO applies z slab by slab)."""
         if key not in self.params:
             raise ZoEdgeError(f"{key} is not a bound fp32 parameter; full-space updates need an fp32 export")
         if self.device != "cpu":
@@ -120,7 +122,8 @@ class TrainedState:
                 f"full-space updates (mezo, zoop) run on the CPU provider only, not {self.device}; "
                 "use a low-rank method (zo-act, agzo, lozo, subzero), whose adapter is fed per pass"
             )
-        add_dense(self.params[key], alpha, x)
+        param = self.params[key]
+        add_dense(param if at is None else param.reshape(-1)[at], alpha, x)
 
     def set_adapter(self, layer: str, adapter: LowRank) -> None:
         """Make ``adapter`` (arrays a method owns and steps in place) the layer's adapter."""

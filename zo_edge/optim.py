@@ -26,6 +26,9 @@ Three choices differ from optax, for on-device zeroth-order training:
   used as work buffers: ``update`` overwrites them and returns them as the deltas (arrays that are not writable
   C-contiguous float32 are first copied). Pass a copy if you still need the gradient. The returned state is the
   same object, mutated; the functional signature is kept so transforms compose.
+* **Slab updates.** Every transform here is elementwise, so one tensor can also be updated slab by slab
+  (``state_slice``): MeZO draws a 136M-value embedding's z 16 MiB at a time instead of holding a table-sized buffer,
+  with the same bits as one whole-tensor update.
 * **Flat state.** States are NamedTuples, tuples and dicts of numpy arrays and ints. ``state_to_arrays`` flattens
   one to ``{"1/mu/model.layers.0.q_proj": array, ...}`` for ``runtime.checkpoint``, and ``state_from_arrays``
   restores it into a template from ``init``, bit-exactly.
@@ -71,6 +74,7 @@ __all__ = [
     "sgd",
     "state_from_arrays",
     "state_nbytes",
+    "state_slice",
     "state_to_arrays",
     "trace",
 ]
@@ -556,6 +560,35 @@ def state_from_arrays(template_state: OptState, arrays: dict[str, np.ndarray], p
     of ``arrays`` not under the template's paths are ignored, so one checkpoint can hold params and state.
     """
     return _restore(template_state, (), arrays, prefix)
+
+
+def state_slice(state: OptState, key: str, elements: slice, *, advance: bool) -> OptState:
+    """``state`` for an update of elements ``elements`` of ``key``'s flattened tensor (views into the real arrays).
+
+    Use: update a tensor in slabs, ``update({key: g[s]}, state_slice(state, key, s, advance=last), {key: p[s]})``
+    for its slabs in turn. Every transform is elementwise, so that equals one update of the whole tensor bit for bit,
+    provided every slab sees the same step count: the 0-d counts are the real ones only where ``advance`` (pass it
+    for the last slab, which moves them on), copies otherwise. The state's other keys are left out.
+    """
+
+    def part(value: np.ndarray) -> np.ndarray:
+        if value.ndim == 0:
+            return value if advance else value.copy()
+        flat = value.reshape(-1)
+        assert np.shares_memory(flat, value), f"state_slice: {key}'s state is not contiguous"
+        return flat[elements]
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if key not in node:
+                raise KeyError(f"state_slice: {key!r} is not a name init() was given ({len(node)} known names)")
+            return {key: part(node[key])}
+        if isinstance(node, tuple):
+            parts = [walk(x) for x in node]
+            return type(node)(*parts) if hasattr(node, "_fields") else tuple(parts)
+        return node
+
+    return walk(state)
 
 
 def state_nbytes(state: OptState) -> int:

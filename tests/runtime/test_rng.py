@@ -136,6 +136,19 @@ def test_fill_is_deterministic_and_independent_of_threads(dist, monkeypatch):
     assert not np.array_equal(a, rng.fill(np.empty(n, np.float32), 3, 8, "layer", dist=dist))
 
 
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+def test_fill_in_slabs_of_whole_chunks_is_the_whole_fill(dist):
+    n = 5 * rng.CHUNK + 777
+    whole = rng.fill(np.empty(n, np.float32), 3, 7, "embed", dist=dist)
+    slabs = [
+        rng.fill(np.empty(min(2 * rng.CHUNK, n - a), np.float32), 3, 7, "embed", dist=dist, first_chunk=a // rng.CHUNK)
+        for a in range(0, n, 2 * rng.CHUNK)
+    ]
+    assert np.concatenate(slabs).tobytes() == whole.tobytes()
+    # an offset is a different part of the stream, not a reseed of chunk 0
+    assert not np.array_equal(slabs[1][:100], whole[:100])
+
+
 def test_fill_rejects_unknown_distribution():
     with pytest.raises(ValueError, match="gaussian or rademacher"):
         rng.fill(np.empty(10, np.float32), 0, dist="uniform")

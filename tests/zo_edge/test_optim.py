@@ -198,6 +198,33 @@ def test_streamed_updates_equal_full_updates(case):
         assert params[k].tobytes() == full[k].tobytes(), f"{case}: streamed != full for {k}"
 
 
+@pytest.mark.parametrize("case", sorted(ALL_OPTS))
+def test_slab_updates_equal_full_updates(case):
+    """Each tensor updated in slabs of its flattened elements (optim.state_slice, as MeZO streams a table-sized z):
+    the same bits as whole-tensor updates, counts and schedules included; the slabs are not chunk-aligned."""
+    full = _run_ours(ALL_OPTS[case]())
+    opt = ALL_OPTS[case]()
+    params = _params()
+    state = opt.init(params)
+    for t in range(STEPS):
+        for k, g in _grads(t).items():
+            flat_g, flat_p = g.reshape(-1), params[k].reshape(-1)
+            cuts = list(range(0, flat_g.size, 4000 if flat_g.size > 4000 else 7)) + [flat_g.size]
+            for a, b in zip(cuts, cuts[1:], strict=False):
+                part = slice(a, b)
+                sub = optim.state_slice(state, k, part, advance=b == flat_g.size)
+                deltas, _ = opt.update({k: flat_g[part].copy()}, sub, {k: flat_p[part]})
+                flat_p[part] += deltas[k]
+    for k in full:
+        assert params[k].tobytes() == full[k].tobytes(), f"{case}: slab updates != full for {k}"
+
+
+def test_state_slice_of_an_unknown_name_is_refused():
+    opt = optim.adam(1e-2)
+    with pytest.raises(KeyError, match="not a name init"):
+        optim.state_slice(opt.init(_params()), "nope", slice(0, 3), advance=True)
+
+
 def test_sometimes_skipped_key_counts_its_own_steps():
     # A name updated only on even steps behaves like a separate Adam that sees only those gradients (torch does the
     # same: per-parameter state["step"]).

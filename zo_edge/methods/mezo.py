@@ -9,7 +9,10 @@ Per query k of step t, with z ~ N(0, I) over all parameters drawn from ``rng.str
 
 Three regenerations of z per query (the restore and the update share one); on SmolLM2-135M drawing 135M normals
 dominates the step, so z is drawn in parallel chunks, and ``dist="rademacher"`` makes it ~5x cheaper (see
-benchmarks). One tensor-sized temporary exists at a time (the embedding's, 113 MB, is the largest).
+benchmarks). z is drawn and applied in slabs of ``SLAB_CHUNKS`` whole RNG chunks (``rng.fill``'s ``first_chunk``;
+the optimizer updates a slab through ``optim.state_slice``): one 16 MiB scratch, where a whole-tensor buffer was
+the largest tensor's size (Qwen2.5-0.5B's tied table: 0.51 GiB, a quarter of the forward's peak). The slabs give
+the same numbers as whole tensors, bit for bit.
 Paper defaults (its repo): lr 1e-6, μ 1e-3, batch 16, SGD; weight decay enters as θ −= η(g z + λθ).
 Model-sized optimizer state is refused beyond momentum (Adam would cost 8 bytes per parameter); a small selection
 (``--layers head``, a few blocks' norms: state under ``SMALL_STATE`` of the model's bytes) may use Adam.
@@ -28,7 +31,11 @@ from runtime.oracle import Objective, Oracle
 from zo_edge import optim
 from zo_edge.methods.base import BaseConfig, Timer, ZOBase, finite, knob
 
-__all__ = ["SMALL_STATE", "MeZO", "MeZOConfig"]
+__all__ = ["SLAB_CHUNKS", "SMALL_STATE", "MeZO", "MeZOConfig"]
+
+#: z is drawn and applied per slab of this many ``rng.CHUNK`` chunks (16 x 2^18 values = 16 MiB of float32): every
+#: linear of a 0.5B model fits in one, and the embedding streams through; enough chunks for rng.fill's threads
+SLAB_CHUNKS = 16
 
 #: optimizer state always allowed, as a fraction of the model's weight bytes (Adam on 2.5% of the values)
 SMALL_STATE = 0.05
@@ -94,23 +101,32 @@ class MeZO(ZOBase):
     def trainable(self, oracle: Oracle) -> dict[str, np.ndarray]:
         return {k: oracle.params[k] for k in self.names}
 
-    def _z(self, t: int, k: int, name: str, shape) -> np.ndarray:
-        """z for one tensor, regenerated from (seed, t, k, name); filled in parallel chunks (runtime.rng.fill).
+    @staticmethod
+    def _slabs(size: int) -> list[slice]:
+        """The flattened tensor's slabs: whole RNG chunks, so a slab's z is that part of the tensor's z."""
+        step = SLAB_CHUNKS * rng.CHUNK
+        return [slice(a, min(a + step, size)) for a in range(0, size, step)]
 
-        Written into one reused scratch buffer (the largest tensor's size): a fresh 100 MB allocation per tensor
-        and draw page-faults its way in, which cost about a quarter of the sampling time."""
-        size = int(np.prod(shape))
+    def _z(self, t: int, k: int, name: str, elements: slice) -> np.ndarray:
+        """Elements ``elements`` (a slab) of one tensor's flattened z, regenerated from (seed, t, k, name); filled in
+        parallel chunks (runtime.rng.fill).
+
+        Written into one reused scratch buffer (a slab's size): a fresh allocation per tensor and draw page-faults
+        its way in, which cost about a quarter of the sampling time."""
+        size = elements.stop - elements.start
         if self._scratch is None or self._scratch.size < size:
             self._scratch = np.empty(size, np.float32)
-        z = self._scratch[:size].reshape(shape)
-        return rng.fill(z, self.seed, t, k, name, dist=self.config.dist)
+        first_chunk, rest = divmod(elements.start, rng.CHUNK)
+        assert rest == 0, "a slab starts at a chunk boundary"
+        return rng.fill(self._scratch[:size], self.seed, t, k, name, dist=self.config.dist, first_chunk=first_chunk)
 
     def _perturb(self, oracle: Oracle, t: int, k: int, scale: float, timer: Timer) -> None:
         for name in self.names:
-            with timer("sample"):
-                z = self._z(t, k, name, oracle.params[name].shape)
-            with timer("update"):
-                oracle.trained.apply_dense(name, scale, z)
+            for part in self._slabs(oracle.params[name].size):
+                with timer("sample"):
+                    z = self._z(t, k, name, part)
+                with timer("update"):
+                    oracle.trained.apply_dense(name, scale, z, at=part)
 
     def step(self, oracle: Oracle, batch: Batch, objective: Objective, t: int) -> object:
         mu, q = self.config.mu, self.config.queries
@@ -128,21 +144,27 @@ class MeZO(ZOBase):
             skipped |= not ok
             # restore θ, then (if the losses were finite) step along g z with the same regenerated z
             for name in self.names:
-                with timer("sample"):
-                    z = self._z(t, k, name, oracle.params[name].shape)
-                with timer("update"):
-                    oracle.trained.apply_dense(name, mu, z)
-                    if ok:
-                        self._descend(oracle, name, z, g / q)
+                for part in self._slabs(oracle.params[name].size):
+                    with timer("sample"):
+                        z = self._z(t, k, name, part)
+                    with timer("update"):
+                        oracle.trained.apply_dense(name, mu, z, at=part)
+                        if ok:
+                            self._descend(oracle, name, part, z, g / q)
             gs.append(g)
             losses.append(0.5 * (f_plus + f_minus))
         return timer.report(np.mean(losses), np.mean(gs) if not skipped else np.nan, 2 * q, skipped)
 
-    def _descend(self, oracle: Oracle, name: str, z: np.ndarray, scale: float) -> None:
-        """θ_name ← optimizer(θ_name, grad = scale·z) (z is overwritten)."""
+    def _descend(self, oracle: Oracle, name: str, part: slice, z: np.ndarray, scale: float) -> None:
+        """θ_name[part] ← optimizer(θ_name[part], grad = scale·z) (z, the slab's, is overwritten).
+
+        The optimizer sees the slab's views of its state (``optim.state_slice``); the last slab moves the step
+        counts on, so the slabs of a tensor make one update of it, in place in ``self.opt_state``."""
         z *= np.float32(scale)
-        deltas, self.opt_state = self.optimizer.update({name: z}, self.opt_state, oracle.params)
-        oracle.trained.apply_dense(name, 1.0, deltas[name])
+        flat = oracle.params[name].reshape(-1)
+        state = optim.state_slice(self.opt_state, name, part, advance=part.stop == flat.size)
+        deltas, _ = self.optimizer.update({name: z}, state, {name: flat[part]})
+        oracle.trained.apply_dense(name, 1.0, deltas[name], at=part)
 
     @classmethod
     def updates_per_step(cls, config: MeZOConfig) -> int:
@@ -181,10 +203,11 @@ class MeZO(ZOBase):
         if len(scalars) != 1 or not finite(scalars):
             return False
         for name in self.names:
-            with timer("sample"):
-                z = self._z(t, k, name, oracle.params[name].shape)
-            with timer("update"):
-                self._descend(oracle, name, z, float(scalars[0]) / q)  # step's g / q
+            for part in self._slabs(oracle.params[name].size):
+                with timer("sample"):
+                    z = self._z(t, k, name, part)
+                with timer("update"):
+                    self._descend(oracle, name, part, z, float(scalars[0]) / q)  # step's g / q
         return True
 
 
