@@ -1,0 +1,196 @@
+"""Which checkpoint should a run call "the trained model"? The head recipe's selection rules against held-out test.
+
+    python benchmarks/checkpoint_selection.py --seeds 0,1,2 --threads 1      # one cell per seed, resumable
+    python benchmarks/checkpoint_selection.py --report-only
+
+Why: ``zo-edge train`` keeps as ``best`` the checkpoint with the highest dev accuracy, on the recipe's 128 dev
+examples (s.e. ≈ 0.037), among 5 evaluations; RESULTS.md §13.4 found that wherever that pick and the last step
+differed, the last step scored higher on test (4 of 4 runs). This measures the rules on the same trajectories.
+
+A cell (one seed) runs the head recipe (``zo_edge.recipes.HEAD``, fp32 SmolLM2, RT) through the real path
+(``zo_edge.train.prepare`` + ``run_training``: prompt selection on dev, the prefix cache, the loop) with an
+``on_step`` hook that, every ``--every`` steps and at step 0, scores the run's dev split and the first ``--n-test``
+test examples: accuracy, macro-F1, AUC and the candidates' cross-entropy (mean -log softmax over the class scores,
+the classification objective itself on held-out data). The report applies each rule to the dev numbers at the
+recipe's own evaluation steps (every ``eval_every`` = 500, step 0 included) and prints the test accuracy of the
+checkpoint it picks, with the oracle (best on test) beside it:
+
+* ``dev accuracy`` (today's rule; the first of tied maxima), ``last step``, ``dev CE`` (lowest), ``dev AUC``;
+* ``latest within 1 s.e.``: the latest checkpoint whose dev accuracy is within one binomial s.e. of the best.
+
+Results: ``benchmarks/results/checkpoint_selection.jsonl`` (one line per seed; ``--force`` reruns). The run folders
+are scratch under ``runs/checkpoint_selection/`` (replaced when a cell reruns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, ROOT, cell_main, load_results, machine_info, run_cell  # noqa: E402
+
+SCRIPT = Path(__file__).name
+RUNS = ROOT / "runs" / "checkpoint_selection"
+
+
+def candidate_ce(scores: np.ndarray, gold: np.ndarray) -> float:
+    """Mean over examples of -log softmax(scores)[gold]: the classification objective (scores: class log-likelihoods,
+    up to a per-row constant, which the softmax removes)."""
+    s = scores - scores.max(axis=1, keepdims=True)
+    logz = np.log(np.exp(s).sum(axis=1))
+    return float(np.mean(logz - s[np.arange(len(gold)), gold]))
+
+
+def measure(p, examples) -> dict:
+    from zo_edge.train import evaluate_on
+
+    r = evaluate_on(p, examples, 0)
+    gold = np.array([p.task.class_index(e.label) for e in examples])
+    return {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "auc": r.auc, "ce": candidate_ce(r.loglik, gold), "n": r.n}
+
+
+def cell(spec: dict) -> dict:
+    from zo_edge.config import TrainConfig
+    from zo_edge.prompts import chosen
+    from zo_edge.recipes import HEAD
+    from zo_edge.train import prepare, run_training
+
+    run_dir = Path(spec["run_dir"])
+    if run_dir.exists():  # this benchmark's own scratch: a cell that reruns starts afresh
+        shutil.rmtree(run_dir)
+    flat = {**HEAD, "model": spec["model"], "task": spec["task"], "seed": spec["seed"], "out": str(run_dir)}
+    flat.update(threads=spec["threads"], steps=spec.get("steps") or HEAD["steps"])
+    cfg = TrainConfig.from_flat(flat)
+    t0 = time.perf_counter()
+    p = prepare(cfg)
+    test = list(p.data.test[: spec["n_test"]])
+    rows = []
+
+    def record(step: int) -> None:
+        rows.append({"step": step, "dev": measure(p, p.data.dev), "test": measure(p, test)})
+        d, t = rows[-1]["dev"], rows[-1]["test"]
+        print(
+            f"  step {step:5d}  dev acc {d['accuracy']:.3f} auc {d['auc']:.3f} ce {d['ce']:.4f}"
+            f"  test acc {t['accuracy']:.3f} ce {t['ce']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    record(0)
+
+    def on_step(step: int, report) -> None:
+        if step % spec["every"] == 0:
+            record(step)
+
+    result = run_training(p, on_step=on_step)
+    return {
+        "prompt": chosen(p.prompt_scores).prompt.name if p.prompt_scores else p.task.prompt.describe(),
+        "dev_n": len(p.data.dev),
+        "eval_every": cfg.eval_every,
+        "steps": cfg.steps,
+        "rows": rows,
+        "peak_rss_mb": round(result["peak_rss_mb"], 1),
+        "cell_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+# --- rules --------------------------------------------------------------------------------------------------------
+def pick(rule: str, rows: list[dict]) -> dict:
+    """The row ``rule`` selects from ``rows`` (the evaluations a run made, in step order), from dev numbers only."""
+    dev = [r["dev"] for r in rows]
+    if rule == "dev accuracy":
+        return rows[int(np.argmax([d["accuracy"] for d in dev]))]  # first of tied maxima: the loop's strict >
+    if rule == "last step":
+        return rows[-1]
+    if rule == "dev CE":
+        return rows[int(np.argmin([d["ce"] for d in dev]))]
+    if rule == "dev AUC":
+        return rows[int(np.argmax([d["auc"] for d in dev]))]
+    if rule == "latest within 1 s.e.":
+        best = max(d["accuracy"] for d in dev)
+        se = math.sqrt(best * (1 - best) / dev[0]["n"])
+        return [r for r in rows if r["dev"]["accuracy"] >= best - se][-1]
+    raise ValueError(rule)
+
+
+RULES = ("dev accuracy", "last step", "dev CE", "dev AUC", "latest within 1 s.e.")
+
+
+def report(results: dict) -> None:
+    cells = sorted((r for r in results.values() if r.get("rows")), key=lambda r: r["seed"])
+    if not cells:
+        print("no stored cells")
+        return
+    for r in cells:
+        print(f"\nseed {r['seed']} (prompt {r['prompt']}, dev n {r['dev_n']}, test n {r['rows'][0]['test']['n']}):")
+        print("| step | dev acc | dev AUC | dev CE | test acc | test CE |\n|---|---|---|---|---|---|")
+        for row in r["rows"]:
+            d, t = row["dev"], row["test"]
+            print(
+                f"| {row['step']} | {d['accuracy']:.3f} | {d['auc']:.3f} | {d['ce']:.4f} | {t['accuracy']:.3f} |"
+                f" {t['ce']:.4f} |"
+            )
+    print("\ntest accuracy of the checkpoint each rule picks (the recipe's evaluation steps, every eval_every):")
+    print("| rule | " + " | ".join(f"seed {r['seed']}" for r in cells) + " | mean | mean regret vs oracle |")
+    print("|---|" + "---|" * (len(cells) + 2))
+    oracle = []
+    table: dict[str, list[tuple[int, float]]] = {}
+    for r in cells:
+        at = [row for row in r["rows"] if row["step"] % r["eval_every"] == 0 or row["step"] == r["steps"]]
+        oracle.append(max(row["test"]["accuracy"] for row in at))
+        for rule in RULES:
+            chosen = pick(rule, at)
+            table.setdefault(rule, []).append((chosen["step"], chosen["test"]["accuracy"]))
+    for rule, picks in table.items():
+        accs = [a for _, a in picks]
+        regret = np.mean(np.array(oracle) - np.array(accs))
+        cells_txt = " | ".join(f"{a:.3f} (step {s})" for s, a in picks)
+        print(f"| {rule} | {cells_txt} | {np.mean(accs):.3f} | {100 * regret:.1f} points |")
+    print(f"| oracle (best on test) | {' | '.join(f'{a:.3f}' for a in oracle)} | {np.mean(oracle):.3f} | 0 |")
+    n = cells[0]["rows"][0]["test"]["n"]
+    print(f"(test n = {n}: s.e. of one accuracy ≈ {math.sqrt(0.8 * 0.2 / n):.3f}; the rules share the trajectories)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--model", default=str(ROOT / "artifacts" / "smollm2-fp32"))
+    ap.add_argument("--task", default="rotten-tomatoes")
+    ap.add_argument("--n-test", type=int, default=1000, help="test examples scored at every evaluation")
+    ap.add_argument("--every", type=int, default=250, help="steps between the hook's dev + test scorings")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=0, help="training steps (0: the recipe's; a smoke run: 20)")
+    ap.add_argument("--results", type=Path, default=RESULTS_DIR / "checkpoint_selection.jsonl")
+    ap.add_argument("--force", action="store_true", help="rerun stored cells")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    if not args.report_only:
+        print(f"machine: {machine_info()}", flush=True)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            spec = {
+                "key": f"{args.task}/head/s{seed}",
+                "model": args.model,
+                "task": args.task,
+                "seed": seed,
+                "n_test": args.n_test,
+                "every": args.every,
+                "threads": args.threads,
+                "steps": args.steps,
+                "run_dir": str(RUNS / f"{args.task}-s{seed}"),
+            }
+            run_cell(SCRIPT, spec, args.results, force=args.force, timeout=3 * 3600)
+    report(load_results(args.results))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].startswith("{"):
+        cell_main(cell)
+    else:
+        main()
