@@ -25,7 +25,6 @@ are scratch under ``runs/checkpoint_selection/`` (replaced when a cell reruns).
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sys
 import time
@@ -35,6 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, ROOT, cell_main, load_results, machine_info, run_cell  # noqa: E402
+
+from zo_edge.prompts import standard_error  # noqa: E402
 
 SCRIPT = Path(__file__).name
 RUNS = ROOT / "runs" / "checkpoint_selection"
@@ -115,7 +116,7 @@ def pick(rule: str, rows: list[dict]) -> dict:
         return rows[int(np.argmax([d["auc"] for d in dev]))]
     if rule == "latest within 1 s.e.":
         best = max(d["accuracy"] for d in dev)
-        se = math.sqrt(best * (1 - best) / dev[0]["n"])
+        se = standard_error(best, dev[0]["n"])
         return [r for r in rows if r["dev"]["accuracy"] >= best - se][-1]
     raise ValueError(rule)
 
@@ -155,7 +156,7 @@ def report(results: dict) -> None:
         print(f"| {rule} | {cells_txt} | {np.mean(accs):.3f} | {100 * regret:.1f} points |")
     print(f"| oracle (best on test) | {' | '.join(f'{a:.3f}' for a in oracle)} | {np.mean(oracle):.3f} | 0 |")
     n = cells[0]["rows"][0]["test"]["n"]
-    print(f"(test n = {n}: s.e. of one accuracy ≈ {math.sqrt(0.8 * 0.2 / n):.3f}; the rules share the trajectories)")
+    print(f"(test n = {n}: s.e. of one accuracy ≈ {standard_error(0.8, n):.3f}; the rules share the trajectories)")
 
 
 def main() -> None:

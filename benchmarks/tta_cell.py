@@ -40,7 +40,6 @@ weights, AdamW moments, iterator position and clock at every mark (``torch_state
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -58,6 +57,7 @@ from runtime.batch import Batch  # noqa: E402
 from zo_edge.config import TrainConfig  # noqa: E402
 from zo_edge.data import TaskBatches, load_tokenizer  # noqa: E402
 from zo_edge.evaluate import evaluate  # noqa: E402
+from zo_edge.prompts import standard_error  # noqa: E402
 from zo_edge.train import load_task_data, prepare, run_training  # noqa: E402
 
 CLOCK_FILE = "tta_clock.jsonl"
@@ -88,10 +88,6 @@ def reset_hwm() -> None:
 # --- the clock ----------------------------------------------------------------------------------------------------
 class BudgetSpent(Exception):  # noqa: N818  (a signal out of the loop's on_step hook, not an error)
     """Raised out of the training loop's ``on_step`` hook once the last mark is scored: the budget is spent."""
-
-
-def standard_error(p: float, n: int) -> float:
-    return math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
 class MarkClock:
