@@ -81,6 +81,10 @@ def method_cell(spec: dict) -> dict:
     cfg = TrainConfig.from_flat(
         dict(model=spec["model"], method=spec["method"], steps=10_000, **spec.get("overrides", {}))
     )
+    if "mezo_slab_chunks" in spec:  # A/B of MeZO's z slab size (RESULTS.md §14.1); a huge value = whole tensors
+        import zo_edge.methods.mezo
+
+        zo_edge.methods.mezo.SLAB_CHUNKS = int(spec["mezo_slab_chunks"])
     method = build_method(cfg)
     method.init(oracle, seed=0)
     out: dict = {"threads": threads, "shape": list(batch.input_ids.shape), "load_s": round(t_load, 2)}
