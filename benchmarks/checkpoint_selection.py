@@ -15,8 +15,9 @@ the classification objective itself on held-out data). The report applies each r
 recipe's own evaluation steps (every ``eval_every`` = 500, step 0 included) and prints the test accuracy of the
 checkpoint it picks, with the oracle (best on test) beside it:
 
-* ``dev accuracy`` (today's rule; the first of tied maxima), ``last step``, ``dev CE`` (lowest), ``dev AUC``;
-* ``latest within 1 s.e.``: the latest checkpoint whose dev accuracy is within one binomial s.e. of the best.
+* ``dev accuracy`` (``--pick best``: the first of tied maxima), ``last step``, ``dev CE`` (lowest), ``dev AUC``;
+* ``one-se`` (``--pick one-se``): the latest checkpoint whose dev accuracy is within one binomial s.e. of the
+  highest so far. Both ``--pick`` rules are replayed through ``zo_edge.metrics.pick_rule``, the loop's own.
 
 Results: ``benchmarks/results/checkpoint_selection.jsonl`` (one line per seed; ``--force`` reruns). The run folders
 are scratch under ``runs/checkpoint_selection/`` (replaced when a cell reruns).
@@ -35,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, ROOT, cell_main, load_results, machine_info, run_cell  # noqa: E402
 
-from zo_edge.prompts import standard_error  # noqa: E402
+from zo_edge.metrics import pick_rule, standard_error  # noqa: E402
 
 SCRIPT = Path(__file__).name
 RUNS = ROOT / "runs" / "checkpoint_selection"
@@ -103,25 +104,35 @@ def cell(spec: dict) -> dict:
 
 
 # --- rules --------------------------------------------------------------------------------------------------------
+def replay(select: str, rows: list[dict]) -> dict:
+    """The row ``zo-edge train --pick <select>`` keeps: the product's rule (``zo_edge.metrics.pick_rule``)
+    applied to the dev accuracies in step order, as the training loop applies it."""
+    rule, best, kept = pick_rule(select), -np.inf, rows[0]
+    for r in rows:
+        value = r["dev"]["accuracy"]
+        if rule(value, best, r["dev"]["n"]):
+            kept = r
+        best = max(best, value)
+    return kept
+
+
 def pick(rule: str, rows: list[dict]) -> dict:
     """The row ``rule`` selects from ``rows`` (the evaluations a run made, in step order), from dev numbers only."""
     dev = [r["dev"] for r in rows]
     if rule == "dev accuracy":
-        return rows[int(np.argmax([d["accuracy"] for d in dev]))]  # first of tied maxima: the loop's strict >
+        return replay("best", rows)
     if rule == "last step":
         return rows[-1]
     if rule == "dev CE":
         return rows[int(np.argmin([d["ce"] for d in dev]))]
     if rule == "dev AUC":
         return rows[int(np.argmax([d["auc"] for d in dev]))]
-    if rule == "latest within 1 s.e.":
-        best = max(d["accuracy"] for d in dev)
-        se = standard_error(best, dev[0]["n"])
-        return [r for r in rows if r["dev"]["accuracy"] >= best - se][-1]
+    if rule == "one-se":
+        return replay("one-se", rows)
     raise ValueError(rule)
 
 
-RULES = ("dev accuracy", "last step", "dev CE", "dev AUC", "latest within 1 s.e.")
+RULES = ("dev accuracy", "last step", "dev CE", "dev AUC", "one-se")
 
 
 def report(results: dict) -> None:

@@ -29,7 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, ROOT, load_results, machine_info  # noqa: E402
 
-from zo_edge.prompts import choose, standard_error  # noqa: E402
+from zo_edge.metrics import standard_error  # noqa: E402
+from zo_edge.prompts import choose  # noqa: E402
 from zo_edge.tasks import get_task  # noqa: E402
 
 TEST_N = {"rotten-tomatoes": 500, "trec": 500}

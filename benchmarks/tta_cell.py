@@ -57,7 +57,7 @@ from runtime.batch import Batch  # noqa: E402
 from zo_edge.config import TrainConfig  # noqa: E402
 from zo_edge.data import TaskBatches, load_tokenizer  # noqa: E402
 from zo_edge.evaluate import evaluate  # noqa: E402
-from zo_edge.prompts import standard_error  # noqa: E402
+from zo_edge.metrics import standard_error  # noqa: E402
 from zo_edge.train import load_task_data, prepare, run_training  # noqa: E402
 
 CLOCK_FILE = "tta_clock.jsonl"

@@ -69,6 +69,10 @@ class LoopConfig:
     max_bad_steps: int = 5  # stop after this many non-finite steps in a row
     #: metric of eval_fn's result that selects the `best` checkpoint (higher is better); None = no best
     best_metric: str | None = None
+    #: whether an evaluation becomes `best`: (its metric, the highest earlier one, its result's "n") -> bool;
+    #: None = strictly higher than every earlier evaluation. The state it sees (the highest so far) is what a
+    #: checkpoint stores, so a resumed run picks as the uninterrupted one would.
+    pick: Callable[[float, float, int], bool] | None = None
     config: dict[str, Any] = field(default_factory=dict)  # the resolved user config, copied into every checkpoint
 
 
@@ -254,16 +258,20 @@ def train(
 
 
 def _evaluate(eval_fn, oracle, method, cfg, run_dir, metrics_path, step, best, written) -> float:
+    """Evaluate, log, and save ``best`` where ``cfg.pick`` takes this evaluation; returns the highest value so far."""
     result = eval_fn(oracle)
     _log(metrics_path, {"step": step, **{f"eval_{k}": v for k, v in result.items()}})
-    if cfg.best_metric and result.get(cfg.best_metric, -np.inf) > best:
-        best = float(result[cfg.best_metric])
+    if not cfg.best_metric or cfg.best_metric not in result:
+        return best
+    value = float(result[cfg.best_metric])
+    picked = cfg.pick(value, best, int(result.get("n", 0))) if cfg.pick else value > best
+    if picked and np.isfinite(value):
         arrays = trained_arrays(oracle, method, written)
         _check_finite(arrays)
-        meta = {"step": step, "config": cfg.config, cfg.best_metric: best, "method": method.name}
+        meta = {"step": step, "config": cfg.config, cfg.best_metric: value, "method": method.name}
         meta.update(_meta_base(oracle))
         checkpoint.save_named(run_dir, "best", arrays, meta)
-    return best
+    return max(best, value) if np.isfinite(value) else best
 
 
 class _DeferredInterrupt:

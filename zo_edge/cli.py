@@ -257,7 +257,7 @@ def cmd_train(a) -> int:
     # the base model, before any checkpoint is loaded (also on --resume)
     before, before_prompt = zero_shot_baseline(p, n)
     result = train_with_progress(p, resume=a.resume)
-    load_run(p.oracle, cfg.out, "best")
+    kept = load_run(p.oracle, cfg.out, "best")
     after = evaluate_on(p, p.data.test, n)
     atomic_write_json(
         Path(cfg.out) / "test.json",
@@ -265,8 +265,8 @@ def cmd_train(a) -> int:
     )
     plot = plot_run(cfg.out)
     print(
-        f"run {cfg.out}: {result['step']} steps, best dev accuracy {result['best']:.3f}, "
-        f"peak RSS {result['peak_rss_mb']:.0f} MiB" + (f", plot {plot}" if plot else "")
+        f"run {cfg.out}: {result['step']} steps, {_kept(kept, result, cfg.pick)}, peak RSS "
+        f"{result['peak_rss_mb']:.0f} MiB" + (f", plot {plot}" if plot else "")
     )
     print(
         f"held-out test (n={before.n}): accuracy {before.accuracy:.3f} -> {after.accuracy:.3f}, "
@@ -274,6 +274,18 @@ def cmd_train(a) -> int:
         f"after: best checkpoint; {cfg.out}/test.json)"
     )
     return 0
+
+
+def _kept(meta: dict, result: dict, pick: str) -> str:
+    """Which checkpoint ``best`` is, in words: its step and the dev score it was kept on (and the highest, where the
+    rule kept another one)."""
+    metric = next((k for k in ("accuracy", "macro_f1") if k in meta), None)
+    if metric is None:  # no dev split: best is the last checkpoint
+        return f"kept step {meta.get('step')} (no dev split)"
+    text = f"kept step {meta['step']} (dev {metric.replace('_', '-')} {meta[metric]:.3f}"
+    if pick != "best" and result["best"] > meta[metric]:
+        text += f"; highest {result['best']:.3f}, --pick {pick}"
+    return text + ")"
 
 
 # --- federate (zo_edge/federated/) ---------------------------------------------------------------------------------

@@ -352,6 +352,11 @@ class TrainConfig(DataFields, SessionFields):
         "held-out test examples scored before and after training, into RUN/test.json (0: all)",
     )
     eval_every: int = _f(0, "dev evaluation every N steps (0: at the end only)")
+    pick: str = _f(
+        "best",
+        "which dev evaluation becomes the run's best checkpoint: best (the highest dev score) | one-se (the latest "
+        "within one standard error of the highest: less chasing of a small dev split's noise; the head recipe's)",
+    )
     save_every: int = _f(50, "checkpoint every N steps")
     layers: str = _f(
         "all",
@@ -367,6 +372,7 @@ class TrainConfig(DataFields, SessionFields):
 
     def __post_init__(self) -> None:
         from zo_edge.batching import BALANCE_CHOICES
+        from zo_edge.metrics import PICK_RULES
         from zo_edge.objectives import OBJECTIVES
         from zo_edge.optim import SCHEDULES
         from zo_edge.recipes import RECIPES
@@ -402,6 +408,7 @@ class TrainConfig(DataFields, SessionFields):
             _require(0 <= value <= MAX_COUNT, f"--{name.replace('_', '-')} must be in 0..{MAX_COUNT}, got {value}")
         _require(0 <= self.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
         _require(self.balance in BALANCE_CHOICES, f"--balance must be one of {', '.join(BALANCE_CHOICES)}")
+        _require(self.pick in PICK_RULES, f"--pick must be one of {', '.join(PICK_RULES)}, got {self.pick!r}")
         _require(
             self.objective in OBJECTIVES,
             f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",

@@ -37,6 +37,7 @@ import numpy as np
 from runtime.oracle import Oracle
 from zo_edge.batching import AUTO_BALANCE_RATIO, TokenizerLike, choose_max_len, class_ratio, prompt_lengths
 from zo_edge.evaluate import evaluate
+from zo_edge.metrics import standard_error
 from zo_edge.tasks import Example, Prompt, Task, TaskError
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "chosen",
     "format_prompt_table",
     "select_prompt",
-    "standard_error",
     "with_bos_variants",
     "zero_shot_best",
 ]
@@ -87,11 +87,6 @@ class PromptScore:
             "chosen": self.chosen,
             "zero_shot_best": self.zero_shot_best,
         }
-
-
-def standard_error(p: float, n: int) -> float:
-    """Binomial standard error of an accuracy p measured on n examples."""
-    return math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
 def select_prompt(

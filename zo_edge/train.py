@@ -23,6 +23,7 @@ from zo_edge.config import AUTO, DataFields, TrainConfig
 from zo_edge.data import TaskBatches, load_tokenizer
 from zo_edge.evaluate import EvalResult, evaluate
 from zo_edge.methods import get_method
+from zo_edge.metrics import pick_rule
 from zo_edge.tasks import TaskData
 
 __all__ = [
@@ -221,6 +222,7 @@ def run_training(p: Prepared, *, resume: bool = False, on_step=None, on_prefill=
         eval_every=cfg.eval_every,
         # imbalanced data: the majority answer already scores high accuracy, so pick the checkpoint on macro-F1
         best_metric="macro_f1" if class_ratio(p.data.dev or p.data.train) >= AUTO_BALANCE_RATIO else "accuracy",
+        pick=pick_rule(cfg.pick),
         config=cfg.to_dict(),
     )
     result = train(
@@ -287,13 +289,15 @@ def train_with_progress(p: Prepared, resume: bool, interrupted: str | None = Non
             bar.close()
 
 
-def load_run(oracle: Oracle, run: str | Path, which: str = "best") -> None:
-    """Put a run's trained state (its ``best`` checkpoint, or ``latest``) into ``oracle`` for evaluation.
+def load_run(oracle: Oracle, run: str | Path, which: str = "best") -> dict:
+    """Put a run's trained state (its ``best`` checkpoint, or ``latest``) into ``oracle`` for evaluation; returns
+    that checkpoint's meta (its ``step``, and for ``best`` the dev metric it was picked on).
 
     Refused in one line if the run was trained on another base model (its meta's weights hash) or format."""
     arrays, meta, path = load_trained_checkpoint(run, which)
     check_run_meta(meta, oracle, path)
     load_trained(oracle, arrays)
+    return meta
 
 
 def plot_run(run_dir: str | Path, title: str = "") -> Path | None:
