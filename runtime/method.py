@@ -16,7 +16,8 @@ Interface (one file per method in zo_edge/methods/, registered where defined wit
     probe = method.probe(oracle, batch, objective, r)  # federated: round r's scalars g_k, nothing applied
     method.replay(oracle, r, probe.scalars)           # apply round r from its scalars alone -> False if skipped
     method.rounds_per_step                             # rounds a step is federated in (r = t·rounds_per_step + j)
-    METHOD.updates_per_step(config)                    # optimizer updates a step applies (the schedule's clock)
+    METHOD.updates_per_step(config)                    # optimizer updates a step applies
+    METHOD.schedule_steps(config, manifest, steps)     # how far the schedule's clock runs in `steps` steps
 
 Class-level declarations (read by the CLI, the config, the benchmarks and the tests; never a written-out list):
 
@@ -129,6 +130,9 @@ class ZOMethod(Protocol):
     @classmethod
     def updates_per_step(cls, config: Any) -> int: ...
 
+    @classmethod
+    def schedule_steps(cls, config: Any, manifest: Manifest, steps: int) -> int: ...
+
     def probe(self, oracle: Oracle, batch: Batch, objective: Objective, r: int) -> Probe: ...
 
     def replay(self, oracle: Oracle, r: int, scalars: np.ndarray) -> bool: ...
@@ -139,7 +143,7 @@ METHODS: dict[str, type] = {}
 _REQUIRED = (
     "Config", "bases", "ports", "changes_weights", "needs_calibration", "default_lr", "default_optimizer",
     "optimizers", "direct_sgd", "not_federated", "init", "calibrate", "step", "trainable", "state_dict",
-    "load_state_dict", "probe", "replay", "rounds_per_step", "updates_per_step",
+    "load_state_dict", "probe", "replay", "rounds_per_step", "updates_per_step", "schedule_steps",
 )  # fmt: skip
 
 

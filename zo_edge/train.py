@@ -91,10 +91,13 @@ def build_method(cfg: TrainConfig):
     """The method of ``cfg`` from its nested Config and the optimizer section (defaults already resolved)."""
     cls = get_method(cfg.method)
     o = cfg.optim
-    # the schedule's clock is the optimizer's update count: MeZO updates once per query, so its --steps and
-    # --warmup span steps x q updates (a cosine over 2000 steps of 32 queries had reached 0 at step 63)
-    per = cls.updates_per_step(cfg.method_config)
-    schedule = optim.make_schedule(o.schedule, o.lr, cfg.steps * per, o.warmup * per)
+    # the schedule's clock is each array's own update count: MeZO updates once per query, so its --steps and
+    # --warmup span steps x q updates (a cosine over 2000 steps of 32 queries had reached 0 at step 63); Zoop's
+    # "cycle" updates a block every n_blocks steps (schedule_steps)
+    manifest = Manifest.load(cfg.model)
+    total = cls.schedule_steps(cfg.method_config, manifest, cfg.steps)
+    warmup = cls.schedule_steps(cfg.method_config, manifest, o.warmup) if o.warmup else 0
+    schedule = optim.make_schedule(o.schedule, o.lr, total, warmup)
     opt = optim.make_optimizer(o.optimizer, schedule, momentum=o.momentum, weight_decay=o.weight_decay)
     return cls(cfg.method_config, opt, schedule)
 

@@ -406,3 +406,31 @@ def test_mezo_schedule_runs_over_steps_not_queries(models):
     # lr at step t is 1e-3 (1 - t/8): an update moves some weight by >= 2e-4 here, the ±mu round trips' rounding
     # by <= 5e-7 (what the steps after the schedule's end moved before the fix)
     assert min(moved[:7]) > 1e-5, moved
+
+
+def test_zoop_cycle_schedule_ends_when_the_run_does(models):
+    """Zoop's "cycle" updates one block per step and each layer counts its own updates, so the schedule spans what
+    a layer's count reaches (``schedule_steps``: steps / n_blocks). A linear decay to 0 over 8 steps moves every
+    block in steps 0-7 and nothing after; before, each layer's count reached 4 of 8 and steps 8-9 still moved by
+    half the learning rate."""
+    from runtime.contract import Manifest
+    from runtime.layers import block_of
+    from zo_edge.config import TrainConfig
+    from zo_edge.train import build_method
+
+    manifest = Manifest.load(models["fp32"])
+    n_blocks = len({block_of(s.name) for s in manifest.linears})
+    assert n_blocks >= 2
+    flat = {"model": str(models["fp32"]), "method": "zoop", "select": "cycle", "steps": 4 * n_blocks, "mu": 1e-3}
+    cfg = TrainConfig.from_flat({**flat, "schedule": "linear", "lr": 0.1})
+    assert get_method("zoop").schedule_steps(cfg.method_config, manifest, cfg.steps) == 4
+    method = build_method(cfg)
+    oracle = Oracle(GraphSession(models["fp32"]))
+    method.init(oracle, 0)
+    moved = []
+    for t in range(4 * n_blocks + n_blocks):  # the run, then one more cycle past its end
+        before = {k: v.copy() for k, v in oracle.params.items()}
+        method.step(oracle, BATCHES[t % len(BATCHES)], lm_objective, t)
+        moved.append(max(float(np.abs(oracle.params[k] - before[k]).max()) for k in before))
+    run, after = moved[: 4 * n_blocks], moved[4 * n_blocks :]
+    assert min(run) > 1e-6 and max(after) == 0.0, (run, after)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runtime import contract
+from runtime.contract import Manifest
 from runtime.method import MethodError, Probe, StepReport, check_export
 from runtime.oracle import Oracle
 from runtime.trained_state import LowRank
@@ -140,6 +141,13 @@ class ZOBase:
         MeZO's q (its queries run in turn, each updating θ). The optimizer's schedule counts updates, so
         ``zo_edge.train.build_method`` stretches ``--steps`` and ``--warmup`` by this to keep them in steps."""
         return 1
+
+    @classmethod
+    def schedule_steps(cls, config: BaseConfig, manifest: Manifest, steps: int) -> int:
+        """How far the schedule's clock (each trained array's own update count, ``zo_edge.optim``) runs in
+        ``steps`` steps: what ``build_method`` spans ``--steps`` and ``--warmup`` over. steps x
+        ``updates_per_step``; a method that updates only some arrays per step (Zoop's "cycle") counts less."""
+        return steps * cls.updates_per_step(config)
 
     def probe(self, oracle: Oracle, batch, objective, t: int) -> Probe:
         raise MethodError(f"{self.name} cannot be federated: {self.not_federated}")

@@ -60,12 +60,14 @@ Design decisions:
   ``blocks`` restricts which layers are trained, and init refuses (one line) Adam whose moments would exceed the
   model's own fp32 size, as MeZO does. The optimizer is called with only the layers updated this step; its
   per-key step counters mean Adam's bias correction counts a layer's own updates (right), and a learning-rate
-  *schedule* likewise advances per layer, so under "cycle" a layer's schedule runs n_blocks times slower.
+  *schedule* likewise advances per layer; ``schedule_steps`` spans it over what a layer's count reaches (under
+  "cycle", steps / n_blocks), so a decay ends when the run does.
 * **INT4 bases** are refused: the update is a dense d_out x d_in matrix, which needs bound fp32 weights.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -73,7 +75,7 @@ import numpy as np
 
 from runtime import contract, rng
 from runtime.batch import Batch
-from runtime.contract import LinearSpec
+from runtime.contract import LinearSpec, Manifest
 from runtime.layers import block_of
 from runtime.method import MethodError, check_export, register_method
 from runtime.oracle import ForwardOutputs, Objective, Oracle
@@ -121,6 +123,12 @@ def _parse_blocks(spec: str) -> set[int] | None:
     return out
 
 
+def _trained_layers(config: ZoopConfig, manifest: Manifest) -> list[LinearSpec]:
+    """The targeted linears in ``config.blocks`` (all of them when blank), in manifest order."""
+    wanted = _parse_blocks(config.blocks)
+    return [s for s in manifest.linears if wanted is None or block_of(s.name) in wanted]
+
+
 def live_positions(batch: Batch) -> np.ndarray:
     """Flat indices b*T + t of the tokens whose layer outputs can change the loss, ascending.
 
@@ -148,10 +156,7 @@ class Zoop(ZOBase):
     def init(self, oracle: Oracle, seed: int) -> None:
         check_export(type(self), oracle.manifest)
         self.seed = seed
-        wanted = _parse_blocks(self.config.blocks)
-        self.layers: list[LinearSpec] = [
-            s for s in oracle.manifest.linears if wanted is None or block_of(s.name) in wanted
-        ]
+        self.layers: list[LinearSpec] = _trained_layers(self.config, oracle.manifest)
         if not self.layers:
             raise MethodError(f"zoop blocks {self.config.blocks!r} select none of the model's targeted linears")
         missing = [s.name for s in self.layers if s.weight is None or s.weight not in oracle.params]
@@ -164,6 +169,19 @@ class Zoop(ZOBase):
         model_bytes = 4 * sum(p.size for p in oracle.params.values())
         optim.check_state_budget("zoop optimizer state", n_values, per_value, model_bytes)
         self.opt_state = self.optimizer.init({k: oracle.params[k] for k in names})
+
+    @classmethod
+    def schedule_steps(cls, config: ZoopConfig, manifest: Manifest, steps: int) -> int:
+        """Each layer counts its own updates (``zo_edge.optim``'s per-key counters): under "cycle" a layer is
+        updated once every n_blocks steps, under "random" subset / n_layers of the steps on average; the schedule
+        spans what a layer's count reaches, so ``--steps`` and ``--warmup`` keep meaning steps (a linear decay over
+        300 steps of 30 blocks ran a tenth of the way down before: the count was the clock)."""
+        layers = _trained_layers(config, manifest)
+        if config.select == "all" or not layers:
+            return steps
+        if config.select == "cycle":
+            return math.ceil(steps / len({block_of(s.name) for s in layers}))
+        return math.ceil(steps * min(config.subset, len(layers)) / len(layers))
 
     def param_names(self, layers: list[LinearSpec]) -> list[str]:
         names = []
