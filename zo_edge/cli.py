@@ -225,7 +225,15 @@ def cmd_train(a) -> int:
     from runtime.atomic import atomic_write_json
     from zo_edge.config import TrainConfig
     from zo_edge.recipes import AUTO_RECIPE
-    from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress, zero_shot_baseline
+    from zo_edge.train import (
+        describe_kept,
+        evaluate_on,
+        load_run,
+        plot_run,
+        prepare,
+        train_with_progress,
+        zero_shot_baseline,
+    )
 
     # `zo-edge train --model M --task T` alone trains with the measured best recipe the export can run
     cfg = TrainConfig.from_sources(a.config, _given(a, a._names), default_recipe=AUTO_RECIPE)
@@ -265,7 +273,7 @@ def cmd_train(a) -> int:
     )
     plot = plot_run(cfg.out)
     print(
-        f"run {cfg.out}: {result['step']} steps, {_kept(kept, result, cfg.pick)}, peak RSS "
+        f"run {cfg.out}: {result['step']} steps, {describe_kept(kept, result, cfg.pick)}, peak RSS "
         f"{result['peak_rss_mb']:.0f} MiB" + (f", plot {plot}" if plot else "")
     )
     print(
@@ -274,18 +282,6 @@ def cmd_train(a) -> int:
         f"after: best checkpoint; {cfg.out}/test.json)"
     )
     return 0
-
-
-def _kept(meta: dict, result: dict, pick: str) -> str:
-    """Which checkpoint ``best`` is, in words: its step and the dev score it was kept on (and the highest, where the
-    rule kept another one)."""
-    metric = next((k for k in ("accuracy", "macro_f1") if k in meta), None)
-    if metric is None:  # no dev split: best is the last checkpoint
-        return f"kept step {meta.get('step')} (no dev split)"
-    text = f"kept step {meta['step']} (dev {metric.replace('_', '-')} {meta[metric]:.3f}"
-    if pick != "best" and result["best"] > meta[metric]:
-        text += f"; highest {result['best']:.3f}, --pick {pick}"
-    return text + ")"
 
 
 # --- federate (zo_edge/federated/) ---------------------------------------------------------------------------------

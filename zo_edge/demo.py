@@ -83,7 +83,15 @@ def ensure_export(artifacts: Path, int4: bool) -> Path:
 
 def run_demo(a: DemoConfig) -> int:
     from zo_edge.config import TrainConfig
-    from zo_edge.train import evaluate_on, load_run, plot_run, prepare, train_with_progress, zero_shot_baseline
+    from zo_edge.train import (
+        describe_kept,
+        evaluate_on,
+        load_run,
+        plot_run,
+        prepare,
+        train_with_progress,
+        zero_shot_baseline,
+    )
 
     final = Path(a.out)
     # an earlier demo run is ours to replace; anything else non-empty is the user's and needs --force
@@ -126,8 +134,12 @@ def run_demo(a: DemoConfig) -> int:
         t1 = time.time()
         result = train_with_progress(p, resume=False, interrupted=f"interrupted: {final} is left as it was")
         train_s = time.time() - t1
-        load_run(p.oracle, tmp, "best")
-        print(f"[4/4] re-scoring the same {n} test sentences with the best dev checkpoint ...", flush=True)
+        kept = load_run(p.oracle, tmp, "best")
+        print(
+            f"[4/4] re-scoring the same {n} test sentences with the run's checkpoint: "
+            f"{describe_kept(kept, result, cfg.pick)} ...",
+            flush=True,
+        )
         after = evaluate_on(p, p.data.test, n)
         plot_run(tmp, title=final.name)
         atomic_write_json(tmp / "config.json", {**cfg.to_dict(), "out": str(final)})
@@ -145,7 +157,8 @@ def run_demo(a: DemoConfig) -> int:
     w = 40  # label column: the numbers line up whatever the method's name and step count
     print(f"  {f'{cfg.task} held-out test (n={n})':<{w}}{'accuracy':>8}   {'macro-F1':>8}")
     print(f"  {'before (best prompt, zero-shot)':<{w}}{before.accuracy:8.3f}   {before.macro_f1:8.3f}")
-    print(f"  {f'after  ({cfg.method}, {cfg.steps} steps)':<{w}}{after.accuracy:8.3f}   {after.macro_f1:8.3f}")
+    after_label = f"after  ({cfg.method}, step {kept.get('step', cfg.steps)} of {cfg.steps})"
+    print(f"  {after_label:<{w}}{after.accuracy:8.3f}   {after.macro_f1:8.3f}")
     print(f"  {'gain':<{w}}{after.accuracy - before.accuracy:+8.3f}   {after.macro_f1 - before.macro_f1:+8.3f}")
     print(
         f"  training {train_s / 60:.1f} min, peak RSS {result['peak_rss_mb']:.0f} MiB (this process; the export ran "

@@ -29,6 +29,7 @@ from zo_edge.tasks import TaskData
 __all__ = [
     "Prepared",
     "build_method",
+    "describe_kept",
     "evaluate_on",
     "load_run",
     "load_task_data",
@@ -301,6 +302,18 @@ def load_run(oracle: Oracle, run: str | Path, which: str = "best") -> dict:
     check_run_meta(meta, oracle, path)
     load_trained(oracle, arrays)
     return meta
+
+
+def describe_kept(meta: dict, result: dict, pick: str) -> str:
+    """Which checkpoint ``best`` is, in words: its step and the dev score it was kept on (and the highest, where the
+    rule kept another one)."""
+    metric = next((k for k in ("accuracy", "macro_f1") if k in meta), None)
+    if metric is None:  # no dev split: best is the last checkpoint
+        return f"kept step {meta.get('step')} (no dev split)"
+    text = f"kept step {meta['step']} (dev {metric.replace('_', '-')} {meta[metric]:.3f}"
+    if pick != "best" and result["best"] > meta[metric]:
+        text += f"; highest {result['best']:.3f}, --pick {pick}"
+    return text + ")"
 
 
 def plot_run(run_dir: str | Path, title: str = "") -> Path | None:

@@ -10,6 +10,7 @@ compares against travels in the checkpoint). The head recipe asks for ``one-se``
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -98,3 +99,16 @@ def test_the_loop_keeps_the_rule_s_checkpoint_and_resume_keeps_it_too(select, ti
         at_step, _ = checkpoint.load_checkpoint(run / f"ckpt_{KEPT[select]:08d}")
         for k, a in arrays.items():  # the kept checkpoint is that step's state, bit for bit
             assert a.tobytes() == at_step[k].tobytes(), k
+
+
+def test_train_names_the_kept_step_and_records_the_rule(tiny_lm_dirs, tmp_path, capsys):
+    from zo_edge.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_lm_dirs["fp32"]), "--method", "lozo", "--steps", "4", "--out", str(run)]
+    argv += ["--task", "rotten-tomatoes", "--batch-size", "4", "--max-len", "32", "--k", "8", "--dev-k", "4"]
+    assert main([*argv, "--eval-every", "2", "--pick", "one-se", "--eval-examples", "8"]) == 0
+    out = capsys.readouterr().out
+    meta = checkpoint.load_trained_checkpoint(run, "best")[1]
+    assert f"kept step {meta['step']} (dev accuracy {meta['accuracy']:.3f}" in out, out
+    assert json.loads((run / "config.json").read_text())["pick"] == "one-se"
