@@ -68,7 +68,7 @@ def cell(spec: dict) -> dict:
     if run_dir.exists():  # this benchmark's own scratch: a cell that reruns starts afresh
         shutil.rmtree(run_dir)
     flat = {**HEAD, "model": spec["model"], "task": spec["task"], "seed": spec["seed"], "out": str(run_dir)}
-    flat.update(threads=spec["threads"], steps=spec.get("steps") or HEAD["steps"])
+    flat.update(threads=spec["threads"], steps=spec.get("steps") or HEAD["steps"], k=spec.get("k") or HEAD["k"])
     cfg = TrainConfig.from_flat(flat)
     t0 = time.perf_counter()
     p = prepare(cfg)
@@ -87,7 +87,11 @@ def cell(spec: dict) -> dict:
 
     record(0)
 
+    clock = {"start": time.perf_counter()}
+
     def on_step(step: int, report) -> None:
+        if step == 1:  # the prefix pass over the training reviews (and the method's init) came before step 1
+            clock["prefix_s"] = time.perf_counter() - clock["start"]
         if step % spec["every"] == 0:
             record(step)
 
@@ -99,6 +103,8 @@ def cell(spec: dict) -> dict:
         "steps": cfg.steps,
         "rows": rows,
         "peak_rss_mb": round(result["peak_rss_mb"], 1),
+        "train_examples": len(p.data.train),
+        "prefix_s": round(clock.get("prefix_s", float("nan")), 1),
         "cell_s": round(time.perf_counter() - t0, 1),
     }
 
@@ -136,10 +142,18 @@ RULES = ("dev accuracy", "last step", "dev CE", "dev AUC", "one-se")
 
 
 def report(results: dict) -> None:
-    cells = sorted((r for r in results.values() if r.get("rows")), key=lambda r: r["seed"])
-    if not cells:
+    groups: dict[int, list[dict]] = {}
+    for r in results.values():
+        if r.get("rows"):
+            groups.setdefault(r.get("k") or 0, []).append(r)
+    if not groups:
         print("no stored cells")
-        return
+    for k, cells in sorted(groups.items()):
+        print(f"\n## k = {k or 'the recipe'}'s training reviews per class")
+        report_group(sorted(cells, key=lambda r: r["seed"]))
+
+
+def report_group(cells: list[dict]) -> None:
     for r in cells:
         print(f"\nseed {r['seed']} (prompt {r['prompt']}, dev n {r['dev_n']}, test n {r['rows'][0]['test']['n']}):")
         print("| step | dev acc | dev AUC | dev CE | test acc | test CE |\n|---|---|---|---|---|---|")
@@ -179,6 +193,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=250, help="steps between the hook's dev + test scorings")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=0, help="training steps (0: the recipe's; a smoke run: 20)")
+    ap.add_argument("--k", type=int, default=0, help="training reviews per class (0: the recipe's 256)")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR / "checkpoint_selection.jsonl")
     ap.add_argument("--force", action="store_true", help="rerun stored cells")
     ap.add_argument("--report-only", action="store_true")
@@ -187,7 +202,7 @@ def main() -> None:
         print(f"machine: {machine_info()}", flush=True)
         for seed in (int(s) for s in args.seeds.split(",")):
             spec = {
-                "key": f"{args.task}/head/s{seed}",
+                "key": f"{args.task}/head/s{seed}" + (f"/k{args.k}" if args.k else ""),
                 "model": args.model,
                 "task": args.task,
                 "seed": seed,
@@ -195,7 +210,8 @@ def main() -> None:
                 "every": args.every,
                 "threads": args.threads,
                 "steps": args.steps,
-                "run_dir": str(RUNS / f"{args.task}-s{seed}"),
+                "k": args.k,
+                "run_dir": str(RUNS / f"{args.task}-s{seed}" + (f"-k{args.k}" if args.k else "")),
             }
             run_cell(SCRIPT, spec, args.results, force=args.force, timeout=3 * 3600)
     report(load_results(args.results))

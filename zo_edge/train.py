@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import prefix_cache
+from runtime import checkpoint, prefix_cache
 from runtime.checkpoint import load_trained_checkpoint
 from runtime.contract import FEATURE_CANDIDATE_SCORING, Manifest
 from runtime.layers import n_blocks, parse_layers
@@ -316,6 +316,14 @@ def describe_kept(meta: dict, result: dict, pick: str) -> str:
     return text + ")"
 
 
+def _kept_step(run_dir: Path) -> int | None:
+    """The step of the run's ``best`` checkpoint, from its meta alone (the arrays may be the model's size)."""
+    try:
+        return int(json.loads((run_dir / "best" / checkpoint.META_FILE).read_text("utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def plot_run(run_dir: str | Path, title: str = "") -> Path | None:
     """Training loss (and dev accuracy where evaluated) against step, as ``loss.png`` in the run folder."""
     try:
@@ -330,7 +338,7 @@ def plot_run(run_dir: str | Path, title: str = "") -> Path | None:
     steps = [r["step"] for r in rows if "loss" in r and r.get("loss") == r.get("loss")]
     losses = [r["loss"] for r in rows if "loss" in r and r.get("loss") == r.get("loss")]
     evals = [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
     ax.plot(steps, losses, lw=0.8, alpha=0.5, label="train loss (per step)")
     if len(losses) >= 10:
         w = max(len(losses) // 20, 5)
@@ -341,9 +349,14 @@ def plot_run(run_dir: str | Path, title: str = "") -> Path | None:
     if evals:
         ax2 = ax.twinx()
         ax2.plot([s for s, _ in evals], [a for _, a in evals], "o-", color="C3", label="dev accuracy")
+        kept = _kept_step(run_dir)
+        at = [a for s, a in evals if s == kept]
+        if at:  # the checkpoint eval / merge / the demo use: where --pick put it
+            ax2.plot([kept], at[-1:], "*", ms=14, color="C3", mec="k", label=f"kept (step {kept})")
         ax2.set_ylabel("dev accuracy")
-        ax2.legend(loc="upper right")
-    ax.legend(loc="upper left")
+    # one legend under the axes: inside, it covered the curves wherever they ran
+    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax.set_title(title or run_dir.name)  # a run built aside (atomic_folder) passes its final name
     fig.tight_layout()
     out = run_dir / "loss.png"
