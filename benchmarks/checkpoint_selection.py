@@ -211,7 +211,7 @@ def main() -> None:
                 "threads": args.threads,
                 "steps": args.steps,
                 "k": args.k,
-                "run_dir": str(RUNS / f"{args.task}-s{seed}" + (f"-k{args.k}" if args.k else "")),
+                "run_dir": str(RUNS / (f"{args.task}-s{seed}" + (f"-k{args.k}" if args.k else ""))),
             }
             run_cell(SCRIPT, spec, args.results, force=args.force, timeout=3 * 3600)
     report(load_results(args.results))
