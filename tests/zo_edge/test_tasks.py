@@ -94,9 +94,26 @@ def test_kshot_512_takes_what_short_classes_have():
         pool = d.info["short_classes"].get(cl)
         if pool is None:  # enough examples: exactly k and dev_k
             assert train[cl] == 512 and dev[cl] == 512
-        else:
-            assert train[cl] == min(512, pool) and train[cl] + dev[cl] == pool
+        else:  # split k : dev_k = 1 : 1, all of it used, both sides get the class
+            assert train[cl] + dev[cl] == pool and dev[cl] == (pool + 1) // 2 and train[cl] > 0
     assert "ABBR" in d.info["short_classes"]
+
+
+def test_a_short_class_keeps_dev_examples_at_the_head_recipe_s_k():
+    """k = 1024, dev_k = 64 (the head recipe): TREC's ABBR (fewer than k questions) lands in train and in dev, at
+    about k : dev_k; before, train took all of it and dev had none, so dev-based choices never saw the class."""
+    task = get_task("trec")
+    with pytest.warns(UserWarning, match="too few examples"):
+        d = task.load(seed=0, k=1024, dev_k=64)
+    n = d.info["short_classes"]["ABBR"]
+    assert n < 1024
+    train = collections.Counter(e.label for e in d.train)
+    dev = collections.Counter(e.label for e in d.dev)
+    assert train["ABBR"] + dev["ABBR"] == n and dev["ABBR"] >= 1
+    assert abs(dev["ABBR"] / n - 64 / 1088) < 1 / n + 1e-9  # in proportion, to one example
+    assert set(dev) == set(task.classes)  # every class is in dev
+    keys = lambda xs: {e.key() for e in xs}  # noqa: E731
+    assert not keys(d.train) & keys(d.dev)
 
 
 def test_full_pool_split():

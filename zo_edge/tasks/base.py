@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import math
 import string
 import warnings
 from collections.abc import Callable, Sequence
@@ -374,8 +375,12 @@ def split_test(examples: Sequence[Example], test_size: int, split_seed: int = SP
 def kshot_split(pool: Sequence[Example], classes: Sequence[str], k: int, dev_k: int, seed: int):
     """(train, dev, short): per class, hash-order the pool with ``seed``; the first k train, the next dev_k dev.
 
-    A class with fewer than k + dev_k examples gives train its first min(k, n) and dev what is left; ``short`` maps
-    such classes to their size. Splits list examples class by class, in hash order (the iterator shuffles anyway).
+    A class with fewer than k + dev_k examples is split between the two in proportion, k : dev_k (dev its
+    ceil(n dev_k / (k + dev_k)), train the rest), so neither loses the class: when train took its first min(k, n),
+    a class of n <= k examples left dev none of it, and dev-based choices (the prompt, the kept checkpoint,
+    macro-F1) ran blind to it (TREC's ABBR, 86 questions, at the head recipe's k = 1024; a user's minority class).
+    ``short`` maps such classes to their size. Splits list examples class by class, in hash order (the iterator
+    shuffles anyway).
     """
     if k <= 0 or dev_k < 0:
         raise TaskError(f"k={k}, dev_k={dev_k}: k must be positive and dev_k non-negative")
@@ -385,10 +390,13 @@ def kshot_split(pool: Sequence[Example], classes: Sequence[str], k: int, dev_k: 
     for c in classes:
         members = [e for e in pool if e.label == c]
         order = hash_order([e.key() for e in members], seed, f"kshot:{c}")
+        n_train, n_dev = k, dev_k
         if len(members) < k + dev_k:
             short[c] = len(members)
-        train += [members[i] for i in order[:k]]
-        dev += [members[i] for i in order[k : k + dev_k]]
+            n_dev = min(dev_k, math.ceil(len(members) * dev_k / (k + dev_k)))
+            n_train = len(members) - n_dev
+        train += [members[i] for i in order[:n_train]]
+        dev += [members[i] for i in order[n_train : n_train + n_dev]]
     return train, dev, short
 
 
