@@ -38,9 +38,9 @@ def _pick_one_se(value: float, best_before: float, n: int) -> bool:
     """``one-se``: within one standard error (binomial, at the highest value so far, this one included) of the
     highest: the latest such evaluation is kept. Breiman's one-standard-error rule, leaning to more training: on the
     head recipe's 128 dev examples (s.e. ≈ 0.037) the highest dev accuracy among 5 evaluations mostly picks noise
-    (RESULTS.md §14.2, 5 seeds: this rule's checkpoint scored >= the highest-dev one on held-out test in every run,
-    +0.4 points on average); a run that falls more than one s.e. below its best keeps the best. On macro-F1 the
-    binomial s.e. is a scale, not exact."""
+    (RESULTS.md §14.2 and §14.4, 8 runs: this rule's checkpoint scored >= the highest-dev one on held-out test in 7,
+    0.1 below in one, +0.5 points on average); a run that falls more than one s.e. below its best keeps the best.
+    On macro-F1 the binomial s.e. is a scale, not exact."""
     top = max(value, best_before)
     return value >= top - standard_error(top, n)
 
