@@ -42,20 +42,16 @@ SCRIPT = Path(__file__).name
 RUNS = ROOT / "runs" / "checkpoint_selection"
 
 
-def candidate_ce(scores: np.ndarray, gold: np.ndarray) -> float:
-    """Mean over examples of -log softmax(scores)[gold]: the classification objective (scores: class log-likelihoods,
-    up to a per-row constant, which the softmax removes)."""
-    s = scores - scores.max(axis=1, keepdims=True)
-    logz = np.log(np.exp(s).sum(axis=1))
-    return float(np.mean(logz - s[np.arange(len(gold)), gold]))
-
-
 def measure(p, examples) -> dict:
+    """Dev or test metrics of the oracle as it is; ``ce``: the classification objective on those examples
+    (``zo_edge.objectives.cross_entropy`` of the class scores, which holds up to a per-row constant)."""
+    from zo_edge.objectives import cross_entropy
     from zo_edge.train import evaluate_on
 
     r = evaluate_on(p, examples, 0)
-    gold = np.array([p.task.class_index(e.label) for e in examples])
-    return {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "auc": r.auc, "ce": candidate_ce(r.loglik, gold), "n": r.n}
+    gold = [p.task.class_index(e.label) for e in examples]
+    ce = float(cross_entropy(r.loglik, gold).mean())
+    return {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "auc": r.auc, "ce": ce, "n": r.n}
 
 
 def cell(spec: dict) -> dict:
@@ -193,7 +189,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=250, help="steps between the hook's dev + test scorings")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=0, help="training steps (0: the recipe's; a smoke run: 20)")
-    ap.add_argument("--k", type=int, default=0, help="training reviews per class (0: the recipe's 256)")
+    ap.add_argument("--k", type=int, default=0, help="training reviews per class (0: the recipe's)")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR / "checkpoint_selection.jsonl")
     ap.add_argument("--force", action="store_true", help="rerun stored cells")
     ap.add_argument("--report-only", action="store_true")

@@ -175,7 +175,7 @@ class Zoop(ZOBase):
         """Each layer counts its own updates (``zo_edge.optim``'s per-key counters): under "cycle" a layer is
         updated once every n_blocks steps, under "random" subset / n_layers of the steps on average; the schedule
         spans what a layer's count reaches, so ``--steps`` and ``--warmup`` keep meaning steps (a linear decay over
-        300 steps of 30 blocks ran a tenth of the way down before: the count was the clock)."""
+        300 steps of 30 blocks ran a thirtieth of the way down before: the count was the clock)."""
         layers = _trained_layers(config, manifest)
         if config.select == "all" or not layers:
             return steps
